@@ -1,0 +1,393 @@
+//! `StorageCluster`: what a user asks for (which nodes, how the read workers are sized,
+//! how the node is tuned) and the operator's aggregated view of every node.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Desired state of a Ringmaster storage cluster: the nodes that take part, how the
+/// storage service's read workers are sized, and how each node is tuned and labelled.
+/// Every field is optional; `spec: {}` is a valid cluster with the defaults shown.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "ringmaster.io",
+    version = "v1alpha1",
+    kind = "StorageCluster",
+    namespaced,
+    shortname = "stc",
+    status = "StorageClusterStatus",
+    printcolumn = r#"{"name":"Desired","type":"integer","jsonPath":".status.desired"}"#,
+    printcolumn = r#"{"name":"Ready","type":"integer","jsonPath":".status.ready"}"#,
+    printcolumn = r#"{"name":"Supported","type":"integer","jsonPath":".status.ioUringSupported"}"#,
+    printcolumn = r#"{"name":"Unsupported","type":"integer","jsonPath":".status.ioUringUnsupported"}"#,
+    printcolumn = r#"{"name":"Up-To-Date","type":"integer","jsonPath":".status.upToDate"}"#,
+    printcolumn = r#"{"name":"Status","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageClusterSpec {
+    /// Only nodes with all of these labels take part (empty: every node).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Tolerations for the agent pods, so they can run on tainted storage nodes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    /// The node agent's container image and resources.
+    #[serde(default)]
+    pub agent: AgentSpec,
+    /// Read-worker sizing: ring size, worker threads, processes per node, io_uring policy.
+    #[serde(default)]
+    pub aio: AioSpec,
+    /// How the agent handles `fs.aio-max-nr` on each node.
+    #[serde(default)]
+    pub sysctl: SysctlSpec,
+    /// What happens to nodes where io_uring is unsupported: `Label` only, or also `Taint`
+    /// them `ringmaster.io/io-uring-unsupported:NoSchedule`.
+    #[serde(default)]
+    pub unsupported_nodes: UnsupportedNodesPolicy,
+    /// The agent's HTTP range-read service over the node's data directories.
+    #[serde(default)]
+    pub read_service: ReadServiceSpec,
+    /// Seccomp profile the read workers (and so the io_uring probe) run under.
+    #[serde(default)]
+    pub seccomp: SeccompSpec,
+}
+
+/// Agent container settings.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentSpec {
+    /// Container image of `ringmaster-agent`.
+    #[serde(default = "default_image")]
+    #[schemars(length(min = 1))]
+    pub image: String,
+    /// Resources of the agent containers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+impl Default for AgentSpec {
+    fn default() -> Self {
+        Self {
+            image: default_image(),
+            resources: None,
+        }
+    }
+}
+
+/// Default agent image.
+pub const DEFAULT_AGENT_IMAGE: &str = "ghcr.io/ringmaster-io/ringmaster-agent:0.1.0";
+fn default_image() -> String {
+    DEFAULT_AGENT_IMAGE.into()
+}
+
+/// Whether the read workers need io_uring.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum IoUringPolicy {
+    /// io_uring must work; nodes where it does not are unsupported and the cluster is Degraded.
+    Required,
+    /// Use io_uring where it works, fall back to the pread thread pool elsewhere.
+    #[default]
+    Preferred,
+    /// Never use io_uring; the read workers use the pread pool.
+    Disabled,
+}
+
+/// Read-worker sizing (3FS `AioReadWorker`: each of `workers` threads has a libaio
+/// context and an io_uring ring of `maxEvents` entries).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.minMaxEvents <= self.maxEvents").message("spec.aio.minMaxEvents must not exceed spec.aio.maxEvents: lower minMaxEvents or raise maxEvents").field_path(".minMaxEvents").reason(Reason::FieldValueInvalid))]
+pub struct AioSpec {
+    /// Ring entries and libaio events per worker thread (io_uring allows 1..32768).
+    #[serde(default = "default_max_events")]
+    #[schemars(range(min = 1, max = 32768))]
+    pub max_events: u32,
+    /// Smallest ring the agent may shrink to when `maxEvents` cannot be set up (EINVAL/ENOMEM).
+    #[serde(default = "default_min_max_events")]
+    #[schemars(range(min = 1, max = 32768))]
+    pub min_max_events: u32,
+    /// Read worker threads per storage process.
+    #[serde(default = "default_workers")]
+    #[schemars(range(min = 1, max = 1024))]
+    pub workers: u32,
+    /// Storage processes per node; each opens `workers × maxEvents` libaio events.
+    #[serde(default = "default_processes")]
+    #[schemars(range(min = 1, max = 256))]
+    pub processes_per_node: u32,
+    /// `Required`, `Preferred` (fall back to pread) or `Disabled`.
+    #[serde(default)]
+    pub io_uring: IoUringPolicy,
+}
+
+fn default_max_events() -> u32 {
+    512
+}
+fn default_min_max_events() -> u32 {
+    64
+}
+fn default_workers() -> u32 {
+    8
+}
+fn default_processes() -> u32 {
+    1
+}
+
+impl Default for AioSpec {
+    fn default() -> Self {
+        Self {
+            max_events: default_max_events(),
+            min_max_events: default_min_max_events(),
+            workers: default_workers(),
+            processes_per_node: default_processes(),
+            io_uring: IoUringPolicy::default(),
+        }
+    }
+}
+
+/// `Enforce` raises `fs.aio-max-nr`; `Verify` only reports.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum SysctlMode {
+    /// Raise `fs.aio-max-nr` to the required value (never lower it) and re-apply on drift.
+    #[default]
+    Enforce,
+    /// Only check and report; never write.
+    Verify,
+}
+
+/// Node sysctl handling.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SysctlSpec {
+    /// Floor for `fs.aio-max-nr`: the agent never sets less than this.
+    #[serde(default = "default_aio_max_nr")]
+    #[schemars(range(min = 0))]
+    pub aio_max_nr: u64,
+    /// `Enforce` (raise it) or `Verify` (report only).
+    #[serde(default)]
+    pub mode: SysctlMode,
+    /// Also write `/etc/sysctl.d/60-ringmaster.conf` so the value survives a reboot.
+    #[serde(default)]
+    pub persist: bool,
+    /// Put back the original `fs.aio-max-nr` when this StorageCluster is deleted.
+    #[serde(default)]
+    pub restore_on_delete: bool,
+}
+
+fn default_aio_max_nr() -> u64 {
+    1_048_576
+}
+
+impl Default for SysctlSpec {
+    fn default() -> Self {
+        Self {
+            aio_max_nr: default_aio_max_nr(),
+            mode: SysctlMode::default(),
+            persist: false,
+            restore_on_delete: false,
+        }
+    }
+}
+
+/// What to do with nodes where io_uring is unsupported.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum UnsupportedNodesPolicy {
+    /// Label them `ringmaster.io/io-uring=unsupported` (use nodeAffinity to avoid them).
+    #[default]
+    Label,
+    /// Label them and taint them `ringmaster.io/io-uring-unsupported:NoSchedule`.
+    Taint,
+}
+
+/// The agent's HTTP range-read service.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReadServiceSpec {
+    /// TCP port of `GET /v1/files/{dataDir}/{path}`.
+    #[serde(default = "default_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: u16,
+    /// Host directories served, each under a short name. Names must be unique.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    #[schemars(length(max = 64))]
+    pub data_dirs: Vec<DataDir>,
+}
+
+fn default_port() -> u16 {
+    7480
+}
+
+impl Default for ReadServiceSpec {
+    fn default() -> Self {
+        Self {
+            port: default_port(),
+            data_dirs: Vec::new(),
+        }
+    }
+}
+
+/// A host directory served by the read service.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DataDir {
+    /// Short name used in URLs (`/v1/files/{name}/...`): lowercase letters, digits and '-'.
+    #[schemars(
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"),
+        length(min = 1, max = 63)
+    )]
+    pub name: String,
+    /// Absolute host path, e.g. `/var/lib/storage/data0`.
+    #[x_kube(validation = Rule::new("self.startsWith('/') && !self.contains('/../') && !self.endsWith('/..')").message("spec.readService.dataDirs[].hostPath must be an absolute path without '..', e.g. /var/lib/storage/data0").reason(Reason::FieldValueInvalid))]
+    #[schemars(length(min = 1, max = 4096))]
+    pub host_path: String,
+}
+
+/// Seccomp profile kinds for the reader container.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum SeccompType {
+    /// The container runtime's default profile (denies io_uring on Docker ≥ 25 / containerd ≥ 2.0).
+    #[default]
+    RuntimeDefault,
+    /// No seccomp filtering.
+    Unconfined,
+    /// A profile file on the node, relative to the kubelet's seccomp dir (Ringmaster ships
+    /// `ringmaster/io-uring.json`: RuntimeDefault plus io_uring).
+    Localhost,
+}
+
+/// Seccomp profile of the read workers.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.type == 'Localhost' ? (has(self.localhostProfile) && size(self.localhostProfile) > 0) : !has(self.localhostProfile)").message("spec.seccomp.localhostProfile is required when spec.seccomp.type is Localhost (e.g. ringmaster/io-uring.json) and must be unset otherwise").field_path(".localhostProfile").reason(Reason::FieldValueRequired))]
+pub struct SeccompSpec {
+    /// `RuntimeDefault`, `Unconfined` or `Localhost`.
+    #[serde(default, rename = "type")]
+    pub type_: SeccompType,
+    /// Profile path relative to the kubelet's seccomp dir; only with `type: Localhost`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub localhost_profile: Option<String>,
+}
+
+/// The shipped Localhost profile (RuntimeDefault plus io_uring), relative to the kubelet seccomp dir.
+pub const SHIPPED_SECCOMP_PROFILE: &str = "ringmaster/io-uring.json";
+
+/// Observed state, written by the operator.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageClusterStatus {
+    /// Generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `Progressing`, `Degraded`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+    /// Nodes selected by `nodeSelector`.
+    #[serde(default)]
+    pub desired: i32,
+    /// Selected nodes whose agent wrote a StorageNode.
+    #[serde(default)]
+    pub reporting: i32,
+    /// Nodes whose `fs.aio-max-nr` is at least the required value.
+    #[serde(default)]
+    pub tuned: i32,
+    /// Nodes where io_uring works as the read workers use it.
+    #[serde(default)]
+    pub io_uring_supported: i32,
+    /// Nodes where it does not.
+    #[serde(default)]
+    pub io_uring_unsupported: i32,
+    /// Nodes ready to run the storage service.
+    #[serde(default)]
+    pub ready: i32,
+    /// Nodes whose agent applied the current spec generation.
+    #[serde(default)]
+    pub up_to_date: i32,
+    /// Unsupported nodes, sorted by name, at most [`MAX_UNSUPPORTED_LISTED`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unsupported_nodes: Vec<UnsupportedNode>,
+    /// Hash of the agent-relevant spec currently rolled out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_hash: Option<String>,
+}
+
+/// How many unsupported nodes the status lists (the counts are always complete).
+pub const MAX_UNSUPPORTED_LISTED: usize = 50;
+
+/// One node where io_uring does not work.
+#[derive(
+    Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, JsonSchema,
+)]
+#[serde(rename_all = "camelCase")]
+pub struct UnsupportedNode {
+    /// Node name.
+    pub name: String,
+    /// errno name, e.g. `ENOSYS`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// errno number, e.g. 38.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub errno: Option<i32>,
+    /// Kernel release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<String>,
+}
+
+impl StorageClusterSpec {
+    /// Hash of everything in the spec; agents hot-reload it, and the DaemonSet
+    /// template carries [`StorageClusterSpec::pod_hash`] for what needs a restart.
+    pub fn config_hash(&self) -> String {
+        short_hash(&serde_json::to_vec(self).expect("spec serializes"))
+    }
+
+    /// Hash of the fields that change the agent pods themselves (image, resources,
+    /// seccomp, port, data dirs, selection); only these roll the DaemonSet.
+    pub fn pod_hash(&self) -> String {
+        let v = serde_json::json!({
+            "agent": self.agent,
+            "seccomp": self.seccomp,
+            "readService": self.read_service,
+            "persist": self.sysctl.persist,
+        });
+        short_hash(&serde_json::to_vec(&v).expect("json serializes"))
+    }
+}
+
+fn short_hash(bytes: &[u8]) -> String {
+    let d = Sha256::digest(bytes);
+    d.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_spec_gets_defaults() {
+        let s: StorageClusterSpec = serde_json::from_str("{}").unwrap();
+        assert_eq!(s.aio.max_events, 512);
+        assert_eq!(s.aio.min_max_events, 64);
+        assert_eq!(s.aio.workers, 8);
+        assert_eq!(s.aio.io_uring, IoUringPolicy::Preferred);
+        assert_eq!(s.sysctl.aio_max_nr, 1_048_576);
+        assert_eq!(s.read_service.port, 7480);
+        assert_eq!(s.seccomp.type_, SeccompType::RuntimeDefault);
+    }
+
+    #[test]
+    fn pod_hash_ignores_sizing() {
+        let a = StorageClusterSpec::default();
+        let mut b = a.clone();
+        b.aio.max_events = 1024;
+        assert_eq!(a.pod_hash(), b.pod_hash());
+        assert_ne!(a.config_hash(), b.config_hash());
+        b.agent.image = "other:1".into();
+        assert_ne!(a.pod_hash(), b.pod_hash());
+    }
+}

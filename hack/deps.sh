@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs what the tests and benchmarks need, once: Debian packages from
+# hack/apt-packages.txt and the Go-built control-plane tools (hack/build-tools.sh).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+missing=()
+while read -r pkg bin; do
+  [[ -z $pkg || $pkg == \#* ]] && continue
+  command -v "${bin:-$pkg}" >/dev/null 2>&1 || missing+=("$pkg")
+done < hack/apt-packages.txt
+if ((${#missing[@]})); then
+  echo "deps: apt-get install ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+hack/build-tools.sh all >/dev/null

@@ -1,0 +1,39 @@
+//! Ringmaster node agent as a library, so integration tests and benches reach the parts.
+//!
+//! Layout (one module per concern; the I/O core knows nothing of Kubernetes):
+//! - [`host`]    facts about this host: kernel, sysctls, seccomp mode, rlimits, capabilities
+//! - [`probe`]   io_uring and libaio probes with errno classification (the verdict)
+//! - [`tune`]    the fs.aio-max-nr tuner with its state file (never lowers, restorable)
+//! - [`check`]   the `check` report (text/JSON) built from host + probe
+//! - [`io`]      the read workers: io_uring pool, pread pool, page-cache fast path
+//! - [`serve`]   HTTP range reads over the pool
+//! - [`bench`]   random-read benchmark
+//! - [`handoff`] files the privileged agent and the unprivileged reader exchange
+//! - [`reader`]  the reader process: config → probe → pool → serve, report back
+//! - [`cluster`] Kubernetes glue: watch StorageCluster, StorageNode, labels, events
+
+pub mod bench;
+pub mod check;
+pub mod cluster;
+pub mod handoff;
+pub mod host;
+pub mod io;
+pub mod probe;
+pub mod reader;
+pub mod serve;
+pub mod tune;
+
+/// Initialise tracing from `RUST_LOG` (default `info`), text or JSON (`RINGMASTER_LOG_FORMAT=json`).
+pub fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = std::env::var("RINGMASTER_LOG_FORMAT").is_ok_and(|v| v == "json");
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        let _ = b.json().try_init();
+    } else {
+        let _ = b.try_init();
+    }
+}
