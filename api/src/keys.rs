@@ -31,6 +31,18 @@ pub const CONFIG_HASH_ANNOTATION: &str = "ringmaster.io/config-hash";
 /// Finalizer the operator holds on a StorageCluster until agents cleaned up.
 pub const FINALIZER: &str = "ringmaster.io/cleanup";
 
+/// Labels on each StorageNode naming the StorageCluster it reports to (label values cannot hold '/').
+pub const LABEL_STORAGENODE_CLUSTER_NAMESPACE: &str = "ringmaster.io/cluster-namespace";
+pub const LABEL_STORAGENODE_CLUSTER_NAME: &str = "ringmaster.io/cluster-name";
+
+/// Ports of the agent pod: the privileged agent's health/metrics endpoint. The reader
+/// serves on `spec.readService.port` (reads, `/metrics`, `/healthz`, `/readyz`).
+pub const AGENT_HTTP_PORT: u16 = 9464;
+/// Shared state dir (emptyDir) between the agent and reader containers.
+pub const POD_STATE_DIR: &str = "/run/ringmaster";
+/// Host dir where the agent keeps what must survive it (original sysctls, aio.toml).
+pub const HOST_STATE_DIR: &str = "/var/lib/ringmaster";
+
 /// Labels on objects the operator creates.
 pub const LABEL_CLUSTER_NAME: &str = "ringmaster.io/cluster";
 pub const LABEL_COMPONENT: &str = "app.kubernetes.io/component";
