@@ -258,15 +258,18 @@ async fn read_file(
     resp
 }
 
-/// Open `path` beneath the data dir `root` without following anything out of it.
+/// Open `path` beneath the data dir `root` without following anything out of it. Opened
+/// non-blocking so a FIFO cannot stall the open; the flag is cleared again for regular files
+/// (io_uring would otherwise answer EAGAIN instead of waiting for the disk).
 fn open_beneath(root: &OwnedFd, path: &str) -> std::io::Result<File> {
     let fd = rustix::fs::openat2(
         root,
         path,
-        OFlags::RDONLY | OFlags::CLOEXEC,
+        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY,
         Mode::empty(),
         ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
     )?;
+    rustix::fs::fcntl_setfl(&fd, OFlags::RDONLY)?;
     Ok(File::from(fd))
 }
 
