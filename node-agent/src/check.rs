@@ -282,9 +282,9 @@ fn yes_no(b: bool) -> &'static str {
 fn bytes(b: u64) -> String {
     const MIB: u64 = 1 << 20;
     const KIB: u64 = 1 << 10;
-    if b >= MIB && b % MIB == 0 {
+    if b >= MIB && b.is_multiple_of(MIB) {
         format!("{} MiB", b / MIB)
-    } else if b >= KIB && b % KIB == 0 {
+    } else if b >= KIB && b.is_multiple_of(KIB) {
         format!("{} KiB", b / KIB)
     } else {
         format!("{b} B")
@@ -299,10 +299,7 @@ pub fn render_text(r: &Report) -> String {
         ("kernel.release", r.kernel.release.clone()),
         ("kernel.io_uring_disabled", opt(r.sysctl.io_uring_disabled)),
         ("kernel.io_uring_group", opt(r.sysctl.io_uring_group)),
-        (
-            "process.seccomp_mode",
-            r.process.seccomp_mode.clone(),
-        ),
+        ("process.seccomp_mode", r.process.seccomp_mode.clone()),
         (
             "process.memlock",
             r.process
@@ -373,10 +370,7 @@ pub fn render_text(r: &Report) -> String {
             },
         ));
     }
-    rows.push((
-        "io_uring.supported",
-        yes_no(u.supported).into(),
-    ));
+    rows.push(("io_uring.supported", yes_no(u.supported).into()));
     rows.push((
         "libaio.io_setup",
         if r.libaio.ok {
@@ -397,7 +391,11 @@ pub fn render_text(r: &Report) -> String {
             "{} (aio-nr + {} storage events): {}",
             r.sysctl.aio_nr + r.sysctl.aio_storage_events,
             r.sysctl.aio_storage_events,
-            if r.sysctl.aio_fits { "fits" } else { "DOES NOT FIT" }
+            if r.sysctl.aio_fits {
+                "fits"
+            } else {
+                "DOES NOT FIT"
+            }
         ),
     ));
     rows.push((
@@ -559,7 +557,11 @@ mod tests {
         let r = build_report(&Sizing::default(), 64, &f, &good_uring(), &good_aio());
         assert!(!r.ready);
         assert!(!r.sysctl.aio_fits);
-        assert!(r.advice.iter().any(|a| a.contains("tune")), "{:?}", r.advice);
+        assert!(
+            r.advice.iter().any(|a| a.contains("tune")),
+            "{:?}",
+            r.advice
+        );
     }
 
     #[test]

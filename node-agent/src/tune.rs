@@ -451,7 +451,9 @@ fn write_persist(path: &Path, value: u64) -> Result<(), TuneError> {
     };
     match fs::read_to_string(path) {
         Ok(old) if !old.starts_with(PERSIST_MARKER) => {
-            return Err(err("it exists and was not written by ringmaster-agent".into()))
+            return Err(err(
+                "it exists and was not written by ringmaster-agent".into()
+            ))
         }
         Ok(_) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -512,6 +514,7 @@ fn run_inner(a: &TuneArgs) -> Result<Vec<String>, TuneError> {
     let dry = if a.dry_run { "dry run: " } else { "" };
     if let Some(state) = &a.restore {
         let t = Tuner::new(state);
+        let persisted = t.state()?.and_then(|st| st.persist_path);
         let outcome = if a.dry_run {
             let o = t.plan_restore()?;
             if let RestoreOutcome::Restored { .. } = o {
@@ -526,7 +529,7 @@ fn run_inner(a: &TuneArgs) -> Result<Vec<String>, TuneError> {
         } else {
             ("put back", "left")
         };
-        let line = match outcome {
+        let line = match &outcome {
             RestoreOutcome::Restored { from, to } => {
                 format!("{dry}{AIO_MAX_NR}: {verb} the original {to} (was {from})")
             }
@@ -547,7 +550,10 @@ fn run_inner(a: &TuneArgs) -> Result<Vec<String>, TuneError> {
             ),
         };
         let mut lines = vec![line];
-        if !a.dry_run {
+        if !a.dry_run && outcome != RestoreOutcome::NothingRecorded {
+            if let Some(p) = persisted {
+                lines.push(format!("removed the sysctl.d file {}", p.display()));
+            }
             lines.push(format!("removed the state file {}", state.display()));
         }
         return Ok(lines);
@@ -612,7 +618,12 @@ mod tests {
     fn default_sizing_is_the_storagecluster_default() {
         let s = Sizing::default();
         assert_eq!(
-            (s.max_events, s.workers, s.processes_per_node, s.aio_max_nr_floor),
+            (
+                s.max_events,
+                s.workers,
+                s.processes_per_node,
+                s.aio_max_nr_floor
+            ),
             (512, 8, 1, 1_048_576)
         );
         assert_eq!(s.storage_events(), 4096);
@@ -637,7 +648,9 @@ mod tests {
             aio_max_nr_floor: 0,
         };
         assert_eq!(s.required(100), 4096 + 100 + 65_536);
-        assert!(s.explain(100).contains("1 processes × 8 workers × 512 events = 4096"));
+        assert!(s
+            .explain(100)
+            .contains("1 processes × 8 workers × 512 events = 4096"));
     }
 
     #[test]
