@@ -307,14 +307,22 @@ impl Tuner {
     pub fn apply(&self, s: &Sizing, persist: Option<&Path>) -> Result<Outcome, TuneError> {
         let plan = self.plan(s)?;
         let existing = self.state()?;
-        if !plan.would_change && persist.is_none() {
+        // A sysctl.d file asked for now, or written by an earlier apply, follows the value.
+        let persist_to = persist
+            .map(Path::to_path_buf)
+            .or_else(|| existing.as_ref().and_then(|st| st.persist_path.clone()));
+        let persist_is_current = persist_to.as_ref().is_none_or(|p| {
+            fs::read_to_string(p).is_ok_and(|t| t == persist_text(plan.target))
+                && existing.as_ref().and_then(|st| st.persist_path.as_ref()) == Some(p)
+        });
+        if !plan.would_change && persist_is_current {
             return Ok(Outcome {
                 previous: plan.current,
                 current: plan.current,
                 required: plan.required,
                 changed: false,
                 original: existing.map(|st| st.original),
-                persisted: None,
+                persisted: persist_to,
             });
         }
         if plan.would_change {
@@ -327,9 +335,7 @@ impl Tuner {
             sysctl: AIO_MAX_NR.into(),
             original,
             applied: plan.target,
-            persist_path: persist
-                .map(Path::to_path_buf)
-                .or_else(|| existing.as_ref().and_then(|st| st.persist_path.clone())),
+            persist_path: persist_to.clone(),
             updated_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         };
         // The original goes to disk BEFORE the sysctl changes.
@@ -352,7 +358,7 @@ impl Tuner {
                 read: current,
             });
         }
-        if let Some(p) = persist {
+        if let Some(p) = &persist_to {
             write_persist(p, plan.target)?;
         }
         Ok(Outcome {
@@ -361,7 +367,7 @@ impl Tuner {
             required: plan.required,
             changed: plan.would_change,
             original: Some(original),
-            persisted: persist.map(Path::to_path_buf),
+            persisted: persist_to,
         })
     }
 

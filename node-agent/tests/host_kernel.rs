@@ -683,4 +683,39 @@ fn tuner_library_writes_the_original_before_the_sysctl_and_verify_reports() {
         ringmaster_agent::tune::RestoreOutcome::AlreadyOriginal { value: 65_545 }
     );
     assert!(t.state().unwrap().is_none());
+
+    // A persisted value follows later raises, and an unchanged apply writes nothing.
+    let conf = dir.path().join("60-ringmaster.conf");
+    let o = t.apply(&s, Some(&conf)).unwrap();
+    assert_eq!(o.persisted.as_deref(), Some(conf.as_path()));
+    let stamp = std::fs::metadata(t.state_path())
+        .unwrap()
+        .modified()
+        .unwrap();
+    let again = t.apply(&s, Some(&conf)).unwrap();
+    assert!(!again.changed);
+    assert_eq!(
+        std::fs::metadata(t.state_path())
+            .unwrap()
+            .modified()
+            .unwrap(),
+        stamp,
+        "no-op apply must not rewrite the state"
+    );
+    let bigger = Sizing {
+        workers: 1024,
+        max_events: 1024,
+        ..s
+    };
+    let o = t.apply(&bigger, None).unwrap();
+    assert!(o.changed && o.current > 1_048_576);
+    let text = std::fs::read_to_string(&conf).unwrap();
+    assert!(
+        text.contains(&format!("fs.aio-max-nr = {}\n", o.current)),
+        "{text}"
+    );
+    assert_eq!(t.state().unwrap().unwrap().original, 65_545);
+    t.restore().unwrap();
+    assert_eq!(read_u64("fs.aio-max-nr"), 65_545);
+    assert!(!conf.exists());
 }
