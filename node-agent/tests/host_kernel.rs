@@ -220,6 +220,18 @@ fn seccomp_eperm_is_reported_as_eperm_with_runtime_default_as_cause() {
 }
 
 #[test]
+fn libaio_denied_by_seccomp_is_not_ready_even_with_io_uring_working() {
+    let _l = lock();
+    let (code, r) = check_json(&["--libaio", "ENOSYS"], &[]);
+    assert_eq!(code, 1, "{r:#}");
+    assert_eq!(at(&r, "/io_uring/supported"), true);
+    assert_eq!(at(&r, "/libaio/ok"), false);
+    assert_eq!(at(&r, "/libaio/reason"), "ENOSYS");
+    let msg = at(&r, "/libaio/message").as_str().unwrap();
+    assert!(msg.contains("seccomp"), "{msg}");
+}
+
+#[test]
 fn io_uring_disabled_2_gives_eperm_naming_the_sysctl() {
     let _l = lock();
     assert!(

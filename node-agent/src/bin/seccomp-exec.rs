@@ -225,3 +225,25 @@ fn main() {
     eprintln!("seccomp-exec: cannot run {}: {err}", args.command[0]);
     std::process::exit(127);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capability_names_and_numbers() {
+        assert_eq!(cap_of("SYS_ADMIN"), Ok(21));
+        assert_eq!(cap_of("cap_ipc_lock"), Ok(14));
+        assert_eq!(cap_of("24"), Ok(24));
+        assert!(cap_of("64").is_err());
+        assert!(cap_of("FLY").unwrap_err().contains("SYS_ADMIN"));
+    }
+
+    #[test]
+    fn errno_names_and_numbers() {
+        assert_eq!(errno_of("ENOSYS"), Ok(libc::ENOSYS as u32));
+        assert_eq!(errno_of("eperm"), Ok(libc::EPERM as u32));
+        assert_eq!(errno_of("5"), Ok(5));
+        assert!(errno_of("EWHAT").is_err());
+    }
+}
