@@ -60,12 +60,13 @@ build_kwok() {
   build_simple kwok sigs.k8s.io/kwok sigs.k8s.io/kwok/cmd/kwok "v$KWOK_VERSION" \
     "-X sigs.k8s.io/kwok/pkg/consts.Version=v$KWOK_VERSION"
   # kwok stage definitions live in the module source; join the ones we use into one file.
-  if [[ ! -s $BIN/kwok-stages.yaml ]]; then
+  # (Named files only: the stage dirs also hold kustomization.yaml, which is no Stage.)
+  if [[ ! -s $BIN/kwok-stages.yaml ]] || grep -q '^kind: Kustomization' "$BIN/kwok-stages.yaml"; then
     local dir; dir=$(GOFLAGS=-mod=mod go mod download -json "sigs.k8s.io/kwok@v$KWOK_VERSION" | sed -n 's/.*"Dir": "\(.*\)",/\1/p')
     local s=$dir/kustomize/stage
-    { for f in "$s"/node/fast/node-initialize.yaml "$s"/node/heartbeat-with-lease/*.yaml \
-               "$s"/pod/fast/pod-ready.yaml "$s"/pod/fast/pod-complete.yaml "$s"/pod/fast/pod-delete.yaml; do
-        echo "---"; cat "$f"; done; } > "$BIN/kwok-stages.yaml.tmp"
+    { for f in node/fast/node-initialize node/heartbeat-with-lease/node-heartbeat-with-lease \
+               pod/fast/pod-ready pod/fast/pod-complete pod/fast/pod-delete; do
+        echo "---"; cat "$s/$f.yaml"; done; } > "$BIN/kwok-stages.yaml.tmp"
     mv "$BIN/kwok-stages.yaml.tmp" "$BIN/kwok-stages.yaml"
   fi
 }
