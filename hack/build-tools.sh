@@ -13,6 +13,9 @@ CACHE=${RINGMASTER_CACHE:-$HOME/.cache/ringmaster}
 BIN="$CACHE/bin/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-kwok-$KWOK_VERSION-helm-$HELM_VERSION"
 export CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS=-buildvcs=false
 mkdir -p "$BIN"
+# One build at a time per cache (two clusters may start at once on a fresh machine).
+exec 9>"$BIN.lock"
+flock 9
 
 log() { echo "build-tools: $*" >&2; }
 
@@ -38,7 +41,10 @@ build_kube() {
   for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     LD="$LD -X $p.gitVersion=v$K8S_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$MIN -X $p.gitTreeState=clean"
   done
-  go build -trimpath -ldflags "$LD" -o "$BIN/" "${pkgs[@]}" >&2
+  # Into a scratch dir first: a half-written binary must never look like a built one.
+  mkdir -p "$W/out"
+  go build -trimpath -ldflags "$LD" -o "$W/out/" "${pkgs[@]}" >&2
+  for b in "${want[@]}"; do mv "$W/out/$b" "$BIN/$b"; done
   popd >/dev/null; rm -rf "$W"
 }
 
@@ -49,7 +55,8 @@ build_simple() { # name module pkg version ldflags
   local W; W=$(mktemp -d); pushd "$W" >/dev/null
   go mod init "local/$name" >/dev/null 2>&1
   go get "$pkg@$ver" >&2
-  go build -trimpath -ldflags "-s -w $ld" -o "$BIN/$name" "$pkg" >&2
+  go build -trimpath -ldflags "-s -w $ld" -o "$W/$name" "$pkg" >&2
+  mv "$W/$name" "$BIN/$name"
   popd >/dev/null; rm -rf "$W"
 }
 

@@ -120,6 +120,7 @@ fail() { # name message : print the component's log tail, stop everything, exit 
   fi
   stop_all
   release_ports
+  find "$DIR" -mindepth 1 -maxdepth 1 ! -name logs -exec rm -rf {} +
   echo "cluster: logs kept in $DIR/logs" >&2
   exit 1
 }
