@@ -85,6 +85,8 @@ impl TempDir {
         ));
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir_all(&p).unwrap();
+        // Traversable by the unprivileged-user test whatever the umask.
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
         Self(p)
     }
     fn path(&self) -> &Path {
@@ -631,7 +633,12 @@ fn missing_privilege_gives_one_line_error_and_changes_nothing() {
     let dir = TempDir::new("unpriv");
     let state = dir.path().join("state.json");
     let _g = SysctlGuard::set("fs.aio-max-nr", 65_543);
-    let out = run(Command::new(AGENT)
+    // The build dir may sit under a 0700 home: give uid 65534 its own link to the binary.
+    let agent = dir.path().join("ringmaster-agent");
+    if std::fs::hard_link(AGENT, &agent).is_err() {
+        std::fs::copy(AGENT, &agent).expect("copy the agent binary for uid 65534");
+    }
+    let out = run(Command::new(&agent)
         .args(["tune", "--state", state.to_str().unwrap()])
         .uid(65534)
         .gid(65534));
