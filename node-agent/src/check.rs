@@ -164,13 +164,13 @@ pub fn build_report(
                  ({}). Fix: sudo ringmaster-agent tune (raises it to {required})",
                 facts.aio_max_nr,
                 facts.aio_nr,
-                explain_demand(sizing)
+                sizing.demand_text()
             ));
         } else {
             advice.push(format!(
                 "fs.aio-max-nr: the storage workers need {storage} events ({}); sudo \
                  ringmaster-agent tune raises it to {required} ({})",
-                explain_demand(sizing),
+                sizing.demand_text(),
                 sizing.explain(facts.aio_nr)
             ));
         }
@@ -232,13 +232,6 @@ pub fn build_report(
         verdict,
         advice,
     }
-}
-
-fn explain_demand(s: &Sizing) -> String {
-    format!(
-        "{} processes × {} workers × {} events",
-        s.processes_per_node, s.workers, s.max_events
-    )
 }
 
 /// Gather facts, run both probes (scratch file in `scratch_dir`), build the report.
@@ -413,9 +406,16 @@ pub fn render_text(r: &Report) -> String {
     ));
 
     let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    let sizing = Sizing {
+        max_events: r.sizing.max_events,
+        workers: r.sizing.workers,
+        processes_per_node: r.sizing.processes_per_node,
+        aio_max_nr_floor: r.sizing.aio_max_nr_floor,
+    };
     let mut out = format!(
-        "ringmaster-agent check: {} processes × {} workers × {} events (min ring {})\n\n",
-        r.sizing.processes_per_node, r.sizing.workers, r.sizing.max_events, r.sizing.min_max_events
+        "ringmaster-agent check: {} (min ring {})\n\n",
+        sizing.demand_text(),
+        r.sizing.min_max_events
     );
     for (k, v) in rows {
         let _ = writeln!(out, "  {k:<width$}  {v}");

@@ -79,15 +79,23 @@ impl Sizing {
         )
     }
 
+    /// `2 processes × 8 workers × 512 events`, for people.
+    pub fn demand_text(&self) -> String {
+        let n = |v: u32, one: &str, many: &str| format!("{v} {}", if v == 1 { one } else { many });
+        format!(
+            "{} × {} × {}",
+            n(self.processes_per_node, "process", "processes"),
+            n(self.workers, "worker", "workers"),
+            n(self.max_events, "event", "events")
+        )
+    }
+
     /// How [`Self::required`] is made up, for people.
     pub fn explain(&self, aio_nr: u64) -> String {
         let events = self.storage_events();
         format!(
-            "{} processes × {} workers × {} events = {events} + fs.aio-nr {aio_nr} + headroom {}, \
-             floor {}",
-            self.processes_per_node,
-            self.workers,
-            self.max_events,
+            "{} = {events} + fs.aio-nr {aio_nr} + headroom {}, floor {}",
+            self.demand_text(),
             sizing::headroom(events),
             self.aio_max_nr_floor
         )
@@ -656,7 +664,7 @@ mod tests {
         assert_eq!(s.required(100), 4096 + 100 + 65_536);
         assert!(s
             .explain(100)
-            .contains("1 processes × 8 workers × 512 events = 4096"));
+            .contains("1 process × 8 workers × 512 events = 4096"));
     }
 
     #[test]
