@@ -34,7 +34,10 @@ def ours(*args):
 
 def fio(*args):
     cmd = ["fio", "--name=anchor", f"--filename={FILE}", "--time_based", f"--runtime={SECS}",
-           "--ramp_time=0", "--group_reporting", "--output-format=json", "--invalidate=0", *args]
+           "--ramp_time=0", "--group_reporting",
+           # Threads, like ours: fio's forked jobs call setsid(), and with kernel.sched_autogroup
+           # each gets its own scheduler group, i.e. N times our CPU share on a busy machine.
+           "--thread", "--output-format=json", "--invalidate=0", *args]
     out, cpu = run_cpu(cmd)
     j = json.loads(out[out.index("{"):])
     rd = j["jobs"][0]["read"]

@@ -161,6 +161,10 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<ServeHandle> {
         .await
         .with_context(|| format!("cannot listen on {}", cfg.bind))?;
     let addr = listener.local_addr()?;
+    // Small range responses must not wait for Nagle + delayed ACK (nginx sets it too).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let state = Arc::new(AppState {
         dirs,
         pool: Arc::new(pool),
