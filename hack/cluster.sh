@@ -174,6 +174,10 @@ up() {
         alive "$n" && die "a cluster is already running in $DIR: 'hack/cluster.sh down' first (or unset RINGMASTER_CLUSTER_DIR for a second one)"
       done
     fi
+    # Reuse only an empty dir or a dead cluster's: never wipe anything else.
+    if [[ -d $DIR && -n $(ls -A "$DIR") && ! -f $DIR/cluster.env && ! -d $DIR/logs ]]; then
+      die "RINGMASTER_CLUSTER_DIR=$DIR is not empty and holds no cluster; pick another dir"
+    fi
     rm -rf "$DIR"
   else
     DIR=$CACHE/clusters/$(date +%Y%m%d-%H%M%S)-$$
