@@ -1,8 +1,304 @@
-//! `ringmaster-agent reader`: the unprivileged reader process.
+//! `ringmaster-agent reader`: the unprivileged reader process (container `reader`).
+//!
+//! It runs under the cluster's seccomp setting, so its io_uring probe is the truth for the
+//! storage service (DESIGN.md §5: a privileged process is never seccomp-filtered). Loop:
+//! wait for `config.json` from the agent, probe io_uring with that sizing, start the read
+//! workers and HTTP read service per policy (`Required` + unsupported → worker mode
+//! `none`, nothing serves, on purpose), and write `reader.json`. When `config.json`
+//! changes (new generation), probe again and restart the workers with the new sizing.
 
-#[derive(clap::Args, Debug)]
-pub struct ReaderArgs {}
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-pub fn run(_a: ReaderArgs) -> i32 {
-    2
+use crate::handoff::{self, worker_mode, Policy, ReaderConfig, ReaderReport};
+use crate::host;
+use crate::probe::{self, ProbeParams, UringProbe};
+
+/// Flags of `ringmaster-agent reader`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ReaderArgs {
+    /// Dir shared with the agent container (config.json in, reader.json out).
+    #[arg(long, default_value = ringmaster_api::keys::POD_STATE_DIR)]
+    pub state_dir: PathBuf,
+    /// Address of the read service (default 0.0.0.0:<readService.port from the config>).
+    #[arg(long)]
+    pub bind: Option<SocketAddr>,
+    /// Milliseconds between checks of config.json.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(50..))]
+    pub poll_ms: u64,
+}
+
+/// How the workers will run for a probe result under a policy, and why.
+pub fn decide_mode(policy: Policy, probe: &UringProbe) -> (&'static str, String) {
+    let why = || {
+        format!(
+            "io_uring unavailable ({}{})",
+            probe.reason.as_deref().unwrap_or("unknown"),
+            probe
+                .message
+                .as_deref()
+                .map(|m| format!(": {m}"))
+                .unwrap_or_default()
+        )
+    };
+    match (policy, probe.supported) {
+        (Policy::Disabled, _) => (
+            worker_mode::PREAD,
+            "aio.ioUring is Disabled: pread thread pool".into(),
+        ),
+        (_, true) => (
+            worker_mode::IO_URING,
+            format!(
+                "io_uring works with {} ring entries per worker",
+                probe.ring_entries
+            ),
+        ),
+        (Policy::Preferred, false) => (
+            worker_mode::PREAD,
+            format!("{}; aio.ioUring is Preferred: pread thread pool", why()),
+        ),
+        (Policy::Required, false) => (
+            worker_mode::NONE,
+            format!(
+                "{}; aio.ioUring is Required: not serving (fix io_uring or set Preferred)",
+                why()
+            ),
+        ),
+    }
+}
+
+// TEMPORARY until branch `io` lands serve::start: same signatures, never serves.
+mod serve {
+    use std::net::SocketAddr;
+    use std::path::PathBuf;
+    pub struct ServeConfig {
+        pub data_dirs: Vec<(String, PathBuf)>,
+        pub bind: SocketAddr,
+        pub workers: u32,
+        pub max_events: u32,
+        pub policy: crate::handoff::Policy,
+    }
+    impl ServeConfig {
+        pub fn new(data_dirs: Vec<(String, PathBuf)>, bind: SocketAddr) -> Self {
+            ServeConfig {
+                data_dirs,
+                bind,
+                workers: 1,
+                max_events: 1,
+                policy: Default::default(),
+            }
+        }
+    }
+    pub struct ServeHandle;
+    impl ServeHandle {
+        pub fn local_addr(&self) -> SocketAddr {
+            unreachable!()
+        }
+        pub fn worker_mode(&self) -> &str {
+            unreachable!()
+        }
+        pub fn worker_mode_reason(&self) -> &str {
+            unreachable!()
+        }
+        pub async fn shutdown(self) {}
+    }
+    pub async fn start(_c: ServeConfig) -> anyhow::Result<ServeHandle> {
+        anyhow::bail!("read service not built yet")
+    }
+}
+
+/// The read service as the reader sees it.
+struct Running {
+    service: serve::ServeHandle,
+}
+
+/// Start the read workers and HTTP service for `cfg`.
+async fn start_service(
+    cfg: &ReaderConfig,
+    bind: SocketAddr,
+) -> anyhow::Result<(Running, String, String)> {
+    let mut sc = serve::ServeConfig::new(cfg.data_dirs.clone(), bind);
+    sc.workers = cfg.workers;
+    sc.max_events = cfg.max_events;
+    sc.policy = cfg.policy;
+    let service = serve::start(sc).await?;
+    let mode = service.worker_mode().to_string();
+    let reason = service.worker_mode_reason().to_string();
+    Ok((Running { service }, mode, reason))
+}
+
+fn now_rfc3339() -> String {
+    k8s_openapi::jiff::Timestamp::now().to_string()
+}
+
+/// Probe under this process's security context (blocking: rings, a temp file read).
+async fn probe(cfg: &ReaderConfig, scratch: &Path) -> (host::HostFacts, UringProbe) {
+    let params = ProbeParams {
+        max_events: cfg.max_events,
+        min_max_events: cfg.min_max_events,
+        scratch_dir: scratch.to_path_buf(),
+    };
+    tokio::task::spawn_blocking(move || (host::gather(), probe::probe_io_uring(&params)))
+        .await
+        .unwrap_or_default()
+}
+
+async fn reader_loop(args: ReaderArgs) -> anyhow::Result<()> {
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut current: Option<ReaderConfig> = None;
+    let mut running: Option<Running> = None;
+    let mut last_error: Option<String> = None;
+    let mut waiting_logged = false;
+    loop {
+        match handoff::read_json::<ReaderConfig>(&args.state_dir, handoff::CONFIG_FILE) {
+            Ok(None) => {
+                if !waiting_logged {
+                    tracing::info!(dir = %args.state_dir.display(), "waiting for config.json from the agent");
+                    waiting_logged = true;
+                }
+            }
+            Err(e) => {
+                // Keep serving the last good config; say so once.
+                let msg = e.to_string();
+                if last_error.as_ref() != Some(&msg) {
+                    tracing::warn!(error = %msg, "cannot read config.json; keeping the current config");
+                    last_error = Some(msg);
+                }
+            }
+            Ok(Some(cfg)) if Some(&cfg) != current.as_ref() => {
+                last_error = None;
+                if let Some(r) = running.take() {
+                    r.service.shutdown().await;
+                }
+                let (facts, uring) = probe(&cfg, &args.state_dir).await;
+                let (mut mode, mut reason) = decide_mode(cfg.policy, &uring);
+                let mut serving = false;
+                let mut listen_addr = None;
+                let mut error = None;
+                let mut actual_mode = mode.to_string();
+                let service_configured = !cfg.data_dirs.is_empty();
+                if mode != worker_mode::NONE && !service_configured {
+                    reason = format!("{reason}; no readService.dataDirs: read service off");
+                } else if mode != worker_mode::NONE {
+                    let bind = args
+                        .bind
+                        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], cfg.port)));
+                    match start_service(&cfg, bind).await {
+                        Ok((r, m, why)) => {
+                            serving = true;
+                            listen_addr = Some(r.service.local_addr().to_string());
+                            actual_mode = m;
+                            reason = why;
+                            running = Some(r);
+                        }
+                        Err(e) => {
+                            error = Some(format!("read service did not start on {bind}: {e:#}"));
+                            mode = worker_mode::NONE;
+                            actual_mode = mode.to_string();
+                        }
+                    }
+                }
+                let report = ReaderReport {
+                    generation: cfg.generation,
+                    config_hash: cfg.config_hash.clone(),
+                    host: facts,
+                    io_uring: uring,
+                    worker_mode: actual_mode,
+                    worker_mode_reason: reason,
+                    serving,
+                    service_configured,
+                    listen_addr,
+                    error,
+                    probed_at: now_rfc3339(),
+                };
+                tracing::info!(
+                    generation = report.generation,
+                    supported = report.io_uring.supported,
+                    reason = ?report.io_uring.reason,
+                    mode = %report.worker_mode,
+                    serving,
+                    "probed; reporting to the agent"
+                );
+                if let Err(e) = handoff::write_json(&args.state_dir, handoff::READER_FILE, &report)
+                {
+                    tracing::warn!(error = %e, "cannot write reader.json; retrying");
+                    // Force a retry of the whole step on the next tick.
+                    if let Some(r) = running.take() {
+                        r.service.shutdown().await;
+                    }
+                    current = None;
+                } else {
+                    current = Some(cfg);
+                }
+            }
+            Ok(Some(_)) => {}
+        }
+        tokio::select! {
+            _ = sigterm.recv() => {
+                if let Some(r) = running.take() {
+                    r.service.shutdown().await;
+                }
+                return Ok(());
+            }
+            _ = tokio::time::sleep(Duration::from_millis(args.poll_ms)) => {}
+        }
+    }
+}
+
+/// Entry point of `ringmaster-agent reader`: exit 0 on SIGTERM, 1 on a fatal error.
+pub fn run(args: ReaderArgs) -> i32 {
+    crate::init_tracing();
+    if let Err(e) = std::fs::create_dir_all(&args.state_dir) {
+        eprintln!(
+            "error: --state-dir {}: {e} (mount the emptyDir shared with the agent there)",
+            args.state_dir.display()
+        );
+        return 1;
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return 1;
+        }
+    };
+    match rt.block_on(reader_loop(args)) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probe(supported: bool) -> UringProbe {
+        UringProbe {
+            supported,
+            errno: (!supported).then_some(1),
+            reason: (!supported).then(|| "EPERM".into()),
+            ring_entries: if supported { 512 } else { 0 },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn policy_decides_mode() {
+        assert_eq!(decide_mode(Policy::Preferred, &probe(true)).0, "io_uring");
+        assert_eq!(decide_mode(Policy::Required, &probe(true)).0, "io_uring");
+        assert_eq!(decide_mode(Policy::Disabled, &probe(true)).0, "pread");
+        let (m, why) = decide_mode(Policy::Preferred, &probe(false));
+        assert_eq!(m, "pread");
+        assert!(why.contains("EPERM"), "{why}");
+        let (m, why) = decide_mode(Policy::Required, &probe(false));
+        assert_eq!(m, "none");
+        assert!(why.contains("Required") && why.contains("EPERM"), "{why}");
+    }
 }
