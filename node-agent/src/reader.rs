@@ -24,6 +24,10 @@ pub struct ReaderArgs {
     /// Address of the read service (default 0.0.0.0:<readService.port from the config>).
     #[arg(long)]
     pub bind: Option<SocketAddr>,
+    /// Where the pod mounts the data dirs: dir `NAME` is served from `<data-root>/NAME`
+    /// instead of the host path in config.json (the operator mounts them at /data/NAME).
+    #[arg(long)]
+    pub data_root: Option<PathBuf>,
     /// Milliseconds between checks of config.json.
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(50..))]
     pub poll_ms: u64,
@@ -108,24 +112,66 @@ mod serve {
     }
 }
 
-/// The read service as the reader sees it.
-struct Running {
-    service: serve::ServeHandle,
+/// What the reader runs for the current config.
+enum Running {
+    /// The read workers and HTTP read service (which serves /healthz and /readyz too).
+    Service(serve::ServeHandle),
+    /// No read service on purpose (worker mode `none`, or no data dirs): only
+    /// /healthz and /readyz, so the container's probes pass.
+    Idle(tokio::sync::oneshot::Sender<()>),
+}
+
+impl Running {
+    async fn stop(self) {
+        match self {
+            Running::Service(h) => h.shutdown().await,
+            Running::Idle(stop) => {
+                let _ = stop.send(());
+            }
+        }
+    }
 }
 
 /// Start the read workers and HTTP service for `cfg`.
 async fn start_service(
     cfg: &ReaderConfig,
     bind: SocketAddr,
-) -> anyhow::Result<(Running, String, String)> {
-    let mut sc = serve::ServeConfig::new(cfg.data_dirs.clone(), bind);
+    data_root: Option<&Path>,
+) -> anyhow::Result<serve::ServeHandle> {
+    let dirs = cfg
+        .data_dirs
+        .iter()
+        .map(|(name, host)| {
+            let path = data_root.map_or_else(|| host.clone(), |root| root.join(name));
+            (name.clone(), path)
+        })
+        .collect();
+    let mut sc = serve::ServeConfig::new(dirs, bind);
     sc.workers = cfg.workers;
     sc.max_events = cfg.max_events;
     sc.policy = cfg.policy;
-    let service = serve::start(sc).await?;
-    let mode = service.worker_mode().to_string();
-    let reason = service.worker_mode_reason().to_string();
-    Ok((Running { service }, mode, reason))
+    serve::start(sc).await
+}
+
+/// Health endpoints only, for a reader that deliberately serves no reads.
+async fn start_idle(bind: SocketAddr, reason: String) -> anyhow::Result<Running> {
+    use axum::routing::get;
+    let listener = tokio::net::TcpListener::bind(bind)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {bind}: {e}"))?;
+    let ready = format!("ready, not serving reads: {reason}\n");
+    let app = axum::Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(move || async move { ready }));
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = rx.await;
+            })
+            .await;
+    });
+    Ok(Running::Idle(tx))
 }
 
 fn now_rfc3339() -> String {
@@ -144,100 +190,128 @@ async fn probe(cfg: &ReaderConfig, scratch: &Path) -> (host::HostFacts, UringPro
         .unwrap_or_default()
 }
 
+/// Probe and start what `cfg` asks for; the report says what runs.
+async fn apply_config(args: &ReaderArgs, cfg: &ReaderConfig) -> (ReaderReport, Option<Running>) {
+    let (facts, uring) = probe(cfg, &args.state_dir).await;
+    let (mode, mut reason) = decide_mode(cfg.policy, &uring);
+    let mut worker_mode = mode.to_string();
+    let service_configured = !cfg.data_dirs.is_empty();
+    let bind = args
+        .bind
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], cfg.port)));
+    let mut serving = false;
+    let mut listen_addr = None;
+    let mut error = None;
+    let running = if mode != worker_mode::NONE && service_configured {
+        match start_service(cfg, bind, args.data_root.as_deref()).await {
+            Ok(h) => {
+                serving = true;
+                listen_addr = Some(h.local_addr().to_string());
+                worker_mode = h.worker_mode().to_string();
+                reason = h.worker_mode_reason().to_string();
+                Some(Running::Service(h))
+            }
+            Err(e) => {
+                error = Some(format!("read service did not start on {bind}: {e:#}"));
+                None
+            }
+        }
+    } else {
+        if mode != worker_mode::NONE {
+            reason = format!("{reason}; no readService.dataDirs: read service off");
+        }
+        match start_idle(bind, reason.clone()).await {
+            Ok(r) => Some(r),
+            Err(e) => {
+                error = Some(format!("health endpoint: {e:#}"));
+                None
+            }
+        }
+    };
+    let report = ReaderReport {
+        generation: cfg.generation,
+        config_hash: cfg.config_hash.clone(),
+        host: facts,
+        io_uring: uring,
+        worker_mode,
+        worker_mode_reason: reason,
+        serving,
+        service_configured,
+        listen_addr,
+        error,
+        probed_at: now_rfc3339(),
+    };
+    (report, running)
+}
+
+/// After a failed start, try again this much later (not every poll: each attempt is a
+/// new report and so a StorageNode write).
+const RETRY_AFTER: Duration = Duration::from_secs(10);
+
 async fn reader_loop(args: ReaderArgs) -> anyhow::Result<()> {
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut current: Option<ReaderConfig> = None;
     let mut running: Option<Running> = None;
+    let mut retry_at: Option<tokio::time::Instant> = None;
     let mut last_error: Option<String> = None;
     let mut waiting_logged = false;
     loop {
-        match handoff::read_json::<ReaderConfig>(&args.state_dir, handoff::CONFIG_FILE) {
+        let next = match handoff::read_json::<ReaderConfig>(&args.state_dir, handoff::CONFIG_FILE) {
             Ok(None) => {
                 if !waiting_logged {
                     tracing::info!(dir = %args.state_dir.display(), "waiting for config.json from the agent");
                     waiting_logged = true;
                 }
+                None
             }
             Err(e) => {
-                // Keep serving the last good config; say so once.
+                // Keep running the last good config; say so once.
                 let msg = e.to_string();
                 if last_error.as_ref() != Some(&msg) {
                     tracing::warn!(error = %msg, "cannot read config.json; keeping the current config");
                     last_error = Some(msg);
                 }
+                None
             }
-            Ok(Some(cfg)) if Some(&cfg) != current.as_ref() => {
+            Ok(Some(cfg)) => {
                 last_error = None;
-                if let Some(r) = running.take() {
-                    r.service.shutdown().await;
-                }
-                let (facts, uring) = probe(&cfg, &args.state_dir).await;
-                let (mut mode, mut reason) = decide_mode(cfg.policy, &uring);
-                let mut serving = false;
-                let mut listen_addr = None;
-                let mut error = None;
-                let mut actual_mode = mode.to_string();
-                let service_configured = !cfg.data_dirs.is_empty();
-                if mode != worker_mode::NONE && !service_configured {
-                    reason = format!("{reason}; no readService.dataDirs: read service off");
-                } else if mode != worker_mode::NONE {
-                    let bind = args
-                        .bind
-                        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], cfg.port)));
-                    match start_service(&cfg, bind).await {
-                        Ok((r, m, why)) => {
-                            serving = true;
-                            listen_addr = Some(r.service.local_addr().to_string());
-                            actual_mode = m;
-                            reason = why;
-                            running = Some(r);
-                        }
-                        Err(e) => {
-                            error = Some(format!("read service did not start on {bind}: {e:#}"));
-                            mode = worker_mode::NONE;
-                            actual_mode = mode.to_string();
-                        }
-                    }
-                }
-                let report = ReaderReport {
-                    generation: cfg.generation,
-                    config_hash: cfg.config_hash.clone(),
-                    host: facts,
-                    io_uring: uring,
-                    worker_mode: actual_mode,
-                    worker_mode_reason: reason,
-                    serving,
-                    service_configured,
-                    listen_addr,
-                    error,
-                    probed_at: now_rfc3339(),
-                };
-                tracing::info!(
-                    generation = report.generation,
-                    supported = report.io_uring.supported,
-                    reason = ?report.io_uring.reason,
-                    mode = %report.worker_mode,
-                    serving,
-                    "probed; reporting to the agent"
-                );
-                if let Err(e) = handoff::write_json(&args.state_dir, handoff::READER_FILE, &report)
-                {
+                let changed = Some(&cfg) != current.as_ref();
+                let retry = retry_at.is_some_and(|t| tokio::time::Instant::now() >= t);
+                (changed || retry).then_some(cfg)
+            }
+        };
+        if let Some(cfg) = next {
+            if let Some(r) = running.take() {
+                r.stop().await;
+            }
+            let (report, r) = apply_config(&args, &cfg).await;
+            running = r;
+            retry_at = report
+                .error
+                .is_some()
+                .then(|| tokio::time::Instant::now() + RETRY_AFTER);
+            tracing::info!(
+                generation = report.generation,
+                supported = report.io_uring.supported,
+                reason = ?report.io_uring.reason,
+                mode = %report.worker_mode,
+                serving = report.serving,
+                error = ?report.error,
+                "probed; reporting to the agent"
+            );
+            match handoff::write_json(&args.state_dir, handoff::READER_FILE, &report) {
+                Ok(()) => current = Some(cfg),
+                Err(e) => {
                     tracing::warn!(error = %e, "cannot write reader.json; retrying");
-                    // Force a retry of the whole step on the next tick.
-                    if let Some(r) = running.take() {
-                        r.service.shutdown().await;
-                    }
-                    current = None;
-                } else {
+                    retry_at = Some(tokio::time::Instant::now() + Duration::from_secs(1));
                     current = Some(cfg);
                 }
             }
-            Ok(Some(_)) => {}
         }
         tokio::select! {
             _ = sigterm.recv() => {
                 if let Some(r) = running.take() {
-                    r.service.shutdown().await;
+                    r.stop().await;
                 }
                 return Ok(());
             }
