@@ -14,6 +14,7 @@ use std::time::Duration;
 use crate::handoff::{self, worker_mode, Policy, ReaderConfig, ReaderReport};
 use crate::host;
 use crate::probe::{self, ProbeParams, UringProbe};
+use crate::serve;
 
 /// Flags of `ringmaster-agent reader`.
 #[derive(clap::Args, Debug, Clone)]
@@ -69,46 +70,6 @@ pub fn decide_mode(policy: Policy, probe: &UringProbe) -> (&'static str, String)
                 why()
             ),
         ),
-    }
-}
-
-// TEMPORARY until branch `io` lands serve::start: same signatures, never serves.
-mod serve {
-    use std::net::SocketAddr;
-    use std::path::PathBuf;
-    pub struct ServeConfig {
-        pub data_dirs: Vec<(String, PathBuf)>,
-        pub bind: SocketAddr,
-        pub workers: u32,
-        pub max_events: u32,
-        pub policy: crate::handoff::Policy,
-    }
-    impl ServeConfig {
-        pub fn new(data_dirs: Vec<(String, PathBuf)>, bind: SocketAddr) -> Self {
-            ServeConfig {
-                data_dirs,
-                bind,
-                workers: 1,
-                max_events: 1,
-                policy: Default::default(),
-            }
-        }
-    }
-    pub struct ServeHandle;
-    impl ServeHandle {
-        pub fn local_addr(&self) -> SocketAddr {
-            unreachable!()
-        }
-        pub fn worker_mode(&self) -> &str {
-            unreachable!()
-        }
-        pub fn worker_mode_reason(&self) -> &str {
-            unreachable!()
-        }
-        pub async fn shutdown(self) {}
-    }
-    pub async fn start(_c: ServeConfig) -> anyhow::Result<ServeHandle> {
-        anyhow::bail!("read service not built yet")
     }
 }
 

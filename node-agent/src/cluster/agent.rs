@@ -447,17 +447,17 @@ impl Agent {
         }
         let (restored_ok, message) = if d.restore_on_delete {
             match self.tuner.restore() {
-                Ok(Some(v)) => (true, format!("labels and taint removed; fs.aio-max-nr restored to {v}")),
-                Ok(None) => (
-                    true,
-                    "labels and taint removed; fs.aio-max-nr was never raised here, nothing to restore".into(),
+                Ok(what) => (true, format!("labels and taint removed; {what}")),
+                Err(e) => (
+                    false,
+                    format!("labels and taint removed; restoring fs.aio-max-nr failed: {e}"),
                 ),
-                Err(e) => (false, format!("labels and taint removed; restoring fs.aio-max-nr failed: {e}")),
             }
         } else {
             (
                 true,
-                "labels and taint removed; fs.aio-max-nr left as is (sysctl.restoreOnDelete is false)".into(),
+                "labels and taint removed; fs.aio-max-nr left as is (sysctl.restoreOnDelete is false)"
+                    .into(),
             )
         };
         if let Err(e) = settings::remove(&self.args.host_state_dir) {

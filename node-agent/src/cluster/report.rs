@@ -118,7 +118,7 @@ impl Observation<'_> {
                 supported: r.io_uring.supported,
                 reason: r.io_uring.reason.clone(),
                 errno: r.io_uring.errno,
-                message: r.io_uring.message.clone(),
+                message: uring_message(r),
                 requested_entries: r.io_uring.requested_entries,
                 ring_entries: r.io_uring.ring_entries,
                 setup_flags: r.io_uring.setup_flags,
@@ -200,10 +200,7 @@ impl Observation<'_> {
                 cond::IO_URING_SUPPORTED,
                 false,
                 r.io_uring.reason.as_deref().unwrap_or("Unsupported"),
-                r.io_uring
-                    .message
-                    .clone()
-                    .unwrap_or_else(|| "io_uring_setup failed".into()),
+                uring_message(r).unwrap_or_else(|| "io_uring_setup failed".into()),
             ),
             (None, Some(e)) => Condition {
                 status: "Unknown".into(),
@@ -273,6 +270,16 @@ impl Observation<'_> {
                     .unwrap_or_else(|| "the read service is not listening".into()),
             ),
         }
+    }
+}
+
+/// The probe's cause and fix in one sentence.
+fn uring_message(r: &ReaderReport) -> Option<String> {
+    match (&r.io_uring.message, &r.io_uring.fix) {
+        (Some(m), Some(f)) => Some(format!("{m}; fix: {f}")),
+        (Some(m), None) => Some(m.clone()),
+        (None, Some(f)) => Some(format!("fix: {f}")),
+        (None, None) => None,
     }
 }
 
