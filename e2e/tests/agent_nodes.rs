@@ -112,7 +112,14 @@ async fn agents_report_verdicts_labels_taints_and_settings() {
     for a in &f.agents {
         sns.push(f.wait_applied(&a.node, gen).await);
     }
-    let required = sns[0].status.as_ref().unwrap().aio.as_ref().unwrap().required;
+    let required = sns[0]
+        .status
+        .as_ref()
+        .unwrap()
+        .aio
+        .as_ref()
+        .unwrap()
+        .required;
     assert!(required > 65_536, "required {required}");
     assert!(
         read_aio_max_nr() >= required,
@@ -134,10 +141,16 @@ async fn agents_report_verdicts_labels_taints_and_settings() {
     assert!(aio.tuned && aio.current >= aio.required);
     let owner = &sns[0].owner_references()[0];
     let node_ok = f.node(&ok).await;
-    assert_eq!((owner.kind.as_str(), Some(&owner.uid)), ("Node", node_ok.uid().as_ref()));
+    assert_eq!(
+        (owner.kind.as_str(), Some(&owner.uid)),
+        ("Node", node_ok.uid().as_ref())
+    );
     assert_eq!(sns[0].spec.cluster, format!("{}/{CLUSTER}", f.ns()));
     assert_eq!(
-        sns[0].labels().get(keys::LABEL_STORAGENODE_CLUSTER_NAMESPACE).map(String::as_str),
+        sns[0]
+            .labels()
+            .get(keys::LABEL_STORAGENODE_CLUSTER_NAMESPACE)
+            .map(String::as_str),
         Some(f.ns())
     );
 
@@ -150,8 +163,15 @@ async fn agents_report_verdicts_labels_taints_and_settings() {
         assert_eq!(io.reason.as_deref(), Some(errno_name));
         assert_eq!(io.errno, Some(errno));
         assert_eq!(st.seccomp_mode.as_deref(), Some("filter"));
-        assert_eq!(st.worker_mode.as_deref(), Some("pread"), "Preferred falls back");
-        assert_eq!(condition(&st, cond::IO_URING_SUPPORTED), ("False", errno_name));
+        assert_eq!(
+            st.worker_mode.as_deref(),
+            Some("pread"),
+            "Preferred falls back"
+        );
+        assert_eq!(
+            condition(&st, cond::IO_URING_SUPPORTED),
+            ("False", errno_name)
+        );
         assert_eq!(condition(&st, cond::READY).0, "True");
     }
 
@@ -168,7 +188,11 @@ async fn agents_report_verdicts_labels_taints_and_settings() {
     };
     let n = wait_for(T, "stale owned label removed", || async {
         let n = f.node(&ok).await;
-        anyhow::ensure!(!n.labels().contains_key(keys::LABEL_IO_URING_REASON), "{:?}", n.labels());
+        anyhow::ensure!(
+            !n.labels().contains_key(keys::LABEL_IO_URING_REASON),
+            "{:?}",
+            n.labels()
+        );
         Ok(n)
     })
     .await;
@@ -194,7 +218,9 @@ async fn agents_report_verdicts_labels_taints_and_settings() {
     }
 
     // Verified settings for the storage service, matching the verdict.
-    let toml = f.agents[0].settings_toml().expect("aio.toml on the supported node");
+    let toml = f.agents[0]
+        .settings_toml()
+        .expect("aio.toml on the supported node");
     assert!(toml.contains("[server.aio_read_worker]"), "{toml}");
     assert!(toml.contains("enable_io_uring = true"), "{toml}");
     assert!(toml.contains("max_events = 512"), "{toml}");
@@ -205,7 +231,10 @@ async fn agents_report_verdicts_labels_taints_and_settings() {
         let toml = a.settings_toml().expect("aio.toml on a failing node");
         assert!(toml.contains("enable_io_uring = false"), "{toml}");
         let env = std::fs::read_to_string(a.host_state_dir.path().join("aio.env")).unwrap();
-        assert!(env.contains("RINGMASTER_AIO_ENABLE_IO_URING=false"), "{env}");
+        assert!(
+            env.contains("RINGMASTER_AIO_ENABLE_IO_URING=false"),
+            "{env}"
+        );
     }
 
     // Events on transitions.
@@ -229,8 +258,14 @@ async fn agents_report_verdicts_labels_taints_and_settings() {
     .await;
     let (code, metrics) = http_get(&addr, "/metrics");
     assert_eq!(code, 200);
-    assert!(metrics.contains("ringmaster_agent_io_uring_supported 1"), "{metrics}");
-    assert!(metrics.contains(&format!("ringmaster_agent_applied_generation {gen}")), "{metrics}");
+    assert!(
+        metrics.contains("ringmaster_agent_io_uring_supported 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!("ringmaster_agent_applied_generation {gen}")),
+        "{metrics}"
+    );
 
     // The reader serves reads from the data dir.
     let report: serde_json::Value = serde_json::from_str(
@@ -276,7 +311,10 @@ async fn config_changes_reach_agents_and_restart_converges() {
         assert_eq!(st.service_settings.unwrap().max_events, 256, "{node}");
     }
     let toml = f.agents[0].settings_toml().unwrap();
-    assert!(toml.contains("max_events = 256") && toml.contains(&format!("generation = {g2}")), "{toml}");
+    assert!(
+        toml.contains("max_events = 256") && toml.contains(&format!("generation = {g2}")),
+        "{toml}"
+    );
 
     // Label policy: the taint goes, the labels stay.
     let g3 = f
@@ -312,7 +350,11 @@ async fn config_changes_reach_agents_and_restart_converges() {
         Ok(n)
     })
     .await;
-    assert_eq!(ringmaster_labels(&n), before, "labels lost or duplicated after restart");
+    assert_eq!(
+        ringmaster_labels(&n),
+        before,
+        "labels lost or duplicated after restart"
+    );
     assert_eq!(
         n.annotations()[keys::OWNED_LABELS_ANNOTATION],
         "ringmaster.io/aio-tuned,ringmaster.io/io-uring,ringmaster.io/io-uring-reason,ringmaster.io/ready"
@@ -336,12 +378,16 @@ async fn config_changes_reach_agents_and_restart_converges() {
         .await
         .expect("deleting the node");
     let sns = f.storage_nodes();
-    wait_for(Duration::from_secs(90), "StorageNode garbage-collected with its Node", || async {
-        match sns.get_opt(&bad).await? {
-            None => Ok(()),
-            Some(sn) => anyhow::bail!("still there: {:?}", sn.metadata.deletion_timestamp),
-        }
-    })
+    wait_for(
+        Duration::from_secs(90),
+        "StorageNode garbage-collected with its Node",
+        || async {
+            match sns.get_opt(&bad).await? {
+                None => Ok(()),
+                Some(sn) => anyhow::bail!("still there: {:?}", sn.metadata.deletion_timestamp),
+            }
+        },
+    )
     .await;
     // The other node is unaffected.
     assert!(sns.get_opt(&ok).await.unwrap().is_some());
@@ -400,7 +446,10 @@ async fn deleting_the_cluster_restores_the_node() {
     assert!(ringmaster_labels(&n).is_empty(), "{:?}", n.labels());
     assert!(!n.annotations().contains_key(keys::OWNED_LABELS_ANNOTATION));
     assert_eq!(ringmaster_taints(&n), 0);
-    assert!(f.agents[0].settings_toml().is_none(), "aio.toml left behind");
+    assert!(
+        f.agents[0].settings_toml().is_none(),
+        "aio.toml left behind"
+    );
     wait_event(&f.client, &node, "Restored").await;
 
     // The "operator" releases its finalizer; the cluster goes.
@@ -437,20 +486,25 @@ async fn missing_node_and_bad_reader_report_do_not_crash_the_agent() {
     std::fs::write(f.agents[0].state_dir.path().join("reader.json"), b"{oops").unwrap();
     let ns = f.ns().to_string();
     f.agents[0].start_agent(&ns);
-    wait_for(T, "IoUringSupported Unknown/ReaderReportInvalid", || async {
-        let sn = f.storage_nodes().get(&node).await?;
-        let st = sn.status.unwrap_or_default();
-        let c = st
-            .conditions
-            .iter()
-            .find(|c| c.type_ == cond::IO_URING_SUPPORTED)
-            .cloned();
-        anyhow::ensure!(
-            c.as_ref().is_some_and(|c| c.status == "Unknown" && c.reason == "ReaderReportInvalid"),
-            "{c:?}"
-        );
-        Ok(())
-    })
+    wait_for(
+        T,
+        "IoUringSupported Unknown/ReaderReportInvalid",
+        || async {
+            let sn = f.storage_nodes().get(&node).await?;
+            let st = sn.status.unwrap_or_default();
+            let c = st
+                .conditions
+                .iter()
+                .find(|c| c.type_ == cond::IO_URING_SUPPORTED)
+                .cloned();
+            anyhow::ensure!(
+                c.as_ref()
+                    .is_some_and(|c| c.status == "Unknown" && c.reason == "ReaderReportInvalid"),
+                "{c:?}"
+            );
+            Ok(())
+        },
+    )
     .await;
     // Now the real reader replaces it and the node converges.
     f.agents[0].start_reader();
@@ -480,5 +534,10 @@ async fn missing_node_and_bad_reader_report_do_not_crash_the_agent() {
     .await;
     tokio::time::sleep(Duration::from_secs(4)).await;
     ghost.agent.as_mut().unwrap().assert_running();
-    assert!(f.storage_nodes().get_opt("no-such-node").await.unwrap().is_none());
+    assert!(f
+        .storage_nodes()
+        .get_opt("no-such-node")
+        .await
+        .unwrap()
+        .is_none());
 }

@@ -27,6 +27,8 @@ use serde_json::json;
 
 pub const T: Duration = Duration::from_secs(60);
 pub const CLUSTER: &str = "main";
+/// ClusterRole the chart ships for agents (the operator binds agent ServiceAccounts to it).
+pub const AGENT_CLUSTER_ROLE: &str = "ringmaster-agent";
 /// Label (not under `ringmaster.io/`) that puts a test's nodes under its DaemonSet.
 pub const FLEET_LABEL: &str = "e2e.ringmaster.io/fleet";
 
@@ -198,7 +200,8 @@ impl NodeAgent {
 
 /// `GET path` on `addr`: (status code, body).
 pub fn http_get(addr: &str, path: &str) -> (u16, String) {
-    let mut s = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    let mut s =
+        std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
     let mut out = String::new();
@@ -208,12 +211,16 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = out.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("").to_string();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|x| x.1)
+        .unwrap_or("")
+        .to_string();
     (code, body)
 }
 
 /// The agent ClusterRole as the chart ships it (rendered with helm), applied server-side.
-fn apply_agent_cluster_role() {
+fn apply_agent_cluster_role(kube_version: &str) {
     let chart = repo_root().join("charts/ringmaster");
     let tpl = chart.join("templates/rbac-agent.yaml");
     assert!(
@@ -224,7 +231,12 @@ fn apply_agent_cluster_role() {
     let out = std::process::Command::new("helm")
         .args(["template", "ringmaster"])
         .arg(&chart)
-        .args(["--show-only", "templates/rbac-agent.yaml"])
+        .args([
+            "--show-only",
+            "templates/rbac-agent.yaml",
+            "--kube-version",
+            kube_version,
+        ])
         .output()
         .expect("helm on PATH (eval \"$(hack/cluster.sh up)\" puts it there)");
     assert!(
@@ -234,9 +246,9 @@ fn apply_agent_cluster_role() {
     );
     let yaml = String::from_utf8(out.stdout).unwrap();
     assert!(
-        yaml.contains(&format!("name: {}", keys::AGENT_CLUSTER_ROLE)),
+        yaml.contains(&format!("name: {}", AGENT_CLUSTER_ROLE)),
         "the chart's agent ClusterRole is not named {}:\n{yaml}",
-        keys::AGENT_CLUSTER_ROLE
+        AGENT_CLUSTER_ROLE
     );
     kubectl_stdin(
         [
@@ -269,7 +281,12 @@ impl Drop for Fleet {
             a.agent.take();
             a.reader.take();
         }
-        let _ = kubectl(["delete", "clusterrolebinding", &self.binding, "--wait=false"]);
+        let _ = kubectl([
+            "delete",
+            "clusterrolebinding",
+            &self.binding,
+            "--wait=false",
+        ]);
     }
 }
 
@@ -294,7 +311,12 @@ impl Fleet {
     pub async fn create(prefix: &str, urings: &[Uring]) -> Fleet {
         let client = client().await;
         install_crds(&client).await;
-        apply_agent_cluster_role();
+        let version = client
+            .apiserver_version()
+            .await
+            .expect("API server version")
+            .git_version;
+        apply_agent_cluster_role(&version);
         let ns = TestNamespace::create(&client, prefix).await;
         let nsn = ns.name().to_string();
 
@@ -310,7 +332,7 @@ impl Fleet {
         let binding = format!("ringmaster-agent-{nsn}");
         let crb: ClusterRoleBinding = serde_json::from_value(json!({
             "metadata": {"name": binding},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": keys::AGENT_CLUSTER_ROLE},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": AGENT_CLUSTER_ROLE},
             "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": nsn}],
         }))
         .unwrap();
@@ -357,10 +379,8 @@ impl Fleet {
             .expect("creating the agent DaemonSet");
         let pods: Api<Pod> = Api::namespaced(client.clone(), &nsn);
         let node_names: Vec<String> = nodes.iter().map(|n| n.name().to_string()).collect();
-        let placed: BTreeMap<String, String> = wait_for(
-            T,
-            "one scheduled, running agent pod per node",
-            || async {
+        let placed: BTreeMap<String, String> =
+            wait_for(T, "one scheduled, running agent pod per node", || async {
                 let mut m = BTreeMap::new();
                 for p in pods.list(&Default::default()).await? {
                     let node = p.spec.as_ref().and_then(|s| s.node_name.clone());
@@ -374,12 +394,15 @@ impl Fleet {
                     "pods placed: {m:?}, nodes: {node_names:?}"
                 );
                 Ok(m)
-            },
-        )
-        .await;
+            })
+            .await;
 
         let data_dir = TempDir::new("agent-data");
-        std::fs::write(data_dir.path().join("hello.txt"), b"hello from ringmaster\n").unwrap();
+        std::fs::write(
+            data_dir.path().join("hello.txt"),
+            b"hello from ringmaster\n",
+        )
+        .unwrap();
         let mut agents = Vec::new();
         for (node, uring) in node_names.iter().zip(urings) {
             let pod = placed[node].clone();
@@ -411,7 +434,8 @@ impl Fleet {
     /// Creates the StorageCluster `main` with `spec` (YAML), data dir added.
     pub async fn create_cluster(&self, spec_yaml: &str) -> StorageCluster {
         let mut spec: serde_json::Value = serde_yaml::from_str(spec_yaml).unwrap();
-        spec["readService"] = json!({"dataDirs": [{"name": "d0", "hostPath": self.data_dir.path()}]});
+        spec["readService"] =
+            json!({"dataDirs": [{"name": "d0", "hostPath": self.data_dir.path()}]});
         let sc: StorageCluster = serde_json::from_value(json!({
             "apiVersion": "ringmaster.io/v1alpha1",
             "kind": "StorageCluster",
@@ -451,17 +475,21 @@ impl Fleet {
     /// Waits until the StorageNode of `node` reports generation `gen` applied.
     pub async fn wait_applied(&self, node: &str, gen: i64) -> StorageNode {
         let api = self.storage_nodes();
-        wait_for(T, &format!("StorageNode {node} at generation {gen}"), || async {
-            let sn = api.get(node).await?;
-            let st = sn.status.clone().unwrap_or_default();
-            anyhow::ensure!(
-                st.applied_generation == Some(gen),
-                "appliedGeneration {:?}, status {:?}",
-                st.applied_generation,
-                st.conditions
-            );
-            Ok(sn)
-        })
+        wait_for(
+            T,
+            &format!("StorageNode {node} at generation {gen}"),
+            || async {
+                let sn = api.get(node).await?;
+                let st = sn.status.clone().unwrap_or_default();
+                anyhow::ensure!(
+                    st.applied_generation == Some(gen),
+                    "appliedGeneration {:?}, status {:?}",
+                    st.applied_generation,
+                    st.conditions
+                );
+                Ok(sn)
+            },
+        )
         .await
     }
 
@@ -470,7 +498,10 @@ impl Fleet {
     }
 
     pub async fn delete_cluster(&self) {
-        let _ = self.clusters().delete(CLUSTER, &DeleteParams::default()).await;
+        let _ = self
+            .clusters()
+            .delete(CLUSTER, &DeleteParams::default())
+            .await;
     }
 }
 
