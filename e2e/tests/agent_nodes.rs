@@ -296,6 +296,25 @@ async fn config_changes_reach_agents_and_restart_converges() {
     f.wait_applied(&ok, g1).await;
     f.wait_applied(&bad, g1).await;
 
+    // Drift: somebody lowers fs.aio-max-nr; the periodic pass raises it again.
+    let required = f
+        .storage_nodes()
+        .get(&ok)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .aio
+        .unwrap()
+        .required;
+    write_aio_max_nr(required - 1);
+    wait_for(T, "fs.aio-max-nr re-raised after drift", || async {
+        let now = read_aio_max_nr();
+        anyhow::ensure!(now >= required, "fs.aio-max-nr {now} < {required}");
+        Ok(())
+    })
+    .await;
+
     // A new ring size reaches every agent without a restart.
     let g2 = f
         .patch_cluster(json!({"aio": {"maxEvents": 256}}))
@@ -482,6 +501,9 @@ async fn missing_node_and_bad_reader_report_do_not_crash_the_agent() {
         .metadata
         .generation
         .unwrap();
+    // Verify mode never writes: make the value too low for what the cluster needs.
+    let low = 65_536.max(read_aio_nr() + 1);
+    write_aio_max_nr(low);
     // A reader report that is not JSON: a condition, not a crash.
     std::fs::write(f.agents[0].state_dir.path().join("reader.json"), b"{oops").unwrap();
     let ns = f.ns().to_string();
@@ -508,7 +530,15 @@ async fn missing_node_and_bad_reader_report_do_not_crash_the_agent() {
     .await;
     // Now the real reader replaces it and the node converges.
     f.agents[0].start_reader();
-    f.wait_applied(&node, gen).await;
+    let sn = f.wait_applied(&node, gen).await;
+    let st = sn.status.unwrap();
+    assert_eq!(condition(&st, cond::TUNED), ("False", "BelowRequired"));
+    assert_eq!(condition(&st, cond::READY), ("False", "NotTuned"));
+    assert_eq!(read_aio_max_nr(), low, "Verify mode wrote the sysctl");
+    assert_eq!(
+        ringmaster_labels(&f.node(&node).await)[keys::LABEL_AIO_TUNED],
+        "false"
+    );
     f.agents[0].agent.as_mut().unwrap().assert_running();
 
     // An agent whose Node does not exist keeps running and says why on /readyz.
@@ -540,4 +570,59 @@ async fn missing_node_and_bad_reader_report_do_not_crash_the_agent() {
         .await
         .unwrap()
         .is_none());
+}
+
+#[tokio::test]
+async fn read_only_proc_sys_is_a_condition_not_a_crash() {
+    let _guard = SysctlGuard::take();
+    let low = 65_536.max(read_aio_nr() + 1);
+    write_aio_max_nr(low);
+    let mut f = Fleet::create("agent-ro", &[Uring::Works]).await;
+    let node = f.agents[0].node.clone();
+    f.create_cluster("sysctl: {aioMaxNr: 300000}").await;
+    f.agents[0].start_reader();
+    let ns = f.ns().to_string();
+    let mut child = f.agents[0].start_agent_read_only_proc_sys(&ns);
+    struct Kill<'a>(&'a mut std::process::Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let child = Kill(&mut child);
+    let st = wait_for(T, "Tuned=False/ReadOnlySysctl", || async {
+        let sn = f.storage_nodes().get(&node).await?;
+        let st = sn.status.unwrap_or_default();
+        let c = st.conditions.iter().find(|c| c.type_ == cond::TUNED);
+        anyhow::ensure!(
+            c.is_some_and(|c| c.status == "False" && c.reason == "ReadOnlySysctl"),
+            "{:?}",
+            st.conditions
+        );
+        Ok(st)
+    })
+    .await;
+    let msg = &st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == cond::TUNED)
+        .unwrap()
+        .message;
+    assert!(msg.contains("read-only") && msg.contains("fix"), "{msg}");
+    assert_eq!(read_aio_max_nr(), low);
+    wait_event(&f.client, &node, "TuneFailed").await;
+    assert_eq!(
+        ringmaster_labels(&f.node(&node).await)[keys::LABEL_AIO_TUNED],
+        "false"
+    );
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        child.0.try_wait().unwrap().is_none(),
+        "agent exited: {}",
+        std::fs::read_to_string(f.agents[0].state_dir.path().join("agent-ro.log")).unwrap()
+    );
+    let addr = f.agents[0].agent_addr().await;
+    let (code, body) = http_get(&addr, "/readyz");
+    assert!(code == 503 && body.contains("read-only"), "{code} {body}");
 }

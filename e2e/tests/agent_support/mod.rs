@@ -152,8 +152,45 @@ impl NodeAgent {
     }
 
     pub fn start_agent(&mut self, ns: &str) {
+        let args = self.agent_args(ns);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let kc = self.kubeconfig.to_str().unwrap().to_string();
+        self.agent = Some(spawn_bin(
+            "ringmaster-agent",
+            &args,
+            &[("KUBECONFIG", &kc), ("RUST_LOG", "info")],
+        ));
+    }
+
+    /// The agent in a private mount namespace whose /proc/sys is read-only (as in an
+    /// unprivileged container), through `unshare` and `mount`.
+    pub fn start_agent_read_only_proc_sys(&mut self, ns: &str) -> std::process::Child {
+        let agent_bin = bin_dir().join("ringmaster-agent");
+        let script =
+            "mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys && exec \"$@\"";
+        let log = std::fs::File::create(self.state_dir.path().join("agent-ro.log")).unwrap();
+        std::process::Command::new("unshare")
+            .args([
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                script,
+                "sh",
+            ])
+            .arg(&agent_bin)
+            .args(self.agent_args(ns))
+            .env("KUBECONFIG", &self.kubeconfig)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("unshare (util-linux) to run the agent with a read-only /proc/sys")
+    }
+
+    fn agent_args(&self, ns: &str) -> Vec<String> {
         let cluster = format!("{ns}/{CLUSTER}");
-        let args = [
+        [
             "run",
             "--node-name",
             &self.node,
@@ -175,13 +212,9 @@ impl NodeAgent {
             self.seccomp_dir.path().to_str().unwrap(),
             "--sysctl-d-dir",
             self.sysctl_d_dir.path().to_str().unwrap(),
-        ];
-        let kc = self.kubeconfig.to_str().unwrap().to_string();
-        self.agent = Some(spawn_bin(
-            "ringmaster-agent",
-            &args,
-            &[("KUBECONFIG", &kc), ("RUST_LOG", "info")],
-        ));
+        ]
+        .map(String::from)
+        .to_vec()
     }
 
     /// The agent's HTTP address (it writes it to the state dir once bound).
