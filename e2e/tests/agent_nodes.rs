@@ -267,6 +267,32 @@ async fn agents_report_verdicts_labels_taints_and_settings() {
         "{metrics}"
     );
 
+    // A steady node makes no API writes: two resync passes (3 s each) later, the count is the same.
+    let writes = |m: &str| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("ringmaster_agent_api_writes_total "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .expect("api_writes_total in /metrics")
+    };
+    let passes = |m: &str| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("ringmaster_agent_passes_total "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .expect("passes_total in /metrics")
+    };
+    let before = http_get(&addr, "/metrics").1;
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let after = http_get(&addr, "/metrics").1;
+    assert!(
+        passes(&after) >= passes(&before) + 2,
+        "no resync passes ran"
+    );
+    assert_eq!(
+        writes(&after),
+        writes(&before),
+        "a steady node wrote to the API"
+    );
+
     // The reader serves reads from the data dir.
     let report: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(f.agents[1].state_dir.path().join("reader.json")).unwrap(),
