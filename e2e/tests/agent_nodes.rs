@@ -204,6 +204,10 @@ async fn agents_report_verdicts_labels_taints_and_settings() {
         n.annotations()[keys::OWNED_LABELS_ANNOTATION],
         "ringmaster.io/aio-tuned,ringmaster.io/io-uring,ringmaster.io/ready"
     );
+    assert_eq!(
+        n.annotations()[keys::CLUSTER_ANNOTATION],
+        format!("{}/{CLUSTER}", f.ns())
+    );
     assert_eq!(ringmaster_taints(&n), 0, "supported node tainted");
     assert!(has_kwok_taint(&n));
     for (node, reason) in [(&enosys, "ENOSYS"), (&eperm, "EPERM")] {
@@ -490,6 +494,7 @@ async fn deleting_the_cluster_restores_the_node() {
     let n = f.node(&node).await;
     assert!(ringmaster_labels(&n).is_empty(), "{:?}", n.labels());
     assert!(!n.annotations().contains_key(keys::OWNED_LABELS_ANNOTATION));
+    assert!(!n.annotations().contains_key(keys::CLUSTER_ANNOTATION));
     assert_eq!(ringmaster_taints(&n), 0);
     assert!(
         f.agents[0].settings_toml().is_none(),

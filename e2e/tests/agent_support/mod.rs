@@ -252,8 +252,8 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     (code, body)
 }
 
-/// The agent's rights as issue 5/6 define them, used only while the chart (which ships the
-/// same ClusterRole) is not in the tree.
+/// The agent's rights as issue 5/6 define them, used only while neither the operator's
+/// RBAC file nor the chart is in the tree.
 const AGENT_CLUSTER_ROLE_YAML: &str = r#"
 apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRole
@@ -274,11 +274,15 @@ rules:
     verbs: [create, patch]
 "#;
 
-/// The agent ClusterRole as the chart ships it (rendered with helm for this server's
-/// version), applied server-side; the issue's rules when the chart is not there yet.
+/// The agent ClusterRole the operator ships (operator/rbac/agent-clusterrole.yaml, which
+/// the chart installs as is), else the chart's template rendered with helm for this
+/// server's version, else the issue's rules; applied server-side.
 fn apply_agent_cluster_role(kube_version: &str) {
+    let operator_file = repo_root().join("operator/rbac/agent-clusterrole.yaml");
     let chart = repo_root().join("charts/ringmaster");
-    let yaml = if chart.join("templates/rbac-agent.yaml").is_file() {
+    let yaml = if operator_file.is_file() {
+        std::fs::read_to_string(&operator_file).unwrap()
+    } else if chart.join("templates/rbac-agent.yaml").is_file() {
         let out = std::process::Command::new("helm")
             .args(["template", "ringmaster"])
             .arg(&chart)
@@ -297,7 +301,7 @@ fn apply_agent_cluster_role(kube_version: &str) {
         );
         String::from_utf8(out.stdout).unwrap()
     } else {
-        eprintln!("charts/ringmaster not in the tree: using the issue's agent ClusterRole");
+        eprintln!("no agent ClusterRole file in the tree yet: using the issue's rules");
         AGENT_CLUSTER_ROLE_YAML.to_string()
     };
     assert!(
