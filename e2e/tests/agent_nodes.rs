@@ -381,6 +381,40 @@ async fn config_changes_reach_agents_and_restart_converges() {
     })
     .await;
 
+    // Required: the failing node's reader deliberately serves nothing; the node is not ready.
+    let g3r = f
+        .patch_cluster(json!({"aio": {"ioUring": "Required"}}))
+        .await
+        .metadata
+        .generation
+        .unwrap();
+    let st = f.wait_applied(&bad, g3r).await.status.unwrap();
+    assert_eq!(st.worker_mode.as_deref(), Some("none"));
+    assert_eq!(condition(&st, cond::READY), ("False", "IoUringRequired"));
+    assert!(!st.service_settings.unwrap().enable_io_uring);
+    let st_ok = f.wait_applied(&ok, g3r).await.status.unwrap();
+    assert_eq!(st_ok.worker_mode.as_deref(), Some("io_uring"));
+    wait_for(
+        T,
+        "ready=false on the Required, unsupported node",
+        || async {
+            let l = ringmaster_labels(&f.node(&bad).await);
+            anyhow::ensure!(
+                l.get(keys::LABEL_READY).map(String::as_str) == Some("false"),
+                "{l:?}"
+            );
+            Ok(())
+        },
+    )
+    .await;
+    let g3 = f
+        .patch_cluster(json!({"aio": {"ioUring": "Preferred"}}))
+        .await
+        .metadata
+        .generation
+        .unwrap();
+    f.wait_applied(&bad, g3).await;
+
     // SIGKILL the failing node's agent, change the cluster while it is down, restart it.
     let before = ringmaster_labels(&f.node(&bad).await);
     f.agent(&bad).agent.as_mut().unwrap().kill();
