@@ -702,6 +702,10 @@ async fn read_only_proc_sys_is_a_condition_not_a_crash() {
         std::fs::read_to_string(f.agents[0].state_dir.path().join("agent-ro.log")).unwrap()
     );
     let addr = f.agents[0].agent_addr().await;
-    let (code, body) = http_get(&addr, "/readyz");
-    assert!(code == 503 && body.contains("read-only"), "{code} {body}");
+    wait_for(T, "/readyz 503 naming the read-only /proc/sys", || async {
+        let (code, body) = http_get(&addr, "/readyz");
+        anyhow::ensure!(code == 503 && body.contains("read-only"), "{code} {body}");
+        Ok(())
+    })
+    .await;
 }
