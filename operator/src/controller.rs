@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use futures::{future, FutureExt, Stream, StreamExt};
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{Node, ServiceAccount};
+use k8s_openapi::api::core::v1::{Node, ObjectReference, ServiceAccount};
 use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, Patch, PatchParams};
@@ -133,7 +133,14 @@ impl Context {
         Ok(true)
     }
 
-    async fn publish(&self, sc: &StorageCluster, warning: bool, reason: &str, note: String) {
+    async fn publish(&self, sc: &StorageCluster, t: &status::Transition) {
+        let (warning, reason) = (t.warning, t.reason.as_str());
+        let secondary = t.node.as_ref().map(|n| ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Node".into()),
+            name: Some(n.clone()),
+            ..Default::default()
+        });
         let ev = KubeEvent {
             type_: if warning {
                 EventType::Warning
@@ -141,9 +148,9 @@ impl Context {
                 EventType::Normal
             },
             reason: reason.into(),
-            note: Some(note),
-            action: "Reconcile".into(),
-            secondary: None,
+            note: Some(t.note.clone()),
+            action: t.action.into(),
+            secondary,
         };
         if let Err(e) = self.recorder.publish(&ev, &sc.object_ref(&())).await {
             // An event is a courtesy; failing to record one must not fail the reconcile.
@@ -282,7 +289,7 @@ async fn apply(sc: &StorageCluster, id: &ClusterId, ctx: &Context) -> Result<Act
         write_status(ctx, sc, id, &out.status).await?;
         debug!(cluster = %id.key(), "status written");
         for t in &out.transitions {
-            ctx.publish(sc, t.warning, &t.reason, t.note.clone()).await;
+            ctx.publish(sc, t).await;
         }
     }
     ctx.metrics.set_fleet(&id.key(), &out.status);
@@ -431,17 +438,19 @@ async fn cleanup(sc: &StorageCluster, id: &ClusterId, ctx: &Context) -> Result<A
             format!(" ({})", status::name_list(cleaned.iter().map(String::as_str)))
         }
     );
-    ctx.publish(
-        sc,
-        timed_out,
-        if timed_out {
+    let t = status::Transition {
+        warning: timed_out,
+        reason: if timed_out {
             "CleanupTimedOut"
         } else {
             "CleanupComplete"
-        },
-        note.clone(),
-    )
-    .await;
+        }
+        .into(),
+        action: "Cleanup",
+        node: None,
+        note: note.clone(),
+    };
+    ctx.publish(sc, &t).await;
     if let Some(p) = finalizer::remove_patch(sc) {
         let api: Api<StorageCluster> = Api::namespaced(ctx.client.clone(), &id.namespace);
         match api

@@ -98,7 +98,10 @@ async fn readyz(State(s): State<Http>) -> impl IntoResponse {
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "info,kube=warn,kube_lease_manager=warn".into());
-    let b = tracing_subscriber::fmt().with_env_filter(filter);
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match format {
         LogFormat::Json => b.json().init(),
         LogFormat::Text => b.init(),

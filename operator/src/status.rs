@@ -171,7 +171,14 @@ pub struct Inputs<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transition {
     pub warning: bool,
+    /// What happened (`IoUringUnsupported`, `RolloutComplete`, `NodeConflict`, ...).
     pub reason: String,
+    /// Kind of transition. Events with the same (type, action, reason, node) within a few
+    /// minutes are folded into one series by the recorder, so distinct transitions get
+    /// distinct actions.
+    pub action: &'static str,
+    /// The Node it is about, if any (the Event's `related` object).
+    pub node: Option<String>,
     pub note: String,
 }
 
@@ -242,13 +249,11 @@ pub fn aggregate(i: &Inputs) -> Outcome {
         };
         st.reporting += 1;
         let status = sn.status.clone().unwrap_or_default();
-        let tuned = condition_true(sn, nc::TUNED)
-            .or(status.aio.as_ref().map(|a| a.tuned))
-            .unwrap_or(false);
-        if tuned {
-            st.tuned += 1;
-        } else {
-            untuned.push((name.as_str(), condition_message(sn, nc::TUNED)));
+        // Tuned=False is a failure; no verdict yet (a report still being written) is not.
+        match condition_true(sn, nc::TUNED).or(status.aio.as_ref().map(|a| a.tuned)) {
+            Some(true) => st.tuned += 1,
+            Some(false) => untuned.push((name.as_str(), condition_message(sn, nc::TUNED))),
+            None => {}
         }
         match &status.io_uring {
             Some(r) if r.supported => st.io_uring_supported += 1,
@@ -549,6 +554,8 @@ fn transitions(
         out.push(Transition {
             warning: true,
             reason: "IoUringUnsupported".into(),
+            action: "ProbeNode",
+            node: Some(u.name.clone()),
             note: format!(
                 "node {}: io_uring unsupported ({}{}) on kernel {}; {consequence}",
                 u.name,
@@ -567,6 +574,8 @@ fn transitions(
             out.push(Transition {
                 warning: false,
                 reason: "RolloutComplete".into(),
+                action: "Rollout",
+                node: None,
                 note: np.message.clone(),
             });
         }
@@ -578,12 +587,16 @@ fn transitions(
             out.push(Transition {
                 warning: true,
                 reason: nd.reason.clone(),
+                action: "Degrade",
+                node: None,
                 note: nd.message.clone(),
             });
         } else if nd.status == "False" && was.is_some_and(|w| w.status == "True") {
             out.push(Transition {
                 warning: false,
                 reason: "Recovered".into(),
+                action: "Recover",
+                node: None,
                 note: format!("no longer degraded: {}", nd.message),
             });
         }
@@ -594,6 +607,8 @@ fn transitions(
             out.push(Transition {
                 warning: false,
                 reason: "Ready".into(),
+                action: "Ready",
+                node: None,
                 note: nr.message.clone(),
             });
         }
@@ -1073,6 +1088,32 @@ mod tests {
         assert_eq!(names[0], "n000");
         let ready = get(&o, cc::READY);
         assert!(ready.message.contains("and 52 more"), "{}", ready.message);
+    }
+
+    #[test]
+    fn a_report_without_verdict_is_pending_not_failed() {
+        let mut bare = report("n2", None, 3);
+        bare.status = None;
+        let mut untuned = report("n1", None, 3);
+        let c = &mut untuned.status.as_mut().unwrap().conditions[0];
+        c.status = "False".into();
+        c.reason = "ReadOnlyProcSys".into();
+        let w = World {
+            nodes: three_nodes(),
+            reports: vec![bare, untuned],
+            clusters: vec![],
+            ds: Some(ds(2, 2, 2)),
+        };
+        let o = w.run(&cluster("fast", 10, &[("tier", "storage")]));
+        assert_eq!(o.status.reporting, 2);
+        assert_eq!(o.status.tuned, 0);
+        let d = get(&o, cc::DEGRADED);
+        assert_eq!(d.reason, "TuningFailed");
+        assert!(
+            d.message.contains("on 1 nodes: n1 (ReadOnlyProcSys: m)"),
+            "{}",
+            d.message
+        );
     }
 
     #[test]
