@@ -7,7 +7,8 @@
 #   hack/run-operator.sh --log-format text            # Ctrl-C stops it
 #
 # Env: RINGMASTER_OPERATOR_NAMESPACE (default ringmaster-system: its ServiceAccount and
-# Lease), RINGMASTER_OPERATOR_BIN (default target/debug/ringmaster-operator, built if missing).
+# Lease), RINGMASTER_OPERATOR_BIN (default target/debug/ringmaster-operator, built if missing),
+# RINGMASTER_OPERATOR_METRICS_ADDR (default 127.0.0.1:8080).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${KUBECONFIG:?KUBECONFIG is not set: run eval \"\$(hack/cluster.sh up)\" first}"
@@ -39,4 +40,4 @@ contexts: [{name: c, context: {cluster: c, user: ringmaster-operator}}]
 current-context: c
 KUBECONFIG
 echo "run-operator: as system:serviceaccount:$NS:ringmaster-operator on $SERVER" >&2
-KUBECONFIG=$KC "$BIN" --lease-namespace "$NS" --metrics-addr 127.0.0.1:8080 "$@"
+KUBECONFIG=$KC "$BIN" --lease-namespace "$NS" --metrics-addr "${RINGMASTER_OPERATOR_METRICS_ADDR:-127.0.0.1:8080}" "$@"
