@@ -23,6 +23,9 @@ cargo run -q --locked -p ringmaster-api --bin crdgen > "$CARGO_TARGET_DIR/crds.y
 if ! diff -u crds/ringmaster.io.yaml "$CARGO_TARGET_DIR/crds.yaml"; then
   echo "crds/ringmaster.io.yaml is stale: run 'hack/gen-crds.sh' and commit" >&2; exit 1
 fi
+if ! diff -u crds/ringmaster.io.yaml charts/ringmaster/files/crds/ringmaster.io.yaml; then
+  echo "charts/ringmaster/files/crds/ringmaster.io.yaml is stale: run 'hack/gen-crds.sh' and commit" >&2; exit 1
+fi
 
 step "unit and real-kernel tests"
 cargo test --workspace --locked --exclude ringmaster-e2e
