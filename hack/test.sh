@@ -32,6 +32,8 @@ cargo test --workspace --locked --exclude ringmaster-e2e
 
 step "control plane up"
 cargo build --locked --workspace --bins
+step "OCI images without a container engine (hack/images.sh)"
+RINGMASTER_BIN_DIR="$CARGO_TARGET_DIR/debug" hack/images.sh
 eval "$(hack/cluster.sh up)"
 trap 'hack/cluster.sh down >/dev/null 2>&1 || true' EXIT
 
