@@ -61,8 +61,8 @@ fn values_schema_refuses_wrong_types_and_unknown_keys() {
             "/storageCluster/name",
         ),
         (
-            &["--set", "operator.cleanupTimeout=soon"],
-            "/operator/cleanupTimeout",
+            &["--set", "operator.cleanupTimeoutSeconds=soon"],
+            "/operator/cleanupTimeoutSeconds",
         ),
     ];
     for (sets, field) in cases {
@@ -114,7 +114,8 @@ fn operator_deployment_is_hardened() {
         "--lease-namespace=ringmaster-system",
         "--metrics-addr=0.0.0.0:8080",
         "--log-format=json",
-        "--cleanup-timeout=5m",
+        "--cleanup-timeout=60",
+        "--lease-name=ringmaster-operator",
     ] {
         assert!(
             args.iter().any(|a| a == want),

@@ -19,7 +19,7 @@
 
 {{- define "ringmaster.operatorName" -}}{{ include "ringmaster.fullname" . }}-operator{{- end }}
 {{/* The agent ClusterRole; the operator binds each StorageCluster's agent ServiceAccount to it. */}}
-{{- define "ringmaster.agentRoleName" -}}{{ include "ringmaster.fullname" . }}-agent{{- end }}
+{{- define "ringmaster.agentRoleName" -}}{{ .Values.agent.clusterRoleName }}{{- end }}
 
 {{- define "ringmaster.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
