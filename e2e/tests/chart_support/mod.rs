@@ -159,3 +159,96 @@ pub fn rule_set(rules: &Value) -> BTreeMap<(String, String, String), Vec<String>
     }
     set
 }
+
+/// A Helm release installed for a test, uninstalled when dropped (also on a failed assert).
+pub struct Release {
+    pub name: String,
+    pub namespace: String,
+    uninstalled: bool,
+}
+
+impl Release {
+    /// `helm install NAME charts/ringmaster -n NS --set ...`; panics with Helm's error.
+    pub fn install(name: &str, namespace: &str, extra: &[&str]) -> Release {
+        let chart = chart_dir();
+        let mut args = vec!["install", name, chart.as_str(), "--namespace", namespace];
+        args.extend_from_slice(extra);
+        helm(&args).ok();
+        Release {
+            name: name.to_string(),
+            namespace: namespace.to_string(),
+            uninstalled: false,
+        }
+    }
+
+    /// `helm upgrade NAME CHART -n NS ARGS`.
+    pub fn upgrade(&self, chart: &str, extra: &[&str]) -> String {
+        let mut args = vec![
+            "upgrade",
+            self.name.as_str(),
+            chart,
+            "--namespace",
+            self.namespace.as_str(),
+        ];
+        args.extend_from_slice(extra);
+        helm(&args).ok()
+    }
+
+    /// `helm uninstall --wait`: returns Helm's output.
+    pub fn uninstall(&mut self) -> String {
+        self.uninstalled = true;
+        helm([
+            "uninstall",
+            self.name.as_str(),
+            "--namespace",
+            self.namespace.as_str(),
+            "--wait",
+            "--timeout",
+            "60s",
+        ])
+        .ok()
+    }
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        if !self.uninstalled && std::env::var_os("RINGMASTER_E2E_KEEP").is_none() {
+            let out = helm([
+                "uninstall",
+                self.name.as_str(),
+                "--namespace",
+                self.namespace.as_str(),
+            ]);
+            if !out.success {
+                eprintln!("helm uninstall {}: {}", self.name, out.stderr);
+            }
+        }
+    }
+}
+
+/// `kubectl auth can-i` for `user` (`resource/sub` for a subresource, `resource/name` for one
+/// object): true for "yes", false for "no"; panics on anything else.
+pub fn can_i(user: &str, verb: &str, resource: &str, scope: &[&str]) -> bool {
+    // kubectl reads `a/b` as resource/name: subresources go in --subresource.
+    let (resource, sub) = match resource.split_once('/') {
+        Some((r, s)) if ["status", "finalizers", "exec", "token", "eviction"].contains(&s) => {
+            (r, Some(format!("--subresource={s}")))
+        }
+        _ => (resource, None),
+    };
+    let mut args = vec!["auth", "can-i", verb, resource, "--as", user];
+    if let Some(s) = &sub {
+        args.push(s);
+    }
+    args.extend_from_slice(scope);
+    let out = ringmaster_e2e::kubectl(&args);
+    match out.stdout.trim() {
+        "yes" => true,
+        "no" => false,
+        other => panic!(
+            "kubectl {}: unexpected answer {other:?}: {}",
+            args.join(" "),
+            out.stderr
+        ),
+    }
+}
