@@ -13,6 +13,9 @@ CACHE=${RINGMASTER_CACHE:-$HOME/.cache/ringmaster}
 BIN="$CACHE/bin/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-kwok-$KWOK_VERSION-helm-$HELM_VERSION"
 export CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS=-buildvcs=false
 mkdir -p "$BIN"
+# One build at a time per cache (two clusters may start at once on a fresh machine).
+exec 9>"$BIN.lock"
+flock 9
 
 log() { echo "build-tools: $*" >&2; }
 
@@ -38,7 +41,10 @@ build_kube() {
   for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     LD="$LD -X $p.gitVersion=v$K8S_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$MIN -X $p.gitTreeState=clean"
   done
-  go build -trimpath -ldflags "$LD" -o "$BIN/" "${pkgs[@]}" >&2
+  # Into a scratch dir first: a half-written binary must never look like a built one.
+  mkdir -p "$W/out"
+  go build -trimpath -ldflags "$LD" -o "$W/out/" "${pkgs[@]}" >&2
+  for b in "${want[@]}"; do mv "$W/out/$b" "$BIN/$b"; done
   popd >/dev/null; rm -rf "$W"
 }
 
@@ -49,7 +55,8 @@ build_simple() { # name module pkg version ldflags
   local W; W=$(mktemp -d); pushd "$W" >/dev/null
   go mod init "local/$name" >/dev/null 2>&1
   go get "$pkg@$ver" >&2
-  go build -trimpath -ldflags "-s -w $ld" -o "$BIN/$name" "$pkg" >&2
+  go build -trimpath -ldflags "-s -w $ld" -o "$W/$name" "$pkg" >&2
+  mv "$W/$name" "$BIN/$name"
   popd >/dev/null; rm -rf "$W"
 }
 
@@ -60,12 +67,13 @@ build_kwok() {
   build_simple kwok sigs.k8s.io/kwok sigs.k8s.io/kwok/cmd/kwok "v$KWOK_VERSION" \
     "-X sigs.k8s.io/kwok/pkg/consts.Version=v$KWOK_VERSION"
   # kwok stage definitions live in the module source; join the ones we use into one file.
-  if [[ ! -s $BIN/kwok-stages.yaml ]]; then
+  # (Named files only: the stage dirs also hold kustomization.yaml, which is no Stage.)
+  if [[ ! -s $BIN/kwok-stages.yaml ]] || grep -q '^kind: Kustomization' "$BIN/kwok-stages.yaml"; then
     local dir; dir=$(GOFLAGS=-mod=mod go mod download -json "sigs.k8s.io/kwok@v$KWOK_VERSION" | sed -n 's/.*"Dir": "\(.*\)",/\1/p')
     local s=$dir/kustomize/stage
-    { for f in "$s"/node/fast/node-initialize.yaml "$s"/node/heartbeat-with-lease/*.yaml \
-               "$s"/pod/fast/pod-ready.yaml "$s"/pod/fast/pod-complete.yaml "$s"/pod/fast/pod-delete.yaml; do
-        echo "---"; cat "$f"; done; } > "$BIN/kwok-stages.yaml.tmp"
+    { for f in node/fast/node-initialize node/heartbeat-with-lease/node-heartbeat-with-lease \
+               pod/fast/pod-ready pod/fast/pod-complete pod/fast/pod-delete; do
+        echo "---"; cat "$s/$f.yaml"; done; } > "$BIN/kwok-stages.yaml.tmp"
     mv "$BIN/kwok-stages.yaml.tmp" "$BIN/kwok-stages.yaml"
   fi
 }

@@ -14,4 +14,6 @@ if ((${#missing[@]})); then
   apt-get update -qq >/dev/null
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+# Go builds the control plane (hack/build-tools.sh); Debian's golang is too old for it.
+command -v go >/dev/null || { echo "deps: Go (>= the go line of k8s.io/kubernetes's go.mod, 1.26 for 1.36) is needed to build the control plane" >&2; exit 1; }
 hack/build-tools.sh all >/dev/null

@@ -30,14 +30,32 @@ fi
 step "unit and real-kernel tests"
 cargo test --workspace --locked --exclude ringmaster-e2e
 
-step "control plane up"
+step "build binaries for the end-to-end tests"
 cargo build --locked --workspace --bins
+cargo test --locked -p ringmaster-e2e --no-run
+
 step "OCI images without a container engine (hack/images.sh)"
 RINGMASTER_BIN_DIR="$CARGO_TARGET_DIR/debug" hack/images.sh
-eval "$(hack/cluster.sh up)"
-trap 'hack/cluster.sh down >/dev/null 2>&1 || true' EXIT
+
+step "control plane up (hack/cluster.sh)"
+# A cluster of our own, whatever the caller's shell has set.
+unset RINGMASTER_CLUSTER_DIR KUBECONFIG
+cluster_env=$(hack/cluster.sh up)
+eval "$cluster_env"
+# On failure keep the control plane's logs (the cluster dir itself is removed).
+cluster_down() {
+  local rc=$?
+  if ((rc != 0)) && [[ -d ${RINGMASTER_CLUSTER_DIR:-}/logs ]]; then
+    rm -rf "$CARGO_TARGET_DIR/cluster-logs" && cp -r "$RINGMASTER_CLUSTER_DIR/logs" "$CARGO_TARGET_DIR/cluster-logs"
+    echo "control-plane logs: $CARGO_TARGET_DIR/cluster-logs" >&2
+  fi
+  hack/cluster.sh down || true
+  echo "test.sh: exit $rc after $((SECONDS / 60))m$((SECONDS % 60))s" >&2
+}
+trap cluster_down EXIT
 
 step "end-to-end tests"
-RINGMASTER_BIN_DIR="$CARGO_TARGET_DIR/debug" cargo test --locked -p ringmaster-e2e -- --test-threads=1
+RINGMASTER_BIN_DIR="$CARGO_TARGET_DIR/debug" RINGMASTER_E2E_LOG_DIR="$CARGO_TARGET_DIR/e2e-logs" \
+  cargo test --locked -p ringmaster-e2e -- --test-threads=1
 
 step done

@@ -1,0 +1,261 @@
+#!/usr/bin/env bash
+# A real Kubernetes control plane on 127.0.0.1, from binaries built out of Go modules
+# (hack/build-tools.sh, cached by version outside the repo):
+# etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok (simulated nodes).
+#
+#   eval "$(hack/cluster.sh up)"   start one; sets KUBECONFIG, RINGMASTER_CLUSTER_DIR,
+#                                  RINGMASTER_APISERVER and puts kubectl/helm/kwok first on PATH
+#   hack/cluster.sh env            print those lines again for the cluster in $RINGMASTER_CLUSTER_DIR
+#   hack/cluster.sh down           stop what `up` started and remove its state
+#
+# State (PKI, kubeconfig, etcd data, logs, pids) lives in $RINGMASTER_CLUSTER_DIR, by default
+# a new ~/.cache/ringmaster/clusters/<id>; every port is picked free, so clusters run side by side.
+# Progress goes to stderr; only the shell lines go to stdout.
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+CACHE=${RINGMASTER_CACHE:-$HOME/.cache/ringmaster}
+CLAIMS=$CACHE/port-claims
+SERVICE_CIDR=10.96.0.0/16
+FIRST_SERVICE_IP=10.96.0.1
+START_TIMEOUT=${RINGMASTER_START_TIMEOUT:-180}
+
+log() { echo "cluster: $*" >&2; }
+die() { echo "cluster: error: $*" >&2; exit 1; }
+
+# --- ports -----------------------------------------------------------------------------
+# A port is ours when nothing listens on it and no other cluster claimed it. Claims are
+# files created with noclobber (atomic), so two `up`s racing never pick the same port;
+# a claim whose cluster dir is gone is stale and reused.
+claim_port() {
+  mkdir -p "$CLAIMS"
+  local p i
+  for ((i = 0; i < 200; i++)); do
+    p=$((20000 + RANDOM % 40000))
+    [[ -n $(ss -Htln "sport = :$p" 2>/dev/null) ]] && continue
+    if [[ -e $CLAIMS/$p ]]; then
+      [[ -d $(cat "$CLAIMS/$p" 2>/dev/null) ]] && continue
+      rm -f "$CLAIMS/$p"
+    fi
+    if (set -o noclobber; echo "$DIR" > "$CLAIMS/$p") 2>/dev/null; then
+      echo "$p" >> "$DIR/ports"
+      echo "$p"; return
+    fi
+  done
+  die "no free port found"
+}
+
+# --- PKI -------------------------------------------------------------------------------
+pki() {
+  local d=$DIR/pki; mkdir -p "$d"; cd "$d"
+  local ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
+  openssl req -x509 "${ec[@]}" -keyout ca.key -out ca.crt -days 3650 -subj "/CN=ringmaster-ca" \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
+  # leaf NAME SUBJ EXTFILE-CONTENT
+  leaf() {
+    openssl req -new "${ec[@]}" -keyout "$1.key" -out "$1.csr" -subj "$2" 2>/dev/null
+    printf '%s\n' "$3" > "$1.ext"
+    openssl x509 -req -in "$1.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 \
+      -extfile "$1.ext" -out "$1.crt" 2>/dev/null
+    rm -f "$1.csr" "$1.ext"
+  }
+  leaf apiserver "/CN=kube-apiserver" "basicConstraints=CA:FALSE
+keyUsage=critical,digitalSignature,keyEncipherment
+extendedKeyUsage=serverAuth
+subjectAltName=DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,IP:127.0.0.1,IP:$FIRST_SERVICE_IP"
+  leaf admin "/O=system:masters/CN=ringmaster-admin" "basicConstraints=CA:FALSE
+keyUsage=critical,digitalSignature,keyEncipherment
+extendedKeyUsage=clientAuth"
+  # Service-account token signing key pair.
+  openssl ecparam -name prime256v1 -genkey -noout -out sa.key.ec 2>/dev/null
+  openssl pkcs8 -topk8 -nocrypt -in sa.key.ec -out sa.key && rm sa.key.ec
+  openssl ec -in sa.key -pubout -out sa.pub 2>/dev/null
+  chmod 600 ./*.key
+  cd - >/dev/null
+}
+
+kubeconfig() { # server -> admin kubeconfig on stdout (certs embedded so it can be copied)
+  local d=$DIR/pki
+  cat <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: ringmaster
+  cluster:
+    server: $1
+    certificate-authority-data: $(base64 -w0 < "$d/ca.crt")
+users:
+- name: admin
+  user:
+    client-certificate-data: $(base64 -w0 < "$d/admin.crt")
+    client-key-data: $(base64 -w0 < "$d/admin.key")
+contexts:
+- name: ringmaster
+  context: {cluster: ringmaster, user: admin}
+current-context: ringmaster
+EOF
+}
+
+# --- processes -------------------------------------------------------------------------
+start() { # name binary args... : runs detached, logs to $DIR/logs/name.log
+  local name=$1 bin=$2; shift 2
+  mkdir -p "$DIR/logs" "$DIR/pids"
+  setsid "$bin" "$@" </dev/null >"$DIR/logs/$name.log" 2>&1 &
+  echo $! > "$DIR/pids/$name"
+  readlink -f "$bin" > "$DIR/pids/$name.bin"
+}
+
+alive() { # name -> true while the process we started is running
+  local f=$DIR/pids/$1 pid
+  [[ -f $f ]] || return 1
+  pid=$(cat "$f")
+  [[ -d /proc/$pid ]] && [[ $(readlink "/proc/$pid/exe" 2>/dev/null) == "$(cat "$f.bin")" ]]
+}
+
+fail() { # name message : print the component's log tail, stop everything, exit 1
+  echo "cluster: error: $2" >&2
+  if [[ -f $DIR/logs/$1.log ]]; then
+    echo "---- last lines of $DIR/logs/$1.log" >&2
+    tail -n 40 "$DIR/logs/$1.log" >&2
+    echo "----" >&2
+  fi
+  stop_all
+  release_ports
+  find "$DIR" -mindepth 1 -maxdepth 1 ! -name logs -exec rm -rf {} +
+  echo "cluster: logs kept in $DIR/logs" >&2
+  exit 1
+}
+
+wait_until() { # name what command... : poll until the command succeeds, the process dies or time runs out
+  local name=$1 what=$2; shift 2
+  local deadline=$((SECONDS + START_TIMEOUT))
+  until "$@" >/dev/null 2>&1; do
+    alive "$name" || fail "$name" "$name exited while waiting for $what"
+    ((SECONDS < deadline)) || fail "$name" "timed out after ${START_TIMEOUT}s waiting for $what"
+    sleep 0.5
+  done
+}
+
+stop_all() {
+  [[ -d $DIR/pids ]] || return 0
+  local name pid order=(kwok kube-scheduler kube-controller-manager kube-apiserver etcd)
+  for name in "${order[@]}"; do
+    alive "$name" || continue
+    pid=$(cat "$DIR/pids/$name")
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do alive "$name" || break; sleep 0.1; done
+    alive "$name" && kill -KILL "$pid" 2>/dev/null || true
+  done
+  rm -rf "$DIR/pids"
+}
+
+release_ports() {
+  [[ -f $DIR/ports ]] || return 0
+  local p
+  while read -r p; do
+    [[ $(cat "$CLAIMS/$p" 2>/dev/null) == "$DIR" ]] && rm -f "$CLAIMS/$p"
+  done < "$DIR/ports"
+}
+
+env_lines() {
+  # shellcheck disable=SC1091
+  source "$DIR/cluster.env"
+  printf 'export KUBECONFIG=%q\n' "$DIR/admin.kubeconfig"
+  printf 'export RINGMASTER_CLUSTER_DIR=%q\n' "$DIR"
+  printf 'export RINGMASTER_APISERVER=%q\n' "$APISERVER"
+  printf 'export PATH=%q:"$PATH"\n' "$BIN"
+}
+
+# --- commands --------------------------------------------------------------------------
+up() {
+  if [[ -n ${RINGMASTER_CLUSTER_DIR:-} ]]; then
+    DIR=$RINGMASTER_CLUSTER_DIR
+    if [[ -d $DIR/pids ]]; then
+      for n in etcd kube-apiserver; do
+        alive "$n" && die "a cluster is already running in $DIR: 'hack/cluster.sh down' first (or unset RINGMASTER_CLUSTER_DIR for a second one)"
+      done
+    fi
+    rm -rf "$DIR"
+  else
+    DIR=$CACHE/clusters/$(date +%Y%m%d-%H%M%S)-$$
+  fi
+  mkdir -p "$DIR"
+  DIR=$(cd "$DIR" && pwd)
+
+  local t0=$SECONDS
+  log "tools (first run builds them from Go modules: 15-30 min)"
+  BIN=$("$HERE/build-tools.sh" all) || die "hack/build-tools.sh failed"
+  log "tools ready in $((SECONDS - t0))s: $BIN"
+
+  pki
+  local etcd_port etcd_peer api_port kcm_port sched_port kwok_port
+  etcd_port=$(claim_port); etcd_peer=$(claim_port); api_port=$(claim_port)
+  kcm_port=$(claim_port); sched_port=$(claim_port); kwok_port=$(claim_port)
+  APISERVER=https://127.0.0.1:$api_port
+  kubeconfig "$APISERVER" > "$DIR/admin.kubeconfig"
+  printf 'BIN=%q\nAPISERVER=%q\n' "$BIN" "$APISERVER" > "$DIR/cluster.env"
+  local P=$DIR/pki KC=$DIR/admin.kubeconfig
+
+  start etcd "$BIN/etcd" --name=ringmaster --data-dir="$DIR/etcd" \
+    --listen-client-urls="http://127.0.0.1:$etcd_port" --advertise-client-urls="http://127.0.0.1:$etcd_port" \
+    --listen-peer-urls="http://127.0.0.1:$etcd_peer" --initial-advertise-peer-urls="http://127.0.0.1:$etcd_peer" \
+    --initial-cluster="ringmaster=http://127.0.0.1:$etcd_peer" --unsafe-no-fsync --log-level=warn
+  wait_until etcd "etcd health" curl -sf "http://127.0.0.1:$etcd_port/health"
+
+  start kube-apiserver "$BIN/kube-apiserver" \
+    --etcd-servers="http://127.0.0.1:$etcd_port" \
+    --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$api_port" \
+    --endpoint-reconciler-type=none \
+    --tls-cert-file="$P/apiserver.crt" --tls-private-key-file="$P/apiserver.key" \
+    --client-ca-file="$P/ca.crt" \
+    --authorization-mode=Node,RBAC --allow-privileged=true \
+    --service-cluster-ip-range=$SERVICE_CIDR \
+    --service-account-issuer=https://kubernetes.default.svc.cluster.local \
+    --service-account-key-file="$P/sa.pub" --service-account-signing-key-file="$P/sa.key" \
+    --enable-priority-and-fairness=false --profiling=false
+  wait_until kube-apiserver "kube-apiserver /readyz" \
+    curl -sf --cacert "$P/ca.crt" --cert "$P/admin.crt" --key "$P/admin.key" "$APISERVER/readyz"
+
+  local common=(--kubeconfig="$KC" --authentication-kubeconfig="$KC" --authorization-kubeconfig="$KC"
+    --leader-elect=false --bind-address=127.0.0.1 --profiling=false)
+  start kube-controller-manager "$BIN/kube-controller-manager" "${common[@]}" --secure-port="$kcm_port" \
+    --service-account-private-key-file="$P/sa.key" --root-ca-file="$P/ca.crt" \
+    --use-service-account-credentials=true --service-cluster-ip-range=$SERVICE_CIDR \
+    --cluster-signing-cert-file="$P/ca.crt" --cluster-signing-key-file="$P/ca.key"
+  start kube-scheduler "$BIN/kube-scheduler" "${common[@]}" --secure-port="$sched_port"
+  start kwok "$BIN/kwok" --kubeconfig="$KC" --config="$BIN/kwok-stages.yaml" \
+    --manage-all-nodes=false --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
+    --node-lease-duration-seconds=40 --cidr=10.244.0.0/16 --node-ip=127.0.0.1 \
+    --server-address="127.0.0.1:$kwok_port"
+
+  wait_until kube-controller-manager "kube-controller-manager /healthz" curl -skf "https://127.0.0.1:$kcm_port/healthz"
+  wait_until kube-scheduler "kube-scheduler /readyz" curl -skf "https://127.0.0.1:$sched_port/readyz"
+  wait_until kwok "kwok /healthz" curl -sf "http://127.0.0.1:$kwok_port/healthz"
+  # The service-account controller works once the default namespace has its ServiceAccount.
+  wait_until kube-controller-manager "ServiceAccount default/default" \
+    "$BIN/kubectl" --kubeconfig="$KC" get serviceaccount default -n default
+  log "up in $((SECONDS - t0))s: $APISERVER (state and logs in $DIR)"
+  env_lines
+}
+
+down() {
+  DIR=${RINGMASTER_CLUSTER_DIR:-}
+  [[ -n $DIR ]] || die "RINGMASTER_CLUSTER_DIR is not set: run 'eval \"\$(hack/cluster.sh up)\"' first, or set it to the cluster's dir"
+  [[ -d $DIR ]] || { log "nothing at $DIR"; return 0; }
+  [[ -f $DIR/cluster.env || -d $DIR/pids ]] || die "$DIR does not look like a cluster dir; not removing it"
+  stop_all
+  release_ports
+  rm -rf "$DIR"
+  log "down: removed $DIR"
+}
+
+case ${1:-} in
+  up)
+    # On failure print a line that makes `eval "$(hack/cluster.sh up)"` fail too.
+    (up) || { echo "echo 'hack/cluster.sh up failed (see above)' >&2; false"; exit 1; } ;;
+  down) down ;;
+  env)
+    DIR=${RINGMASTER_CLUSTER_DIR:?RINGMASTER_CLUSTER_DIR is not set}
+    [[ -f $DIR/cluster.env ]] || die "no cluster in $DIR"
+    env_lines ;;
+  *) echo "usage: $0 up|down|env   (eval \"\$($0 up)\")" >&2; exit 2 ;;
+esac
