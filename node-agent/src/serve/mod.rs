@@ -1,8 +1,540 @@
-//! `ringmaster-agent serve`: HTTP range reads over the worker pool.
+//! `ringmaster-agent serve`: HTTP/1.1 range reads over the worker pool.
+//!
+//! `GET /v1/files/{name}/{path}` with `Range: bytes=a-b` → 206 (416 unsatisfiable, 404 missing or
+//! outside the data dir, 400 bad path or range, 503 over the concurrency cap), confined to the
+//! named data dir. `/metrics` (Prometheus), `/healthz`, `/readyz`. Every response carries
+//! `X-Ringmaster-Worker-Mode: io_uring|pread`.
+
+pub mod metrics;
+pub mod paths;
+pub mod range;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use rustix::fs::{Mode, OFlags, ResolveFlags};
+use tokio::sync::{oneshot, Semaphore};
+
+use crate::handoff::Policy;
+use crate::io::{Pool, PoolConfig};
+
+use metrics::Metrics;
+
+/// Header naming the worker mode on every response.
+pub const MODE_HEADER: &str = "x-ringmaster-worker-mode";
+
+pub const DEFAULT_MAX_RANGE_BYTES: u64 = 16 << 20;
+pub const DEFAULT_MAX_CONCURRENT: u32 = 256;
+
+/// What the read service serves and how.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    /// (name, dir) pairs served under `/v1/files/{name}/...`.
+    pub data_dirs: Vec<(String, PathBuf)>,
+    pub bind: SocketAddr,
+    pub workers: u32,
+    pub max_events: u32,
+    pub policy: Policy,
+    /// Largest range served in one request (bigger ones get 400).
+    pub max_range_bytes: u64,
+    /// Requests served at once (more get 503).
+    pub max_concurrent: u32,
+}
+
+impl ServeConfig {
+    pub fn new(data_dirs: Vec<(String, PathBuf)>, bind: SocketAddr) -> Self {
+        ServeConfig {
+            data_dirs,
+            bind,
+            workers: 2,
+            max_events: 128,
+            policy: Policy::Preferred,
+            max_range_bytes: DEFAULT_MAX_RANGE_BYTES,
+            max_concurrent: DEFAULT_MAX_CONCURRENT,
+        }
+    }
+}
+
+struct AppState {
+    dirs: HashMap<String, OwnedFd>,
+    pool: Arc<Pool>,
+    metrics: Metrics,
+    limit: Arc<Semaphore>,
+    max_range: u64,
+    mode: HeaderValue,
+    ready: AtomicBool,
+}
+
+/// A running read service.
+pub struct ServeHandle {
+    addr: SocketAddr,
+    mode: String,
+    reason: String,
+    state: Arc<AppState>,
+    stop: oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl ServeHandle {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `io_uring` or `pread`.
+    pub fn worker_mode(&self) -> &str {
+        &self.mode
+    }
+
+    pub fn worker_mode_reason(&self) -> &str {
+        &self.reason
+    }
+
+    /// Stop accepting, let in-flight requests finish, then drain and join the worker pool.
+    pub async fn shutdown(self) {
+        self.state.ready.store(false, Ordering::SeqCst);
+        let _ = self.stop.send(());
+        match self.server.await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "read service ended with an error"),
+            Err(e) => tracing::warn!(error = %e, "read service task failed"),
+            Ok(Ok(())) => {}
+        }
+        let pool = self.state.pool.clone();
+        let _ = tokio::task::spawn_blocking(move || pool.shutdown()).await;
+    }
+}
+
+/// Open the data dirs, start the pool (io_uring or pread per policy), bind and serve.
+/// Errors under `Policy::Required` when io_uring cannot be set up (the message names the errno).
+pub async fn start(cfg: ServeConfig) -> anyhow::Result<ServeHandle> {
+    if cfg.data_dirs.is_empty() {
+        anyhow::bail!("no data dirs: pass at least one --data-dir NAME=PATH");
+    }
+    if cfg.max_concurrent == 0 {
+        anyhow::bail!("--max-concurrent must be at least 1");
+    }
+    if cfg.max_range_bytes == 0 || cfg.max_range_bytes > (1 << 30) {
+        anyhow::bail!("--max-range-bytes must be between 1 and 1073741824");
+    }
+    let mut dirs = HashMap::new();
+    for (name, path) in &cfg.data_dirs {
+        if name.is_empty() || name.contains('/') {
+            anyhow::bail!(
+                "--data-dir {name}={}: NAME must be non-empty without '/'",
+                path.display()
+            );
+        }
+        let fd = rustix::fs::open(
+            path,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .with_context(|| {
+            format!(
+                "--data-dir {name}={}: cannot open the directory",
+                path.display()
+            )
+        })?;
+        if dirs.insert(name.clone(), fd).is_some() {
+            anyhow::bail!("--data-dir {name}: the name is given twice");
+        }
+    }
+    let mut pc = PoolConfig::new(cfg.workers, cfg.max_events, cfg.policy);
+    pc.queue_depth = pc.queue_depth.max(cfg.max_concurrent as usize);
+    let pool = tokio::task::spawn_blocking(move || Pool::start(&pc)).await??;
+    let mode = pool.mode().as_str().to_string();
+    let reason = pool.reason().to_string();
+    let metrics = Metrics::new(&mode, &reason, pool.ring_entries(), cfg.workers);
+    let listener = tokio::net::TcpListener::bind(cfg.bind)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.bind))?;
+    let addr = listener.local_addr()?;
+    let state = Arc::new(AppState {
+        dirs,
+        pool: Arc::new(pool),
+        metrics,
+        limit: Arc::new(Semaphore::new(cfg.max_concurrent as usize)),
+        max_range: cfg.max_range_bytes,
+        mode: HeaderValue::from_static(if mode == "io_uring" {
+            "io_uring"
+        } else {
+            "pread"
+        }),
+        ready: AtomicBool::new(true),
+    });
+    let app = Router::new()
+        .route("/v1/files/{name}/{*path}", get(read_file))
+        .route("/metrics", get(metrics_page))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .layer(axum::middleware::map_response_with_state(
+            state.clone(),
+            add_mode_header,
+        ))
+        .with_state(state.clone());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    tracing::info!(%addr, mode = %mode, reason = %reason, "read service listening");
+    Ok(ServeHandle {
+        addr,
+        mode,
+        reason,
+        state,
+        stop,
+        server,
+    })
+}
+
+async fn add_mode_header(State(st): State<Arc<AppState>>, mut resp: Response) -> Response {
+    resp.headers_mut().insert(MODE_HEADER, st.mode.clone());
+    resp
+}
+
+async fn metrics_page(State(st): State<Arc<AppState>>) -> Response {
+    st.metrics.pool_in_flight.set(st.pool.in_flight() as i64);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        st.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn readyz(State(st): State<Arc<AppState>>) -> Response {
+    if st.ready.load(Ordering::SeqCst) {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
+    }
+}
+
+fn error(status: StatusCode, msg: impl std::fmt::Display) -> Response {
+    (status, format!("{msg}\n")).into_response()
+}
+
+async fn read_file(
+    State(st): State<Arc<AppState>>,
+    Path((name, path)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let Ok(_permit) = st.limit.clone().try_acquire_owned() else {
+        st.metrics.count(503);
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "1")],
+            "too many concurrent reads (--max-concurrent)\n",
+        )
+            .into_response();
+    };
+    st.metrics.in_flight.inc();
+    let t0 = Instant::now();
+    let (resp, bytes) = serve_range(&st, &name, &path, &headers).await;
+    st.metrics.in_flight.dec();
+    st.metrics.count(resp.status().as_u16());
+    if bytes > 0 {
+        st.metrics.bytes.inc_by(bytes);
+        st.metrics.latency.observe(t0.elapsed().as_secs_f64());
+    }
+    resp
+}
+
+/// Open `path` beneath the data dir `root` without following anything out of it. Opened
+/// non-blocking so a FIFO cannot stall the open; the flag is cleared again for regular files
+/// (io_uring would otherwise answer EAGAIN instead of waiting for the disk).
+fn open_beneath(root: &OwnedFd, path: &str) -> std::io::Result<File> {
+    let fd = rustix::fs::openat2(
+        root,
+        path,
+        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY,
+        Mode::empty(),
+        ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
+    )?;
+    rustix::fs::fcntl_setfl(&fd, OFlags::RDONLY)?;
+    Ok(File::from(fd))
+}
+
+async fn serve_range(
+    st: &AppState,
+    name: &str,
+    path: &str,
+    headers: &HeaderMap,
+) -> (Response, u64) {
+    let Some(root) = st.dirs.get(name) else {
+        return (
+            error(StatusCode::NOT_FOUND, format!("no data dir named '{name}'")),
+            0,
+        );
+    };
+    let rel = match paths::check_relative(path) {
+        Ok(p) => p,
+        Err(e) => return (error(StatusCode::BAD_REQUEST, e), 0),
+    };
+    let file = match open_beneath(root, rel) {
+        Ok(f) => f,
+        // EXDEV: the path leaves the data dir (symlink or magic link); same answer as missing.
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ENOENT) | Some(libc::EXDEV) | Some(libc::ENOTDIR) | Some(libc::ELOOP)
+            ) =>
+        {
+            return (
+                error(
+                    StatusCode::NOT_FOUND,
+                    format!("{name}/{rel}: not found in the data dir"),
+                ),
+                0,
+            )
+        }
+        Err(e) => {
+            return (
+                error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("{name}/{rel}: {e}"),
+                ),
+                0,
+            )
+        }
+    };
+    let size = match file.metadata() {
+        Ok(m) if m.is_file() => m.len(),
+        Ok(_) => {
+            return (
+                error(
+                    StatusCode::NOT_FOUND,
+                    format!("{name}/{rel}: not a regular file"),
+                ),
+                0,
+            )
+        }
+        Err(e) => return (error(StatusCode::INTERNAL_SERVER_ERROR, e), 0),
+    };
+    let (first, last, partial) = match headers.get(header::RANGE) {
+        None => {
+            if size > st.max_range {
+                return (error(StatusCode::BAD_REQUEST, format!(
+                    "file is {size} bytes, over the {} byte cap (--max-range-bytes): send a Range header", st.max_range)), 0);
+            }
+            if size == 0 {
+                return (
+                    (
+                        StatusCode::OK,
+                        [(header::ACCEPT_RANGES, "bytes")],
+                        Body::empty(),
+                    )
+                        .into_response(),
+                    0,
+                );
+            }
+            (0, size - 1, false)
+        }
+        Some(v) => {
+            let Ok(v) = v.to_str() else {
+                return (
+                    error(StatusCode::BAD_REQUEST, "Range header is not ASCII"),
+                    0,
+                );
+            };
+            let spec = match range::parse_range(v) {
+                Ok(s) => s,
+                Err(e) => return (error(StatusCode::BAD_REQUEST, e), 0),
+            };
+            match range::resolve(spec, size) {
+                Some((a, b)) => (a, b, true),
+                None => {
+                    return (
+                        (
+                            StatusCode::RANGE_NOT_SATISFIABLE,
+                            [(header::CONTENT_RANGE, format!("bytes */{size}"))],
+                            format!("range {v} is outside the file ({size} bytes)\n"),
+                        )
+                            .into_response(),
+                        0,
+                    )
+                }
+            }
+        }
+    };
+    let len = last - first + 1;
+    if len > st.max_range {
+        return (error(StatusCode::BAD_REQUEST, format!(
+            "range of {len} bytes is over the {} byte cap (--max-range-bytes): request smaller ranges", st.max_range)), 0);
+    }
+    let buf = match st
+        .pool
+        .read_async(Arc::new(file), first, len as usize, false)
+        .await
+    {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+            return (
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    [(header::RETRY_AFTER, "1")],
+                    "read queue full\n",
+                )
+                    .into_response(),
+                0,
+            )
+        }
+        Err(e) => {
+            return (
+                error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("{name}/{rel}: read failed: {e}"),
+                ),
+                0,
+            )
+        }
+    };
+    if (buf.len() as u64) < len {
+        return (
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!(
+                    "{name}/{rel}: file shrank while reading ({} of {len} bytes)",
+                    buf.len()
+                ),
+            ),
+            0,
+        );
+    }
+    let status = if partial {
+        StatusCode::PARTIAL_CONTENT
+    } else {
+        StatusCode::OK
+    };
+    let mut resp = Response::new(Body::from(Bytes::from_owner(buf)));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    if partial {
+        h.insert(
+            header::CONTENT_RANGE,
+            HeaderValue::from_str(&format!("bytes {first}-{last}/{size}")).expect("ASCII"),
+        );
+    }
+    (resp, len)
+}
+
+/// Parse `NAME=PATH`.
+fn parse_data_dir(s: &str) -> Result<(String, PathBuf), String> {
+    let (n, p) = s
+        .split_once('=')
+        .ok_or_else(|| format!("--data-dir '{s}': expected NAME=PATH"))?;
+    if n.is_empty() || n.contains('/') || p.is_empty() {
+        return Err(format!(
+            "--data-dir '{s}': NAME must be non-empty without '/', PATH non-empty"
+        ));
+    }
+    Ok((n.to_string(), PathBuf::from(p)))
+}
 
 #[derive(clap::Args, Debug)]
-pub struct ServeArgs {}
+pub struct ServeArgs {
+    /// Data dir served under /v1/files/NAME/ (repeatable).
+    #[arg(long = "data-dir", value_name = "NAME=PATH", required = true, num_args = 1.., value_parser = parse_data_dir)]
+    pub data_dirs: Vec<(String, PathBuf)>,
+    /// TCP port (0: any free port, printed at start).
+    #[arg(long, default_value_t = ringmaster_api::keys::AGENT_HTTP_PORT)]
+    pub port: u16,
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub listen: std::net::IpAddr,
+    /// Worker threads (one io_uring ring each).
+    #[arg(long, default_value_t = 2)]
+    pub workers: u32,
+    /// Reads in flight per ring (ring entries).
+    #[arg(long, default_value_t = 128)]
+    pub max_events: u32,
+    /// io_uring policy: required (fail without it), preferred (fall back to pread), disabled.
+    #[arg(long = "io-uring", value_enum, default_value_t = Policy::Preferred)]
+    pub io_uring: Policy,
+    /// Largest range served in one request, bytes.
+    #[arg(long, default_value_t = DEFAULT_MAX_RANGE_BYTES)]
+    pub max_range_bytes: u64,
+    /// Requests served at once (more get 503).
+    #[arg(long, default_value_t = DEFAULT_MAX_CONCURRENT)]
+    pub max_concurrent: u32,
+}
 
-pub fn run(_a: ServeArgs) -> i32 {
-    2
+/// `serve` until SIGINT/SIGTERM. Prints `listening on ADDR worker_mode=MODE reason=...` on stdout.
+pub fn run(a: ServeArgs) -> i32 {
+    crate::init_tracing();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return 2;
+        }
+    };
+    rt.block_on(async move {
+        let cfg = ServeConfig {
+            data_dirs: a.data_dirs,
+            bind: SocketAddr::new(a.listen, a.port),
+            workers: a.workers,
+            max_events: a.max_events,
+            policy: a.io_uring,
+            max_range_bytes: a.max_range_bytes,
+            max_concurrent: a.max_concurrent,
+        };
+        let h = match start(cfg).await {
+            Ok(h) => h,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return 1;
+            }
+        };
+        println!(
+            "listening on {} worker_mode={} reason={}",
+            h.local_addr(),
+            h.worker_mode(),
+            h.worker_mode_reason()
+        );
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("error: cannot watch SIGTERM: {e}");
+                    return 2;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down: finishing in-flight reads");
+        h.shutdown().await;
+        0
+    })
 }

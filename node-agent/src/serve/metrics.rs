@@ -1,0 +1,93 @@
+//! Prometheus metrics of the read service (prometheus-client, text exposition).
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(String, String)>;
+
+pub struct Metrics {
+    registry: Registry,
+    /// Range reads by HTTP status.
+    pub reads: Family<Labels, Counter>,
+    pub bytes: Counter,
+    pub latency: Histogram,
+    /// HTTP reads in progress.
+    pub in_flight: Gauge,
+    /// Reads queued or in flight in the worker pool (sampled at scrape).
+    pub pool_in_flight: Gauge,
+}
+
+impl Metrics {
+    pub fn new(mode: &str, reason: &str, ring_entries: u64, workers: u32) -> Self {
+        let mut registry = Registry::with_prefix("ringmaster");
+        let reads = Family::<Labels, Counter>::default();
+        registry.register("reads", "Range reads served, by HTTP status", reads.clone());
+        let bytes = Counter::default();
+        registry.register("read_bytes", "Bytes served by range reads", bytes.clone());
+        let latency = Histogram::new(exponential_buckets(10e-6, 2.0, 20));
+        registry.register(
+            "read_duration_seconds",
+            "Range read latency (request to body ready)",
+            latency.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register(
+            "reads_in_flight",
+            "HTTP range reads in progress",
+            in_flight.clone(),
+        );
+        let pool_in_flight = Gauge::default();
+        registry.register(
+            "pool_reads_in_flight",
+            "Reads queued or in flight in the worker pool",
+            pool_in_flight.clone(),
+        );
+        let ring_entries_g = Gauge::<i64>::default();
+        ring_entries_g.set(ring_entries as i64);
+        registry.register(
+            "ring_entries",
+            "io_uring entries over all worker rings (0 in pread mode)",
+            ring_entries_g,
+        );
+        let workers_g = Gauge::<i64>::default();
+        workers_g.set(workers as i64);
+        registry.register("workers", "Read worker threads", workers_g);
+        let mode_g = Family::<Labels, Gauge>::default();
+        for m in ["io_uring", "pread"] {
+            let mut labels = vec![("mode".to_string(), m.to_string())];
+            if m == mode {
+                labels.push(("reason".to_string(), reason.to_string()));
+            }
+            mode_g.get_or_create(&labels).set((m == mode) as i64);
+        }
+        registry.register(
+            "worker_mode",
+            "Worker mode running (1) with the reason it was chosen",
+            mode_g,
+        );
+        Metrics {
+            registry,
+            reads,
+            bytes,
+            latency,
+            in_flight,
+            pool_in_flight,
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut s = String::new();
+        encode(&mut s, &self.registry).expect("writing to a String cannot fail");
+        s
+    }
+
+    pub fn count(&self, status: u16) {
+        self.reads
+            .get_or_create(&vec![("status".to_string(), status.to_string())])
+            .inc();
+    }
+}

@@ -1,0 +1,326 @@
+//! The worker pools against the real kernel: data equality (buffered and O_DIRECT, across EOF),
+//! concurrent readers, short reads resubmitted, per-request errors, deleted files, draining.
+
+#[path = "io_common.rs"]
+mod io_common;
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::FromRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use io_common::{pattern, Rng, TempDir};
+use ringmaster_agent::handoff::Policy;
+use ringmaster_agent::io::{AlignedBuf, Pool, PoolConfig, ReadJob, ReadOutcome, SubmitError, WorkerMode};
+
+const SIZE: usize = (1 << 20) + 777; // not block-aligned: reads cross a ragged EOF
+
+fn pools() -> Vec<Pool> {
+    let uring = Pool::start(&PoolConfig::new(2, 16, Policy::Required))
+        .expect("io_uring pool (policy required) must start on the CI kernel");
+    assert_eq!(uring.mode(), WorkerMode::IoUring);
+    let pread = Pool::start(&PoolConfig::new(3, 16, Policy::Disabled)).unwrap();
+    assert_eq!(pread.mode(), WorkerMode::Pread);
+    vec![uring, pread]
+}
+
+fn data_file(dir: &TempDir, name: &str, len: usize, seed: u64) -> (std::path::PathBuf, Vec<u8>) {
+    let p = dir.path().join(name);
+    let data = pattern(len, seed);
+    std::fs::write(&p, &data).unwrap();
+    (p, data)
+}
+
+fn open_direct(p: &std::path::Path) -> File {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(p)
+        .unwrap_or_else(|e| {
+            panic!(
+                "O_DIRECT open of {} failed ({e}): the test dir must be on a filesystem with O_DIRECT \
+                 (set RINGMASTER_TEST_DIR)",
+                p.display()
+            )
+        })
+}
+
+/// Submit `reqs` (offset, len) through `submit`, wait for all, return outcomes in order.
+fn read_many(
+    pool: &Pool,
+    file: &Arc<File>,
+    reqs: &[(u64, usize)],
+    direct: bool,
+    fast_path: bool,
+) -> Vec<ReadOutcome> {
+    let (tx, rx) = mpsc::channel::<(usize, ReadOutcome)>();
+    for (i, &(off, len)) in reqs.iter().enumerate() {
+        let tx = tx.clone();
+        let job = ReadJob::new(
+            file.clone(),
+            off,
+            len,
+            AlignedBuf::new(len),
+            direct,
+            Box::new(move |o| tx.send((i, o)).unwrap()),
+        );
+        // Back-pressure: a full queue hands the job back; wait for room and retry.
+        let mut job = job;
+        loop {
+            let r = if fast_path { pool.read(job) } else { pool.submit(job) };
+            match r {
+                Ok(()) => break,
+                Err(SubmitError::Full(j)) => {
+                    job = j;
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                Err(e) => panic!("job {i} refused: {e:?}"),
+            }
+        }
+    }
+    drop(tx);
+    let mut out: Vec<Option<ReadOutcome>> = (0..reqs.len()).map(|_| None).collect();
+    for _ in 0..reqs.len() {
+        let (i, o) = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("a read did not complete within 30 s");
+        assert!(out[i].is_none(), "job {i} completed twice");
+        out[i] = Some(o);
+    }
+    out.into_iter().map(Option::unwrap).collect()
+}
+
+fn check(data: &[u8], reqs: &[(u64, usize)], outs: &[ReadOutcome], what: &str) {
+    for (&(off, len), o) in reqs.iter().zip(outs) {
+        let start = (off as usize).min(data.len());
+        let end = (off as usize + len).min(data.len());
+        let n = *o
+            .result
+            .as_ref()
+            .unwrap_or_else(|e| panic!("{what}: read {off}+{len} failed: {e}"));
+        assert_eq!(n, end - start, "{what}: bytes read at {off}+{len}");
+        assert_eq!(o.buf.len(), n);
+        assert!(
+            o.buf.as_slice() == &data[start..end],
+            "{what}: data mismatch at {off}+{len}"
+        );
+    }
+}
+
+#[test]
+fn buffered_random_reads_equal_the_file_including_across_eof() {
+    let dir = TempDir::new("io-buffered");
+    let (p, data) = data_file(&dir, "f", SIZE, 7);
+    let file = Arc::new(File::open(&p).unwrap());
+    let mut rng = Rng(0x1234_5678);
+    let mut reqs: Vec<(u64, usize)> = (0..400)
+        .map(|_| (rng.below(SIZE as u64), 1 + rng.below(70_000) as usize))
+        .collect();
+    reqs.push((SIZE as u64 - 10, 4096)); // crosses EOF
+    reqs.push((SIZE as u64, 100)); // at EOF
+    reqs.push((SIZE as u64 + 5000, 100)); // past EOF
+    reqs.push((0, SIZE + 4096)); // whole file and beyond
+    for pool in pools() {
+        for fast in [false, true] {
+            let outs = read_many(&pool, &file, &reqs, false, fast);
+            check(&data, &reqs, &outs, &format!("{:?} fast_path={fast}", pool.mode()));
+        }
+    }
+}
+
+#[test]
+fn direct_random_reads_equal_the_file_including_across_eof() {
+    let dir = TempDir::new("io-direct");
+    let (p, data) = data_file(&dir, "f", SIZE, 11);
+    let file = Arc::new(open_direct(&p));
+    let blocks = SIZE.div_ceil(4096) as u64;
+    let mut rng = Rng(0x9abc_def1);
+    let mut reqs: Vec<(u64, usize)> = (0..300)
+        .map(|_| (rng.below(blocks) * 4096, (1 + rng.below(16) as usize) * 4096))
+        .collect();
+    reqs.push(((blocks - 1) * 4096, 8192)); // last, partial block: ragged EOF
+    reqs.push((blocks * 4096, 4096)); // past EOF
+    for pool in pools() {
+        let outs = read_many(&pool, &file, &reqs, true, true);
+        check(&data, &reqs, &outs, &format!("{:?} O_DIRECT", pool.mode()));
+    }
+}
+
+#[test]
+fn many_concurrent_readers_get_their_own_bytes() {
+    let dir = TempDir::new("io-concurrent");
+    let files: Vec<_> = (0..4)
+        .map(|i| data_file(&dir, &format!("f{i}"), 300_000 + i * 1000, 100 + i as u64))
+        .collect();
+    for pool in pools() {
+        let pool = Arc::new(pool);
+        std::thread::scope(|s| {
+            for t in 0..8u64 {
+                let (pool, files) = (pool.clone(), &files);
+                s.spawn(move || {
+                    let (p, data) = &files[t as usize % files.len()];
+                    let file = Arc::new(File::open(p).unwrap());
+                    let mut rng = Rng(t * 7919 + 1);
+                    let reqs: Vec<(u64, usize)> = (0..150)
+                        .map(|_| (rng.below(data.len() as u64 + 100), 1 + rng.below(20_000) as usize))
+                        .collect();
+                    let outs = read_many(&pool, &file, &reqs, false, t % 2 == 0);
+                    check(data, &reqs, &outs, &format!("{:?} reader {t}", pool.mode()));
+                });
+            }
+        });
+    }
+}
+
+#[test]
+fn short_reads_from_a_pipe_are_resubmitted_until_full() {
+    // A pipe returns what has arrived: the first read completes short (1000 of 8192 bytes) and
+    // the ring worker must read again for the rest, which arrives 200 ms later.
+    let pool = Pool::start(&PoolConfig::new(1, 8, Policy::Required)).unwrap();
+    let mut fds = [0; 2];
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    let (rd, mut wr) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
+    let data = pattern(8192, 3);
+    wr.write_all(&data[..1000]).unwrap();
+    let (tx, rx) = mpsc::channel();
+    let job = ReadJob::new(
+        Arc::new(rd),
+        0,
+        8192,
+        AlignedBuf::new(8192),
+        false,
+        Box::new(move |o| tx.send(o).unwrap()),
+    );
+    assert!(pool.submit(job).is_ok());
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        rx.try_recv().is_err(),
+        "the read completed with a short result instead of being resubmitted"
+    );
+    wr.write_all(&data[1000..]).unwrap();
+    let o = rx.recv_timeout(Duration::from_secs(10)).expect("read never completed");
+    assert_eq!(*o.result.as_ref().unwrap(), 8192);
+    assert!(o.buf.as_slice() == &data[..]);
+
+    // A writer closing early is EOF: the read ends with what arrived.
+    let mut fds = [0; 2];
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    let (rd, mut wr) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
+    wr.write_all(&data[..300]).unwrap();
+    let (tx, rx) = mpsc::channel();
+    let job = ReadJob::new(Arc::new(rd), 0, 8192, AlignedBuf::new(8192), false, Box::new(move |o| tx.send(o).unwrap()));
+    assert!(pool.submit(job).is_ok());
+    std::thread::sleep(Duration::from_millis(100));
+    drop(wr);
+    let o = rx.recv_timeout(Duration::from_secs(10)).expect("read never completed");
+    assert_eq!(*o.result.as_ref().unwrap(), 300);
+    assert!(o.buf.as_slice() == &data[..300]);
+}
+
+#[test]
+fn a_bad_request_fails_alone() {
+    let dir = TempDir::new("io-bad");
+    let (p, data) = data_file(&dir, "f", 64 * 1024, 5);
+    let direct = Arc::new(open_direct(&p));
+    let write_only = Arc::new(std::fs::OpenOptions::new().write(true).open(&p).unwrap());
+    for pool in pools() {
+        let (tx, rx) = mpsc::channel::<(&str, ReadOutcome)>();
+        let submit = |tag: &'static str, f: &Arc<File>, off: u64, len: usize, d: bool| {
+            let tx = tx.clone();
+            let job = ReadJob::new(f.clone(), off, len, AlignedBuf::new(len), d, Box::new(move |o| tx.send((tag, o)).unwrap()));
+            assert!(pool.submit(job).is_ok());
+        };
+        submit("good1", &direct, 0, 8192, true);
+        submit("misaligned", &direct, 100, 4096, true); // O_DIRECT at offset 100: EINVAL
+        submit("good2", &direct, 8192, 4096, true);
+        submit("write-only", &write_only, 0, 4096, false); // read on an O_WRONLY fd: EBADF
+        submit("good3", &direct, 16384, 4096, true);
+        drop(tx);
+        let mut seen = 0;
+        for (tag, o) in rx.iter() {
+            seen += 1;
+            match tag {
+                "misaligned" => assert_eq!(o.result.unwrap_err().raw_os_error(), Some(libc::EINVAL), "{:?}", pool.mode()),
+                "write-only" => assert_eq!(o.result.unwrap_err().raw_os_error(), Some(libc::EBADF), "{:?}", pool.mode()),
+                _ => {
+                    let n = o.result.unwrap_or_else(|e| panic!("{tag} failed with {e} beside a bad request ({:?})", pool.mode()));
+                    let off = o.offset as usize;
+                    assert!(o.buf.as_slice() == &data[off..off + n], "{tag}");
+                }
+            }
+        }
+        assert_eq!(seen, 5);
+    }
+}
+
+#[test]
+fn pool_survives_a_deleted_file() {
+    let dir = TempDir::new("io-deleted");
+    let (p, data) = data_file(&dir, "gone", 200_000, 9);
+    let (p2, data2) = data_file(&dir, "stays", 50_000, 10);
+    for pool in pools() {
+        let f = Arc::new(File::open(&p).unwrap());
+        let reqs: Vec<(u64, usize)> = (0..50).map(|i| (i * 4000, 4000)).collect();
+        let (tx, rx) = mpsc::channel();
+        for &(off, len) in &reqs {
+            let tx = tx.clone();
+            let job = ReadJob::new(f.clone(), off, len, AlignedBuf::new(len), false, Box::new(move |o| tx.send(o).unwrap()));
+            assert!(pool.submit(job).is_ok());
+        }
+        std::fs::remove_file(&p).unwrap(); // unlinked while reads are queued and in flight
+        drop(tx);
+        for o in rx.iter() {
+            let n = o.result.expect("reads of an unlinked but open file succeed");
+            let off = o.offset as usize;
+            assert!(o.buf.as_slice() == &data[off..off + n]);
+        }
+        // The pool goes on serving other files.
+        let f2 = Arc::new(File::open(&p2).unwrap());
+        let reqs2 = [(0u64, 50_000usize), (49_000, 5000)];
+        let outs = read_many(&pool, &f2, &reqs2, false, true);
+        check(&data2, &reqs2, &outs, "after delete");
+        std::fs::write(&p, &data).unwrap();
+    }
+}
+
+#[test]
+fn shutdown_finishes_every_queued_read() {
+    let dir = TempDir::new("io-drain");
+    let (p, data) = data_file(&dir, "f", 1 << 20, 12);
+    for pool in pools() {
+        let mode = pool.mode();
+        let f = Arc::new(open_direct(&p));
+        let (tx, rx) = mpsc::channel();
+        let mut queued = 0;
+        for i in 0..200u64 {
+            let tx = tx.clone();
+            let job = ReadJob::new(f.clone(), (i % 256) * 4096, 4096, AlignedBuf::new(4096), true, Box::new(move |o| tx.send(o).unwrap()));
+            if pool.submit(job).is_ok() {
+                queued += 1;
+            }
+        }
+        assert!(queued >= 64, "{mode:?}: only {queued} of 200 jobs queued");
+        pool.shutdown();
+        drop(tx);
+        let outs: Vec<ReadOutcome> = rx.iter().collect();
+        assert_eq!(outs.len(), queued, "{mode:?}: every queued read completes before shutdown returns");
+        for o in outs {
+            let n = o.result.unwrap();
+            let off = o.offset as usize;
+            assert!(o.buf.as_slice() == &data[off..off + n]);
+        }
+        // After shutdown the pool refuses work and hands the job back.
+        let job = ReadJob::new(f.clone(), 0, 4096, AlignedBuf::new(4096), true, Box::new(|_| {}));
+        assert!(matches!(pool.submit(job), Err(ringmaster_agent::io::SubmitError::ShutDown(_))));
+    }
+}
+
+#[test]
+fn bad_pool_config_is_refused_with_the_flag_named() {
+    let e = Pool::start(&PoolConfig::new(0, 16, Policy::Preferred)).err().unwrap();
+    assert!(e.to_string().contains("--workers"), "{e}");
+    let e = Pool::start(&PoolConfig::new(1, 0, Policy::Preferred)).err().unwrap();
+    assert!(e.to_string().contains("--max-events"), "{e}");
+}
