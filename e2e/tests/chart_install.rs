@@ -32,7 +32,6 @@ async fn helm_template_passes_server_side_dry_run() {
         "ServiceAccount",
         "ClusterRole",
         "ClusterRoleBinding",
-        "Role",
         "RoleBinding",
         "Service",
         "Deployment",
@@ -146,14 +145,9 @@ async fn helm_install_upgrade_uninstall_leave_the_cluster_as_expected() {
     assert_eq!(replicas, "2");
     kubectl_ok(["get", "serviceaccount", &ops, "-n", n]);
     kubectl_ok(["get", "service", &format!("{ops}-metrics"), "-n", n]);
-    kubectl_ok([
-        "get",
-        "role,rolebinding",
-        &format!("{ops}-leader-election"),
-        "-n",
-        n,
-    ]);
-    kubectl_ok(["get", "clusterrole", &ops, &agent_role]);
+    let election = format!("{ops}-leader-election");
+    kubectl_ok(["get", "rolebinding", &election, "-n", n]);
+    kubectl_ok(["get", "clusterrole", &ops, &agent_role, &election]);
     kubectl_ok(["get", "clusterrolebinding", &ops]);
     let vap = format!("{full}-agent-node-scope");
     kubectl_ok(["get", "validatingadmissionpolicybinding", &vap]);

@@ -3,7 +3,7 @@
 
 mod chart_support;
 
-use chart_support::{chart_dir, find, helm, parse_docs, render, repo_root, str_of};
+use chart_support::{chart_dir, find, helm, parse_docs, render, repo_root, rule_set, str_of};
 
 /// Every combination users are told about lints clean: no [WARNING] or [ERROR], exit 0.
 #[test]
@@ -126,9 +126,14 @@ fn operator_deployment_is_hardened() {
         c["resources"]["limits"]["memory"].is_string(),
         "operator has no memory limit"
     );
-    let role = find(&docs, "Role", "ringmaster-operator-leader-election");
-    assert_eq!(role["metadata"]["namespace"], "ringmaster-system");
+    let role = find(&docs, "ClusterRole", "ringmaster-operator-leader-election");
     assert_eq!(role["rules"][0]["resources"][0], "leases");
+    let binding = find(&docs, "RoleBinding", "ringmaster-operator-leader-election");
+    assert_eq!(binding["metadata"]["namespace"], "ringmaster-system");
+    assert_eq!(
+        binding["roleRef"]["name"],
+        "ringmaster-operator-leader-election"
+    );
     // An image digest wins over the tag.
     let digest = format!("sha256:{}", "ab".repeat(32));
     let docs = render(
@@ -254,5 +259,75 @@ fn optional_objects_render_only_when_enabled() {
     assert_eq!(
         find(&docs, "StorageCluster", "default")["spec"]["agent"]["image"],
         "reg/agent:1"
+    );
+}
+
+/// The chart ships the operator's and the agent's RBAC exactly as operator/rbac/ defines it
+/// (a verbatim copy, rendered under the release's names); the agent role adds only the
+/// marker verb the admission policy recognises agents by.
+#[test]
+fn chart_rbac_is_the_operator_rbac() {
+    let root = repo_root();
+    for file in ["operator-clusterrole.yaml", "agent-clusterrole.yaml"] {
+        let src =
+            std::fs::read_to_string(root.join("operator/rbac").join(file)).expect("operator/rbac");
+        let copy = std::fs::read_to_string(root.join("charts/ringmaster/files/rbac").join(file))
+            .unwrap_or_default();
+        assert_eq!(
+            copy, src,
+            "charts/ringmaster/files/rbac/{file} differs from operator/rbac/{file}: run hack/gen-crds.sh"
+        );
+    }
+    let source = |file: &str| {
+        parse_docs(&std::fs::read_to_string(root.join("operator/rbac").join(file)).unwrap())
+    };
+    let docs = render("ringmaster", "ringmaster-system", &[]);
+    for want in source("operator-clusterrole.yaml") {
+        let name = str_of(&want["metadata"]["name"]);
+        let got = find(&docs, "ClusterRole", &name);
+        assert_eq!(
+            rule_set(&got["rules"]),
+            rule_set(&want["rules"]),
+            "ClusterRole {name}"
+        );
+    }
+    let want = &source("agent-clusterrole.yaml")[0];
+    let got = find(&docs, "ClusterRole", "ringmaster-agent");
+    let mut want_rules = rule_set(&want["rules"]);
+    want_rules.insert(
+        ("ringmaster.io".into(), "storagenodes".into(), String::new()),
+        {
+            let mut v = want_rules
+                .get(&("ringmaster.io".into(), "storagenodes".into(), String::new()))
+                .cloned()
+                .unwrap_or_default();
+            v.push("ringmaster-agent".into());
+            v.sort();
+            v
+        },
+    );
+    assert_eq!(
+        rule_set(&got["rules"]),
+        want_rules,
+        "ClusterRole ringmaster-agent"
+    );
+    // The operator may bind the agent role and nothing else.
+    let op = find(&docs, "ClusterRole", "ringmaster-operator");
+    let binds: Vec<_> = rule_set(&op["rules"])
+        .into_iter()
+        .filter(|(_, verbs)| {
+            verbs
+                .iter()
+                .any(|v| v == "bind" || v == "escalate" || v == "*")
+        })
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(
+        binds,
+        vec![(
+            "rbac.authorization.k8s.io".to_string(),
+            "clusterroles".to_string(),
+            "ringmaster-agent".to_string()
+        )]
     );
 }

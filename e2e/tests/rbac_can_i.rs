@@ -67,9 +67,9 @@ async fn operator_and_agent_have_exactly_the_rights_they_need() {
         ("patch", "nodes", cluster),
         ("create", "daemonsets.apps", all),
         ("patch", "daemonsets.apps", all),
-        ("delete", "daemonsets.apps", all),
+        ("watch", "daemonsets.apps", all),
         ("create", "serviceaccounts", all),
-        ("delete", "serviceaccounts", all),
+        ("patch", "serviceaccounts", all),
         (
             "create",
             "clusterrolebindings.rbac.authorization.k8s.io",
@@ -81,11 +81,11 @@ async fn operator_and_agent_have_exactly_the_rights_they_need() {
             cluster,
         ),
         ("bind", &bind_agent, cluster),
-        ("create", "events", all),
         ("create", "events.events.k8s.io", all),
+        ("patch", "events.events.k8s.io", all),
         ("get", "leases.coordination.k8s.io", here),
         ("create", "leases.coordination.k8s.io", here),
-        ("update", "leases.coordination.k8s.io", here),
+        ("patch", "leases.coordination.k8s.io", here),
     ];
     let op_forbidden: Vec<Ask> = vec![
         ("create", "storageclusters.ringmaster.io", all),
@@ -111,7 +111,11 @@ async fn operator_and_agent_have_exactly_the_rights_they_need() {
         ("bind", "clusterroles/system:node", cluster),
         ("create", "rolebindings.rbac.authorization.k8s.io", all),
         ("create", "deployments.apps", all),
-        ("update", "leases.coordination.k8s.io", elsewhere),
+        ("patch", "leases.coordination.k8s.io", elsewhere),
+        ("get", "leases.coordination.k8s.io", all),
+        ("delete", "leases.coordination.k8s.io", here),
+        ("patch", "storagenodes.ringmaster.io/status", cluster),
+        ("create", "events", all),
         (
             "create",
             "customresourcedefinitions.apiextensions.k8s.io",
