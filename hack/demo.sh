@@ -8,6 +8,8 @@
 #   hack/demo.sh status   print it again
 #   hack/demo.sh down     stop everything, put back fs.aio-max-nr if the agent raised it,
 #                         remove the control plane and the demo's state
+# Env: RINGMASTER_DEMO_DIR (state, default ~/.cache/ringmaster/demo), RINGMASTER_BIN_DIR (use
+# binaries built already instead of `cargo build`), RINGMASTER_DEMO_TIMEOUT (seconds per wait).
 #
 # The operator and agent run as local processes (no kubelet here: kwok simulates the nodes and
 # marks their pods Running) under ServiceAccount tokens, so the chart's RBAC and admission
@@ -115,8 +117,8 @@ explore() {
 
 Ringmaster is running on a local control plane (state in $DEMO):
   - operator (local process, ServiceAccount $SYSTEM_NS/ringmaster-operator)   log: $DEMO/logs/operator.log
-  - agent for $AGENT_NODE (local, root; token bound to its DaemonSet pod)   log: $DEMO/logs/agent.log
-  - reader for $AGENT_NODE (local, unprivileged uid 65534)                  log: $DEMO/logs/reader.log
+  - agent for $AGENT_NODE (local, root; token bound to its DaemonSet pod)             log: $DEMO/logs/agent.log
+  - reader for $AGENT_NODE (local, unprivileged uid 65534)                            log: $DEMO/logs/reader.log
   demo-node-2 and demo-node-3 are simulated: their agent pods "run" but no agent reports for them.
 
 Explore:
@@ -126,7 +128,7 @@ Explore:
   kubectl describe node $AGENT_NODE                        # ringmaster.io/ labels, events
   kubectl patch stc -n $DEMO_NS $CLUSTER --type merge -p '{"spec":{"aio":{"maxEvents":256}}}'
   kubectl apply -n $DEMO_NS -f examples/threefs.yaml       # more examples in examples/
-  curl -s http://127.0.0.1:$(cat "$DEMO/reader-port" 2>/dev/null || echo PORT)/metrics | head   # the reader
+  curl -s http://127.0.0.1:$(cat "$DEMO/reader-port" 2>/dev/null || echo PORT)/readyz   # the reader's read service
   helm -n $SYSTEM_NS get values ringmaster
 
 Tear down (stops everything, restores fs.aio-max-nr, removes the control plane):
@@ -139,12 +141,16 @@ up() {
   if [[ -e $DEMO/env ]]; then
     die "a demo is already up (state in $DEMO): hack/demo.sh status, or hack/demo.sh down first"
   fi
-  mkdir -p "$DEMO"/{logs,pids,state,host,sysctl.d}
+  mkdir -p "$DEMO"/{logs,pids,state,host,sysctl.d,seccomp}
   trap 'echo "demo: failed; logs in $DEMO/logs; clean up with: hack/demo.sh down" >&2' ERR
 
-  say "build ringmaster-operator and ringmaster-agent"
-  cargo build --locked -p ringmaster-operator -p ringmaster-agent
-  local bin=${CARGO_TARGET_DIR:-$ROOT/target}/debug
+  local bin=${RINGMASTER_BIN_DIR:-}
+  if [[ -z $bin ]]; then
+    say "build ringmaster-operator and ringmaster-agent"
+    cargo build --locked -p ringmaster-operator -p ringmaster-agent
+    bin=${CARGO_TARGET_DIR:-$ROOT/target}/debug
+  fi
+  echo "$bin" >"$DEMO/bin-dir"
 
   say "start a local control plane (hack/cluster.sh up; the first run builds it: 15-30 min)"
   hack/cluster.sh up >"$DEMO/env.tmp"
@@ -154,8 +160,9 @@ up() {
 
   say "install the Helm chart (release ringmaster in $SYSTEM_NS)"
   # No kubelet: the operator runs as a local process below, under the chart's ServiceAccount.
+  # (grep: the API server warns about the integer formats in the CRD schemas.)
   helm install ringmaster charts/ringmaster -n "$SYSTEM_NS" --create-namespace \
-    --set operator.replicas=0 | sed -n '1,6p'
+    --set operator.replicas=0 2> >(grep -v 'unrecognized format' >&2) | sed -n '1,6p'
 
   say "create simulated nodes: ${NODES[*]}"
   local n
@@ -202,7 +209,7 @@ EOF
   start agent env KUBECONFIG="$DEMO/agent.kubeconfig" \
     "$bin/ringmaster-agent" run --node-name "$AGENT_NODE" --cluster "$DEMO_NS/$CLUSTER" \
     --state-dir "$DEMO/state" --host-state-dir "$DEMO/host" --sysctl-d-dir "$DEMO/sysctl.d" \
-    --seccomp-profile-dir "" --http-addr 127.0.0.1 --http-port "$agent_port"
+    --seccomp-profile-dir "$DEMO/seccomp" --http-addr 127.0.0.1 --http-port "$agent_port"
   start reader setpriv --reuid=65534 --regid=65534 --clear-groups \
     "$bin/ringmaster-agent" reader --state-dir "$DEMO/state" --bind "127.0.0.1:$reader_port"
 
@@ -227,7 +234,7 @@ down() {
   stop_all
   if [[ -e $DEMO/host/aio-max-nr.json ]]; then
     say "restore fs.aio-max-nr (only if it still holds the value the agent set)"
-    "${CARGO_TARGET_DIR:-$ROOT/target}/debug/ringmaster-agent" tune --restore "$DEMO/host/aio-max-nr.json" || true
+    "$(cat "$DEMO/bin-dir")/ringmaster-agent" tune --restore "$DEMO/host/aio-max-nr.json" || true
   fi
   say "stop the control plane"
   hack/cluster.sh down || true
