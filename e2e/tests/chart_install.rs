@@ -6,8 +6,11 @@
 mod chart_support;
 
 use chart_support::{chart_dir, helm, render, str_of, Release};
+use std::time::Duration;
+
 use ringmaster_e2e::{
-    client, install_crds, kubectl, kubectl_ok, kubectl_stdin, unique_name, TestNamespace,
+    client, install_crds, kubectl, kubectl_ok, kubectl_stdin, spawn_bin, unique_name,
+    wait_for_sync, write_token_kubeconfig, TestNamespace,
 };
 
 /// `helm template` with every optional object on, then `kubectl apply --dry-run=server`: the
@@ -115,8 +118,9 @@ async fn helm_install_upgrade_uninstall_leave_the_cluster_as_expected() {
     let n = ns.name();
     let rel = unique_name("rm");
     let full = format!("{rel}-ringmaster");
-    let agent_role = format!("{rel}-agent");
-    let role_value = format!("agent.clusterRoleName={agent_role}");
+    // The default agent ClusterRole name: the operator binds exactly `ringmaster-agent`.
+    // --take-ownership adopts it (and the CRDs) if other tests applied them with kubectl.
+    let agent_role = "ringmaster-agent".to_string();
     let mut release = Release::install(
         &rel,
         n,
@@ -126,8 +130,6 @@ async fn helm_install_upgrade_uninstall_leave_the_cluster_as_expected() {
             "storageCluster.create=true",
             "--set",
             "storageCluster.spec.aio.workers=32",
-            "--set",
-            &role_value,
         ],
     );
 
@@ -196,6 +198,63 @@ async fn helm_install_upgrade_uninstall_leave_the_cluster_as_expected() {
             "{crd}: {ann}"
         );
     }
+
+    // The operator, as a local process under the release's ServiceAccount (no kubelet here),
+    // reconciles the default StorageCluster: finalizer, agent DaemonSet, agent binding.
+    let token = kubectl_ok(["create", "token", &ops, "-n", n, "--duration", "1h"]);
+    let kc = write_token_kubeconfig(&unique_name("chart-operator"), token.trim());
+    let mut operator = spawn_bin(
+        "ringmaster-operator",
+        &[
+            "--namespace",
+            n,
+            "--lease-namespace",
+            n,
+            "--lease-name",
+            &ops,
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--cleanup-timeout",
+            "5",
+        ],
+        &[("KUBECONFIG", kc.to_str().unwrap())],
+    );
+    let agent_binding = format!("ringmaster-agent-{n}-default");
+    wait_for_sync(
+        Duration::from_secs(60),
+        "the operator to reconcile the default StorageCluster",
+        || {
+            operator.assert_running();
+            let fin = kubectl_ok([
+                "get",
+                "storagecluster",
+                "default",
+                "-n",
+                n,
+                "-o",
+                "jsonpath={.metadata.finalizers}",
+            ]);
+            anyhow::ensure!(
+                fin.contains("ringmaster.io/cleanup"),
+                "no finalizer yet: {fin:?}"
+            );
+            let ds = kubectl(["get", "daemonset", "default-agent", "-n", n]);
+            anyhow::ensure!(ds.success(), "no DaemonSet yet: {}", ds.stderr);
+            let crb = kubectl([
+                "get",
+                "clusterrolebinding",
+                &agent_binding,
+                "-o",
+                "jsonpath={.roleRef.name}",
+            ]);
+            anyhow::ensure!(
+                crb.success() && crb.stdout == agent_role,
+                "no agent binding yet: {}",
+                crb.stderr
+            );
+            Ok(())
+        },
+    );
 
     // Upgrade with changed values: the Deployment follows, the StorageCluster is untouched.
     release.upgrade(
@@ -276,7 +335,8 @@ async fn helm_install_upgrade_uninstall_leave_the_cluster_as_expected() {
     );
     let _ = std::fs::remove_dir_all(&changed);
 
-    // As NOTES.txt says: delete the StorageClusters first, then uninstall.
+    // As NOTES.txt says: delete the StorageClusters first (the operator releases its
+    // finalizer after cleaning up), then uninstall.
     kubectl_ok([
         "delete",
         "storagecluster",
@@ -284,8 +344,21 @@ async fn helm_install_upgrade_uninstall_leave_the_cluster_as_expected() {
         "-n",
         n,
         "--wait",
-        "--timeout=60s",
+        "--timeout=90s",
     ]);
+    wait_for_sync(
+        Duration::from_secs(60),
+        "the StorageCluster's objects to go",
+        || {
+            let left = kubectl_ok(["get", "daemonsets,serviceaccounts", "-n", n, "-o", "name"]);
+            anyhow::ensure!(!left.contains("default-agent"), "left: {left}");
+            let crb = kubectl(["get", "clusterrolebinding", &agent_binding]);
+            anyhow::ensure!(!crb.success(), "binding {agent_binding} left");
+            Ok(())
+        },
+    );
+    operator.assert_running();
+    operator.stop();
     let out = release.uninstall();
     assert!(out.contains("uninstalled"), "{out}");
     assert!(
