@@ -40,7 +40,7 @@ mkdir -p "$OUT"
 
 WORK=$(mktemp -d /tmp/ringmaster-images.XXXXXX)
 B=(buildah --root "$WORK/storage" --runroot "$WORK/run" --storage-driver vfs)
-cleanup() { "${B[@]}" rm --all >/dev/null 2>&1 || true; rm -rf "$WORK" 2>/dev/null || chattr -R -i "$WORK" 2>/dev/null || true; rm -rf "$WORK"; }
+cleanup() { "${B[@]}" rm --all >/dev/null 2>&1 || true; rm -rf "$WORK"; }
 trap cleanup EXIT
 
 build() { # name port...
