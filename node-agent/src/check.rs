@@ -164,13 +164,13 @@ pub fn build_report(
                  ({}). Fix: sudo ringmaster-agent tune (raises it to {required})",
                 facts.aio_max_nr,
                 facts.aio_nr,
-                explain_demand(sizing)
+                sizing.demand_text()
             ));
         } else {
             advice.push(format!(
                 "fs.aio-max-nr: the storage workers need {storage} events ({}); sudo \
                  ringmaster-agent tune raises it to {required} ({})",
-                explain_demand(sizing),
+                sizing.demand_text(),
                 sizing.explain(facts.aio_nr)
             ));
         }
@@ -234,13 +234,6 @@ pub fn build_report(
     }
 }
 
-fn explain_demand(s: &Sizing) -> String {
-    format!(
-        "{} processes × {} workers × {} events",
-        s.processes_per_node, s.workers, s.max_events
-    )
-}
-
 /// Gather facts, run both probes (scratch file in `scratch_dir`), build the report.
 pub fn gather_report(
     sizing: &Sizing,
@@ -282,9 +275,9 @@ fn yes_no(b: bool) -> &'static str {
 fn bytes(b: u64) -> String {
     const MIB: u64 = 1 << 20;
     const KIB: u64 = 1 << 10;
-    if b >= MIB && b % MIB == 0 {
+    if b >= MIB && b.is_multiple_of(MIB) {
         format!("{} MiB", b / MIB)
-    } else if b >= KIB && b % KIB == 0 {
+    } else if b >= KIB && b.is_multiple_of(KIB) {
         format!("{} KiB", b / KIB)
     } else {
         format!("{b} B")
@@ -299,10 +292,7 @@ pub fn render_text(r: &Report) -> String {
         ("kernel.release", r.kernel.release.clone()),
         ("kernel.io_uring_disabled", opt(r.sysctl.io_uring_disabled)),
         ("kernel.io_uring_group", opt(r.sysctl.io_uring_group)),
-        (
-            "process.seccomp_mode",
-            r.process.seccomp_mode.clone(),
-        ),
+        ("process.seccomp_mode", r.process.seccomp_mode.clone()),
         (
             "process.memlock",
             r.process
@@ -373,10 +363,7 @@ pub fn render_text(r: &Report) -> String {
             },
         ));
     }
-    rows.push((
-        "io_uring.supported",
-        yes_no(u.supported).into(),
-    ));
+    rows.push(("io_uring.supported", yes_no(u.supported).into()));
     rows.push((
         "libaio.io_setup",
         if r.libaio.ok {
@@ -397,7 +384,11 @@ pub fn render_text(r: &Report) -> String {
             "{} (aio-nr + {} storage events): {}",
             r.sysctl.aio_nr + r.sysctl.aio_storage_events,
             r.sysctl.aio_storage_events,
-            if r.sysctl.aio_fits { "fits" } else { "DOES NOT FIT" }
+            if r.sysctl.aio_fits {
+                "fits"
+            } else {
+                "DOES NOT FIT"
+            }
         ),
     ));
     rows.push((
@@ -415,9 +406,16 @@ pub fn render_text(r: &Report) -> String {
     ));
 
     let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    let sizing = Sizing {
+        max_events: r.sizing.max_events,
+        workers: r.sizing.workers,
+        processes_per_node: r.sizing.processes_per_node,
+        aio_max_nr_floor: r.sizing.aio_max_nr_floor,
+    };
     let mut out = format!(
-        "ringmaster-agent check: {} processes × {} workers × {} events (min ring {})\n\n",
-        r.sizing.processes_per_node, r.sizing.workers, r.sizing.max_events, r.sizing.min_max_events
+        "ringmaster-agent check: {} (min ring {})\n\n",
+        sizing.demand_text(),
+        r.sizing.min_max_events
     );
     for (k, v) in rows {
         let _ = writeln!(out, "  {k:<width$}  {v}");
@@ -559,7 +557,11 @@ mod tests {
         let r = build_report(&Sizing::default(), 64, &f, &good_uring(), &good_aio());
         assert!(!r.ready);
         assert!(!r.sysctl.aio_fits);
-        assert!(r.advice.iter().any(|a| a.contains("tune")), "{:?}", r.advice);
+        assert!(
+            r.advice.iter().any(|a| a.contains("tune")),
+            "{:?}",
+            r.advice
+        );
     }
 
     #[test]

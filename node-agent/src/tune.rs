@@ -79,15 +79,23 @@ impl Sizing {
         )
     }
 
+    /// `2 processes × 8 workers × 512 events`, for people.
+    pub fn demand_text(&self) -> String {
+        let n = |v: u32, one: &str, many: &str| format!("{v} {}", if v == 1 { one } else { many });
+        format!(
+            "{} × {} × {}",
+            n(self.processes_per_node, "process", "processes"),
+            n(self.workers, "worker", "workers"),
+            n(self.max_events, "event", "events")
+        )
+    }
+
     /// How [`Self::required`] is made up, for people.
     pub fn explain(&self, aio_nr: u64) -> String {
         let events = self.storage_events();
         format!(
-            "{} processes × {} workers × {} events = {events} + fs.aio-nr {aio_nr} + headroom {}, \
-             floor {}",
-            self.processes_per_node,
-            self.workers,
-            self.max_events,
+            "{} = {events} + fs.aio-nr {aio_nr} + headroom {}, floor {}",
+            self.demand_text(),
             sizing::headroom(events),
             self.aio_max_nr_floor
         )
@@ -307,14 +315,22 @@ impl Tuner {
     pub fn apply(&self, s: &Sizing, persist: Option<&Path>) -> Result<Outcome, TuneError> {
         let plan = self.plan(s)?;
         let existing = self.state()?;
-        if !plan.would_change && persist.is_none() {
+        // A sysctl.d file asked for now, or written by an earlier apply, follows the value.
+        let persist_to = persist
+            .map(Path::to_path_buf)
+            .or_else(|| existing.as_ref().and_then(|st| st.persist_path.clone()));
+        let persist_is_current = persist_to.as_ref().is_none_or(|p| {
+            fs::read_to_string(p).is_ok_and(|t| t == persist_text(plan.target))
+                && existing.as_ref().and_then(|st| st.persist_path.as_ref()) == Some(p)
+        });
+        if !plan.would_change && persist_is_current {
             return Ok(Outcome {
                 previous: plan.current,
                 current: plan.current,
                 required: plan.required,
                 changed: false,
                 original: existing.map(|st| st.original),
-                persisted: None,
+                persisted: persist_to,
             });
         }
         if plan.would_change {
@@ -327,9 +343,7 @@ impl Tuner {
             sysctl: AIO_MAX_NR.into(),
             original,
             applied: plan.target,
-            persist_path: persist
-                .map(Path::to_path_buf)
-                .or_else(|| existing.as_ref().and_then(|st| st.persist_path.clone())),
+            persist_path: persist_to.clone(),
             updated_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         };
         // The original goes to disk BEFORE the sysctl changes.
@@ -352,7 +366,7 @@ impl Tuner {
                 read: current,
             });
         }
-        if let Some(p) = persist {
+        if let Some(p) = &persist_to {
             write_persist(p, plan.target)?;
         }
         Ok(Outcome {
@@ -361,7 +375,7 @@ impl Tuner {
             required: plan.required,
             changed: plan.would_change,
             original: Some(original),
-            persisted: persist.map(Path::to_path_buf),
+            persisted: persist_to,
         })
     }
 
@@ -451,7 +465,9 @@ fn write_persist(path: &Path, value: u64) -> Result<(), TuneError> {
     };
     match fs::read_to_string(path) {
         Ok(old) if !old.starts_with(PERSIST_MARKER) => {
-            return Err(err("it exists and was not written by ringmaster-agent".into()))
+            return Err(err(
+                "it exists and was not written by ringmaster-agent".into()
+            ))
         }
         Ok(_) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -512,6 +528,7 @@ fn run_inner(a: &TuneArgs) -> Result<Vec<String>, TuneError> {
     let dry = if a.dry_run { "dry run: " } else { "" };
     if let Some(state) = &a.restore {
         let t = Tuner::new(state);
+        let persisted = t.state()?.and_then(|st| st.persist_path);
         let outcome = if a.dry_run {
             let o = t.plan_restore()?;
             if let RestoreOutcome::Restored { .. } = o {
@@ -526,7 +543,7 @@ fn run_inner(a: &TuneArgs) -> Result<Vec<String>, TuneError> {
         } else {
             ("put back", "left")
         };
-        let line = match outcome {
+        let line = match &outcome {
             RestoreOutcome::Restored { from, to } => {
                 format!("{dry}{AIO_MAX_NR}: {verb} the original {to} (was {from})")
             }
@@ -547,7 +564,10 @@ fn run_inner(a: &TuneArgs) -> Result<Vec<String>, TuneError> {
             ),
         };
         let mut lines = vec![line];
-        if !a.dry_run {
+        if !a.dry_run && outcome != RestoreOutcome::NothingRecorded {
+            if let Some(p) = persisted {
+                lines.push(format!("removed the sysctl.d file {}", p.display()));
+            }
             lines.push(format!("removed the state file {}", state.display()));
         }
         return Ok(lines);
@@ -612,7 +632,12 @@ mod tests {
     fn default_sizing_is_the_storagecluster_default() {
         let s = Sizing::default();
         assert_eq!(
-            (s.max_events, s.workers, s.processes_per_node, s.aio_max_nr_floor),
+            (
+                s.max_events,
+                s.workers,
+                s.processes_per_node,
+                s.aio_max_nr_floor
+            ),
             (512, 8, 1, 1_048_576)
         );
         assert_eq!(s.storage_events(), 4096);
@@ -637,7 +662,9 @@ mod tests {
             aio_max_nr_floor: 0,
         };
         assert_eq!(s.required(100), 4096 + 100 + 65_536);
-        assert!(s.explain(100).contains("1 processes × 8 workers × 512 events = 4096"));
+        assert!(s
+            .explain(100)
+            .contains("1 process × 8 workers × 512 events = 4096"));
     }
 
     #[test]

@@ -185,20 +185,38 @@ mod tests {
 
     #[test]
     fn missing_sysctl_is_none_not_error() {
-        assert_eq!(read_opt_i64("kernel.ringmaster_no_such_sysctl").unwrap(), None);
+        assert_eq!(
+            read_opt_i64("kernel.ringmaster_no_such_sysctl").unwrap(),
+            None
+        );
         let e = read_u64("kernel.ringmaster_no_such_sysctl").unwrap_err();
         assert!(e.is_missing(), "{e}");
     }
 
     #[test]
     fn errno_maps_to_typed_error_with_fix() {
-        let ro = classify("fs.aio-max-nr", "write", io::Error::from_raw_os_error(libc::EROFS));
+        let ro = classify(
+            "fs.aio-max-nr",
+            "write",
+            io::Error::from_raw_os_error(libc::EROFS),
+        );
         assert!(matches!(ro, SysctlError::ReadOnly { .. }));
         let text = ro.to_string();
-        assert!(text.contains("read-only") && text.contains("privileged"), "{text}");
-        let perm = classify("fs.aio-max-nr", "write", io::Error::from_raw_os_error(libc::EACCES));
+        assert!(
+            text.contains("read-only") && text.contains("privileged"),
+            "{text}"
+        );
+        let perm = classify(
+            "fs.aio-max-nr",
+            "write",
+            io::Error::from_raw_os_error(libc::EACCES),
+        );
         assert!(perm.to_string().contains("run as root"), "{perm}");
-        let other = classify("fs.aio-max-nr", "read", io::Error::from_raw_os_error(libc::EIO));
+        let other = classify(
+            "fs.aio-max-nr",
+            "read",
+            io::Error::from_raw_os_error(libc::EIO),
+        );
         assert!(matches!(other, SysctlError::Io { .. }));
     }
 

@@ -25,7 +25,7 @@ pub struct AioProbe {
 /// `io_setup(max_events)` then `io_destroy` by raw syscall; `None` on success, else errno.
 pub fn io_setup_errno(max_events: u32) -> Option<i32> {
     let mut ctx: libc::c_ulong = 0; // aio_context_t, must be 0 on entry
-    // SAFETY: io_setup writes one aio_context_t to the pointer we pass.
+                                    // SAFETY: io_setup writes one aio_context_t to the pointer we pass.
     let r = unsafe {
         libc::syscall(
             libc::SYS_io_setup,
@@ -34,7 +34,11 @@ pub fn io_setup_errno(max_events: u32) -> Option<i32> {
         )
     };
     if r < 0 {
-        return Some(std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO));
+        return Some(
+            std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO),
+        );
     }
     // SAFETY: ctx is the context io_setup just created.
     unsafe { libc::syscall(libc::SYS_io_destroy, ctx) };

@@ -124,7 +124,10 @@ pub fn classify_uring(errno: i32, step: Step, entries: u32, f: &HostFacts) -> Di
             format!(
                 "kernel.io_uring_disabled=1: only processes with CAP_SYS_ADMIN or in \
                  kernel.io_uring_group ({}) may create rings, and this process has neither",
-                f.io_uring_group.map_or("unset".into(), |g| g.to_string())
+                match f.io_uring_group {
+                    None | Some(-1) => "none set".to_string(),
+                    Some(g) => format!("gid {g}"),
+                }
             ),
             "set kernel.io_uring_group to a group the storage service runs in \
              (supplementalGroups), or sysctl -w kernel.io_uring_disabled=0",
@@ -150,7 +153,7 @@ pub fn classify_uring(errno: i32, step: Step, entries: u32, f: &HostFacts) -> Di
             format!(
                 "{entries} ring entries is outside what io_uring_setup accepts (1..={IORING_MAX_ENTRIES})"
             ),
-            "set maxEvents (--max-events) between 1 and 32768",
+            "set maxEvents (--max-events) to 32768 or less",
             true,
         ),
         (libc::EINVAL, Step::Setup) => d(
@@ -168,8 +171,8 @@ pub fn classify_uring(errno: i32, step: Step, entries: u32, f: &HostFacts) -> Di
         (libc::ENOMEM, Step::Setup | Step::RegisterBuffers) => d(
             format!(
                 "not enough locked memory for a {entries}-entry ring{}: RLIMIT_MEMLOCK is {}{} \
-                 (ring memory is charged to it on kernels <= 5.11 and >= 6.14 without \
-                 CAP_IPC_LOCK; registered buffers always are)",
+                 (without CAP_IPC_LOCK, registered buffers are charged to it, and so is the \
+                 ring itself on kernels <= 5.11 and >= 6.14)",
                 if step == Step::RegisterBuffers { " and its registered buffers" } else { "" },
                 memlock_text(f),
                 if f.cap_ipc_lock { "" } else { " and the process lacks CAP_IPC_LOCK" }
@@ -253,7 +256,7 @@ pub fn classify_aio(errno: i32, max_events: u32, f: &HostFacts) -> Diagnosis {
         ),
         libc::EINVAL => d(
             format!("io_setup rejected {max_events} events (0 or too large)"),
-            "set maxEvents (--max-events) between 1 and 32768".into(),
+            "set maxEvents (--max-events) to 32768 or less".into(),
         ),
         libc::ENOMEM => d(
             "not enough kernel memory for the aio context".into(),
@@ -287,7 +290,13 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
-        for e in [libc::ENOSYS, libc::EPERM, libc::EINVAL, libc::ENOMEM, libc::EAGAIN] {
+        for e in [
+            libc::ENOSYS,
+            libc::EPERM,
+            libc::EINVAL,
+            libc::ENOMEM,
+            libc::EAGAIN,
+        ] {
             assert_eq!(errno_from_name(&errno_name(e)), Some(e));
         }
         assert_eq!(errno_name(38), "ENOSYS");
@@ -384,7 +393,11 @@ mod tests {
         };
         let d = classify_aio(libc::EAGAIN, 512, &f);
         assert_eq!(d.reason, "EAGAIN");
-        assert!(d.cause.contains("fs.aio-nr 10 + 512 > fs.aio-max-nr 256"), "{}", d.cause);
+        assert!(
+            d.cause.contains("fs.aio-nr 10 + 512 > fs.aio-max-nr 256"),
+            "{}",
+            d.cause
+        );
         assert!(d.fix.contains("ringmaster-agent tune"), "{}", d.fix);
         let d = classify_aio(libc::ENOSYS, 512, &host());
         assert!(d.cause.contains("CONFIG_AIO"), "{}", d.cause);

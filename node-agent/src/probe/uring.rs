@@ -129,10 +129,7 @@ impl Scratch {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0);
-        let path = dir.join(format!(
-            ".ringmaster-probe-{}-{nanos}",
-            std::process::id()
-        ));
+        let path = dir.join(format!(".ringmaster-probe-{}-{nanos}", std::process::id()));
         // xorshift bytes seeded per run, so stale page-cache or zeroed pages cannot match.
         let mut x = nanos | 1;
         let expected: Vec<u8> = (0..SCRATCH_LEN)
@@ -156,9 +153,7 @@ impl Scratch {
                 .open(&path)
             {
                 Ok(f) => (f, true),
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                    (File::open(&path)?, false)
-                }
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => (File::open(&path)?, false),
                 Err(e) => return Err(e),
             };
             Ok(Self {
@@ -168,12 +163,8 @@ impl Scratch {
             })
         })();
         let _ = std::fs::remove_file(&path);
-        result.map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("scratch file {}: {e}", path.display()),
-            )
-        })
+        result
+            .map_err(|e| io::Error::new(e.kind(), format!("scratch file {}: {e}", path.display())))
     }
 
     /// Reopen without O_DIRECT (the filesystem accepted the flag but not the I/O).
@@ -209,29 +200,20 @@ fn verify_read(r: &mut Ring, s: &Scratch) -> Result<(), StepErr> {
             .build()
             .user_data(2),
     ];
-    {
-        let mut sq = r.ring.submission();
-        for sqe in &sqes {
-            // SAFETY: buffers and the iovec live until the completions are reaped below.
-            unsafe { sq.push(sqe) }.map_err(|_| (Step::Read, libc::EBUSY))?;
-        }
-    }
-    let mut results = [None::<i32>; 3];
-    let mut reaped = 0;
-    while reaped < sqes.len() {
-        match r.ring.submit_and_wait(sqes.len() - reaped) {
-            Ok(_) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-            Err(e) => return Err((Step::Read, os_errno(&e))),
-        }
-        for cqe in r.ring.completion() {
-            if let Some(slot) = results.get_mut(cqe.user_data() as usize) {
-                *slot = Some(cqe.result());
-                reaped += 1;
+    // One at a time, so even a 1-entry ring can run them.
+    for sqe in &sqes {
+        // SAFETY: buffers and the iovec live until the completion is reaped below.
+        unsafe { r.ring.submission().push(sqe) }.map_err(|_| (Step::Read, libc::EBUSY))?;
+        let res = loop {
+            match r.ring.submit_and_wait(1) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                Err(e) => return Err((Step::Read, os_errno(&e))),
             }
-        }
-    }
-    for res in results.into_iter().flatten() {
+            if let Some(cqe) = r.ring.completion().next() {
+                break cqe.result();
+            }
+        };
         if res < 0 {
             return Err((Step::Read, -res));
         }
@@ -332,7 +314,14 @@ pub fn probe(p: &ProbeParams, f: &HostFacts) -> UringProbe {
             res = verify_read(&mut ring, &scratch);
         }
     }
-    out.read_mode = Some(if scratch.direct { "O_DIRECT" } else { "buffered" }.into());
+    out.read_mode = Some(
+        if scratch.direct {
+            "O_DIRECT"
+        } else {
+            "buffered"
+        }
+        .into(),
+    );
     match res {
         Ok(()) => out.read_verified = true,
         Err((step, errno)) => {
@@ -349,16 +338,14 @@ pub fn probe(p: &ProbeParams, f: &HostFacts) -> UringProbe {
         out.reason = Some(d.reason);
         out.failed_step = Some(step.as_str().into());
         out.message = Some(format!(
-            "io_uring {} with {} entries failed with {}: {}; the largest ring that works is {} \
-             entries",
-            step.as_str(),
-            p.max_events,
+            "{} failed with {}: {}; the largest ring that works is {} entries",
+            step_call(step, p.max_events),
             errno_name(errno),
             d.cause,
             out.ring_entries
         ));
         out.fix = Some(format!(
-            "{}; or set maxEvents (--max-events) to {}",
+            "{}; meanwhile the read workers run with {} entries",
             d.fix, out.ring_entries
         ));
     }
@@ -377,6 +364,19 @@ fn setup_with_retry(entries: u32, after_failure: bool) -> Result<Ring, StepErr> 
             }
             r => return r,
         }
+    }
+}
+
+/// The call that failed, as people know it.
+fn step_call(step: Step, entries: u32) -> String {
+    match step {
+        Step::Setup => format!("io_uring_setup({entries})"),
+        Step::RegisterBuffers => format!(
+            "IORING_REGISTER_BUFFERS ({entries} × {} KiB)",
+            BUFFER_BYTES_PER_ENTRY / 1024
+        ),
+        Step::Opcodes => "IORING_REGISTER_PROBE".into(),
+        Step::Read => "the verification read through the ring".into(),
     }
 }
 
@@ -409,9 +409,8 @@ fn fail(out: &mut UringProbe, step: Step, errno: i32, p: &ProbeParams, f: &HostF
     out.supported = false;
     out.errno = Some(errno);
     out.message = Some(format!(
-        "io_uring {} with {} entries failed with {}{detail}: {}{tried}",
-        step.as_str(),
-        p.max_events,
+        "{} failed with {}{detail}: {}{tried}",
+        step_call(step, p.max_events),
         errno_name(errno),
         d.cause
     ));
