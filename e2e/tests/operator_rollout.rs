@@ -248,7 +248,7 @@ async fn steady_cluster_writes_nothing_and_only_pod_changes_roll_pods() {
         "exactly one DaemonSet write: {rollout:?}"
     );
     assert!(
-        rollout.get("serviceaccounts").is_none() && rollout.get("clusterrolebindings").is_none(),
+        !rollout.contains_key("serviceaccounts") && !rollout.contains_key("clusterrolebindings"),
         "{rollout:?}"
     );
     op.process.assert_running();

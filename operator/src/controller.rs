@@ -512,6 +512,25 @@ fn slim<K: Resource>(obj: &mut K) {
     obj.managed_fields_mut().clear();
 }
 
+/// Each watch backs off on its own (`default_backoff`) and its errors are logged here,
+/// not passed on: the controller would otherwise put every trigger behind one shared
+/// backoff, so after an API server restart six watches' errors would pause all of them
+/// for tens of seconds.
+fn log_errors<K>(
+    what: &'static str,
+    s: impl Stream<Item = Result<K, watcher::Error>>,
+) -> impl Stream<Item = Result<K, watcher::Error>> {
+    s.filter_map(move |r| {
+        future::ready(match r {
+            Ok(o) => Some(Ok(o)),
+            Err(e) => {
+                warn!(watch = what, error = %e, "watch failed; retrying with backoff");
+                None
+            }
+        })
+    })
+}
+
 /// Node events that can change a selection: created, deleted, labels or taints changed.
 /// (Heartbeats and status updates are dropped here, so they cost nothing.)
 fn selection_changes(
@@ -676,15 +695,25 @@ pub async fn run(
         info!("caches synced");
     };
 
-    let controller = Controller::for_stream(cluster_stream, clusters)
-        .with_config(ControllerConfig::default().concurrency(4))
-        .owns_stream(ds_stream)
-        .owns_stream(sa_stream)
-        .watches_stream(crb_stream, |crb| labelled_cluster(&crb))
-        .watches_stream(sn_stream, |sn| labelled_cluster(&sn))
-        .watches_stream(node_stream, node_mapper)
-        .reconcile_on(tokio_stream_from(requeue_rx))
-        .graceful_shutdown_on(shutdown);
+    let controller =
+        Controller::for_stream(log_errors("storageclusters", cluster_stream), clusters)
+            // Debounce: a burst of changes (a rollout, many reports) becomes one status write.
+            .with_config(
+                ControllerConfig::default()
+                    .concurrency(4)
+                    .debounce(Duration::from_millis(500)),
+            )
+            .owns_stream(log_errors("daemonsets", ds_stream))
+            .owns_stream(log_errors("serviceaccounts", sa_stream))
+            .watches_stream(log_errors("clusterrolebindings", crb_stream), |crb| {
+                labelled_cluster(&crb)
+            })
+            .watches_stream(log_errors("storagenodes", sn_stream), |sn| {
+                labelled_cluster(&sn)
+            })
+            .watches_stream(log_errors("nodes", node_stream), node_mapper)
+            .reconcile_on(tokio_stream_from(requeue_rx))
+            .graceful_shutdown_on(shutdown);
 
     // The controller polls its streams (so the caches fill) while reconciles wait.
     let ctx_for_run = Arc::clone(&ctx);

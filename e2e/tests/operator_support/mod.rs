@@ -126,16 +126,21 @@ pub fn start_operator(id: &OperatorIdentity, identity: &str, extra: &[&str]) -> 
         &addr,
         "--identity",
         identity,
-        "--lease-duration",
-        "6",
     ];
+    // A short Lease so failover tests are quick (unless the test sets its own).
+    if !extra.contains(&"--lease-duration") {
+        args.extend_from_slice(&["--lease-duration", "6"]);
+    }
     args.extend_from_slice(extra);
+    // RINGMASTER_E2E_OPERATOR_LOG overrides the operator's RUST_LOG (e.g. add kube=debug).
+    let log = std::env::var("RINGMASTER_E2E_OPERATOR_LOG")
+        .unwrap_or_else(|_| "info,ringmaster_operator=debug".into());
     let process = spawn_bin(
         "ringmaster-operator",
         &args,
         &[
             ("KUBECONFIG", id.kubeconfig.to_str().unwrap()),
-            ("RUST_LOG", "info,ringmaster_operator=debug"),
+            ("RUST_LOG", &log),
         ],
     );
     Operator {
