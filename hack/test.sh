@@ -30,6 +30,9 @@ fi
 step "unit and real-kernel tests"
 cargo test --workspace --locked --exclude ringmaster-e2e
 
+step "fuzz the read service parsers (hack/fuzz.sh, bounded)"
+FUZZ_SECONDS=${FUZZ_SECONDS:-20} hack/fuzz.sh
+
 step "build binaries for the end-to-end tests"
 cargo build --locked --workspace --bins
 cargo test --locked -p ringmaster-e2e --no-run

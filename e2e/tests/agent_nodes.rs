@@ -204,6 +204,10 @@ async fn agents_report_verdicts_labels_taints_and_settings() {
         n.annotations()[keys::OWNED_LABELS_ANNOTATION],
         "ringmaster.io/aio-tuned,ringmaster.io/io-uring,ringmaster.io/ready"
     );
+    assert_eq!(
+        n.annotations()[keys::CLUSTER_ANNOTATION],
+        format!("{}/{CLUSTER}", f.ns())
+    );
     assert_eq!(ringmaster_taints(&n), 0, "supported node tainted");
     assert!(has_kwok_taint(&n));
     for (node, reason) in [(&enosys, "ENOSYS"), (&eperm, "EPERM")] {
@@ -267,6 +271,32 @@ async fn agents_report_verdicts_labels_taints_and_settings() {
         "{metrics}"
     );
 
+    // A steady node makes no API writes: two resync passes (3 s each) later, the count is the same.
+    let writes = |m: &str| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("ringmaster_agent_api_writes_total "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .expect("api_writes_total in /metrics")
+    };
+    let passes = |m: &str| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("ringmaster_agent_passes_total "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .expect("passes_total in /metrics")
+    };
+    let before = http_get(&addr, "/metrics").1;
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let after = http_get(&addr, "/metrics").1;
+    assert!(
+        passes(&after) >= passes(&before) + 2,
+        "no resync passes ran"
+    );
+    assert_eq!(
+        writes(&after),
+        writes(&before),
+        "a steady node wrote to the API"
+    );
+
     // The reader serves reads from the data dir.
     let report: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(f.agents[1].state_dir.path().join("reader.json")).unwrap(),
@@ -295,6 +325,25 @@ async fn config_changes_reach_agents_and_restart_converges() {
     f.start_all();
     f.wait_applied(&ok, g1).await;
     f.wait_applied(&bad, g1).await;
+
+    // Drift: somebody lowers fs.aio-max-nr; the periodic pass raises it again.
+    let required = f
+        .storage_nodes()
+        .get(&ok)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .aio
+        .unwrap()
+        .required;
+    write_aio_max_nr(required - 1);
+    wait_for(T, "fs.aio-max-nr re-raised after drift", || async {
+        let now = read_aio_max_nr();
+        anyhow::ensure!(now >= required, "fs.aio-max-nr {now} < {required}");
+        Ok(())
+    })
+    .await;
 
     // A new ring size reaches every agent without a restart.
     let g2 = f
@@ -331,6 +380,40 @@ async fn config_changes_reach_agents_and_restart_converges() {
         Ok(())
     })
     .await;
+
+    // Required: the failing node's reader deliberately serves nothing; the node is not ready.
+    let g3r = f
+        .patch_cluster(json!({"aio": {"ioUring": "Required"}}))
+        .await
+        .metadata
+        .generation
+        .unwrap();
+    let st = f.wait_applied(&bad, g3r).await.status.unwrap();
+    assert_eq!(st.worker_mode.as_deref(), Some("none"));
+    assert_eq!(condition(&st, cond::READY), ("False", "IoUringRequired"));
+    assert!(!st.service_settings.unwrap().enable_io_uring);
+    let st_ok = f.wait_applied(&ok, g3r).await.status.unwrap();
+    assert_eq!(st_ok.worker_mode.as_deref(), Some("io_uring"));
+    wait_for(
+        T,
+        "ready=false on the Required, unsupported node",
+        || async {
+            let l = ringmaster_labels(&f.node(&bad).await);
+            anyhow::ensure!(
+                l.get(keys::LABEL_READY).map(String::as_str) == Some("false"),
+                "{l:?}"
+            );
+            Ok(())
+        },
+    )
+    .await;
+    let g3 = f
+        .patch_cluster(json!({"aio": {"ioUring": "Preferred"}}))
+        .await
+        .metadata
+        .generation
+        .unwrap();
+    f.wait_applied(&bad, g3).await;
 
     // SIGKILL the failing node's agent, change the cluster while it is down, restart it.
     let before = ringmaster_labels(&f.node(&bad).await);
@@ -445,6 +528,7 @@ async fn deleting_the_cluster_restores_the_node() {
     let n = f.node(&node).await;
     assert!(ringmaster_labels(&n).is_empty(), "{:?}", n.labels());
     assert!(!n.annotations().contains_key(keys::OWNED_LABELS_ANNOTATION));
+    assert!(!n.annotations().contains_key(keys::CLUSTER_ANNOTATION));
     assert_eq!(ringmaster_taints(&n), 0);
     assert!(
         f.agents[0].settings_toml().is_none(),
@@ -482,6 +566,9 @@ async fn missing_node_and_bad_reader_report_do_not_crash_the_agent() {
         .metadata
         .generation
         .unwrap();
+    // Verify mode never writes: make the value too low for what the cluster needs.
+    let low = 65_536.max(read_aio_nr() + 1);
+    write_aio_max_nr(low);
     // A reader report that is not JSON: a condition, not a crash.
     std::fs::write(f.agents[0].state_dir.path().join("reader.json"), b"{oops").unwrap();
     let ns = f.ns().to_string();
@@ -508,7 +595,15 @@ async fn missing_node_and_bad_reader_report_do_not_crash_the_agent() {
     .await;
     // Now the real reader replaces it and the node converges.
     f.agents[0].start_reader();
-    f.wait_applied(&node, gen).await;
+    let sn = f.wait_applied(&node, gen).await;
+    let st = sn.status.unwrap();
+    assert_eq!(condition(&st, cond::TUNED), ("False", "BelowRequired"));
+    assert_eq!(condition(&st, cond::READY), ("False", "NotTuned"));
+    assert_eq!(read_aio_max_nr(), low, "Verify mode wrote the sysctl");
+    assert_eq!(
+        ringmaster_labels(&f.node(&node).await)[keys::LABEL_AIO_TUNED],
+        "false"
+    );
     f.agents[0].agent.as_mut().unwrap().assert_running();
 
     // An agent whose Node does not exist keeps running and says why on /readyz.
@@ -540,4 +635,59 @@ async fn missing_node_and_bad_reader_report_do_not_crash_the_agent() {
         .await
         .unwrap()
         .is_none());
+}
+
+#[tokio::test]
+async fn read_only_proc_sys_is_a_condition_not_a_crash() {
+    let _guard = SysctlGuard::take();
+    let low = 65_536.max(read_aio_nr() + 1);
+    write_aio_max_nr(low);
+    let mut f = Fleet::create("agent-ro", &[Uring::Works]).await;
+    let node = f.agents[0].node.clone();
+    f.create_cluster("sysctl: {aioMaxNr: 300000}").await;
+    f.agents[0].start_reader();
+    let ns = f.ns().to_string();
+    let mut child = f.agents[0].start_agent_read_only_proc_sys(&ns);
+    struct Kill<'a>(&'a mut std::process::Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let child = Kill(&mut child);
+    let st = wait_for(T, "Tuned=False/ReadOnlySysctl", || async {
+        let sn = f.storage_nodes().get(&node).await?;
+        let st = sn.status.unwrap_or_default();
+        let c = st.conditions.iter().find(|c| c.type_ == cond::TUNED);
+        anyhow::ensure!(
+            c.is_some_and(|c| c.status == "False" && c.reason == "ReadOnlySysctl"),
+            "{:?}",
+            st.conditions
+        );
+        Ok(st)
+    })
+    .await;
+    let msg = &st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == cond::TUNED)
+        .unwrap()
+        .message;
+    assert!(msg.contains("read-only") && msg.contains("fix"), "{msg}");
+    assert_eq!(read_aio_max_nr(), low);
+    wait_event(&f.client, &node, "TuneFailed").await;
+    assert_eq!(
+        ringmaster_labels(&f.node(&node).await)[keys::LABEL_AIO_TUNED],
+        "false"
+    );
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        child.0.try_wait().unwrap().is_none(),
+        "agent exited: {}",
+        std::fs::read_to_string(f.agents[0].state_dir.path().join("agent-ro.log")).unwrap()
+    );
+    let addr = f.agents[0].agent_addr().await;
+    let (code, body) = http_get(&addr, "/readyz");
+    assert!(code == 503 && body.contains("read-only"), "{code} {body}");
 }

@@ -1,8 +1,7 @@
 //! The worker pools against the real kernel: data equality (buffered and O_DIRECT, across EOF),
 //! concurrent readers, short reads resubmitted, per-request errors, deleted files, draining.
 
-#[path = "io_common.rs"]
-mod io_common;
+mod io_support;
 
 use std::fs::File;
 use std::io::Write;
@@ -11,9 +10,11 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
-use io_common::{pattern, Rng, TempDir};
+use io_support::{pattern, Rng, TempDir};
 use ringmaster_agent::handoff::Policy;
-use ringmaster_agent::io::{AlignedBuf, Pool, PoolConfig, ReadJob, ReadOutcome, SubmitError, WorkerMode};
+use ringmaster_agent::io::{
+    AlignedBuf, Pool, PoolConfig, ReadJob, ReadOutcome, SubmitError, WorkerMode,
+};
 
 const SIZE: usize = (1 << 20) + 777; // not block-aligned: reads cross a ragged EOF
 
@@ -69,7 +70,11 @@ fn read_many(
         // Back-pressure: a full queue hands the job back; wait for room and retry.
         let mut job = job;
         loop {
-            let r = if fast_path { pool.read(job) } else { pool.submit(job) };
+            let r = if fast_path {
+                pool.read(job)
+            } else {
+                pool.submit(job)
+            };
             match r {
                 Ok(()) => break,
                 Err(SubmitError::Full(j)) => {
@@ -125,7 +130,12 @@ fn buffered_random_reads_equal_the_file_including_across_eof() {
     for pool in pools() {
         for fast in [false, true] {
             let outs = read_many(&pool, &file, &reqs, false, fast);
-            check(&data, &reqs, &outs, &format!("{:?} fast_path={fast}", pool.mode()));
+            check(
+                &data,
+                &reqs,
+                &outs,
+                &format!("{:?} fast_path={fast}", pool.mode()),
+            );
         }
     }
 }
@@ -138,7 +148,12 @@ fn direct_random_reads_equal_the_file_including_across_eof() {
     let blocks = SIZE.div_ceil(4096) as u64;
     let mut rng = Rng(0x9abc_def1);
     let mut reqs: Vec<(u64, usize)> = (0..300)
-        .map(|_| (rng.below(blocks) * 4096, (1 + rng.below(16) as usize) * 4096))
+        .map(|_| {
+            (
+                rng.below(blocks) * 4096,
+                (1 + rng.below(16) as usize) * 4096,
+            )
+        })
         .collect();
     reqs.push(((blocks - 1) * 4096, 8192)); // last, partial block: ragged EOF
     reqs.push((blocks * 4096, 4096)); // past EOF
@@ -164,7 +179,12 @@ fn many_concurrent_readers_get_their_own_bytes() {
                     let file = Arc::new(File::open(p).unwrap());
                     let mut rng = Rng(t * 7919 + 1);
                     let reqs: Vec<(u64, usize)> = (0..150)
-                        .map(|_| (rng.below(data.len() as u64 + 100), 1 + rng.below(20_000) as usize))
+                        .map(|_| {
+                            (
+                                rng.below(data.len() as u64 + 100),
+                                1 + rng.below(20_000) as usize,
+                            )
+                        })
                         .collect();
                     let outs = read_many(&pool, &file, &reqs, false, t % 2 == 0);
                     check(data, &reqs, &outs, &format!("{:?} reader {t}", pool.mode()));
@@ -200,7 +220,9 @@ fn short_reads_from_a_pipe_are_resubmitted_until_full() {
         "the read completed with a short result instead of being resubmitted"
     );
     wr.write_all(&data[1000..]).unwrap();
-    let o = rx.recv_timeout(Duration::from_secs(10)).expect("read never completed");
+    let o = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("read never completed");
     assert_eq!(*o.result.as_ref().unwrap(), 8192);
     assert!(o.buf.as_slice() == &data[..]);
 
@@ -210,11 +232,20 @@ fn short_reads_from_a_pipe_are_resubmitted_until_full() {
     let (rd, mut wr) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
     wr.write_all(&data[..300]).unwrap();
     let (tx, rx) = mpsc::channel();
-    let job = ReadJob::new(Arc::new(rd), 0, 8192, AlignedBuf::new(8192), false, Box::new(move |o| tx.send(o).unwrap()));
+    let job = ReadJob::new(
+        Arc::new(rd),
+        0,
+        8192,
+        AlignedBuf::new(8192),
+        false,
+        Box::new(move |o| tx.send(o).unwrap()),
+    );
     assert!(pool.submit(job).is_ok());
     std::thread::sleep(Duration::from_millis(100));
     drop(wr);
-    let o = rx.recv_timeout(Duration::from_secs(10)).expect("read never completed");
+    let o = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("read never completed");
     assert_eq!(*o.result.as_ref().unwrap(), 300);
     assert!(o.buf.as_slice() == &data[..300]);
 }
@@ -229,7 +260,14 @@ fn a_bad_request_fails_alone() {
         let (tx, rx) = mpsc::channel::<(&str, ReadOutcome)>();
         let submit = |tag: &'static str, f: &Arc<File>, off: u64, len: usize, d: bool| {
             let tx = tx.clone();
-            let job = ReadJob::new(f.clone(), off, len, AlignedBuf::new(len), d, Box::new(move |o| tx.send((tag, o)).unwrap()));
+            let job = ReadJob::new(
+                f.clone(),
+                off,
+                len,
+                AlignedBuf::new(len),
+                d,
+                Box::new(move |o| tx.send((tag, o)).unwrap()),
+            );
             assert!(pool.submit(job).is_ok());
         };
         submit("good1", &direct, 0, 8192, true);
@@ -242,10 +280,25 @@ fn a_bad_request_fails_alone() {
         for (tag, o) in rx.iter() {
             seen += 1;
             match tag {
-                "misaligned" => assert_eq!(o.result.unwrap_err().raw_os_error(), Some(libc::EINVAL), "{:?}", pool.mode()),
-                "write-only" => assert_eq!(o.result.unwrap_err().raw_os_error(), Some(libc::EBADF), "{:?}", pool.mode()),
+                "misaligned" => assert_eq!(
+                    o.result.unwrap_err().raw_os_error(),
+                    Some(libc::EINVAL),
+                    "{:?}",
+                    pool.mode()
+                ),
+                "write-only" => assert_eq!(
+                    o.result.unwrap_err().raw_os_error(),
+                    Some(libc::EBADF),
+                    "{:?}",
+                    pool.mode()
+                ),
                 _ => {
-                    let n = o.result.unwrap_or_else(|e| panic!("{tag} failed with {e} beside a bad request ({:?})", pool.mode()));
+                    let n = o.result.unwrap_or_else(|e| {
+                        panic!(
+                            "{tag} failed with {e} beside a bad request ({:?})",
+                            pool.mode()
+                        )
+                    });
                     let off = o.offset as usize;
                     assert!(o.buf.as_slice() == &data[off..off + n], "{tag}");
                 }
@@ -266,13 +319,22 @@ fn pool_survives_a_deleted_file() {
         let (tx, rx) = mpsc::channel();
         for &(off, len) in &reqs {
             let tx = tx.clone();
-            let job = ReadJob::new(f.clone(), off, len, AlignedBuf::new(len), false, Box::new(move |o| tx.send(o).unwrap()));
+            let job = ReadJob::new(
+                f.clone(),
+                off,
+                len,
+                AlignedBuf::new(len),
+                false,
+                Box::new(move |o| tx.send(o).unwrap()),
+            );
             assert!(pool.submit(job).is_ok());
         }
         std::fs::remove_file(&p).unwrap(); // unlinked while reads are queued and in flight
         drop(tx);
         for o in rx.iter() {
-            let n = o.result.expect("reads of an unlinked but open file succeed");
+            let n = o
+                .result
+                .expect("reads of an unlinked but open file succeed");
             let off = o.offset as usize;
             assert!(o.buf.as_slice() == &data[off..off + n]);
         }
@@ -296,7 +358,14 @@ fn shutdown_finishes_every_queued_read() {
         let mut queued = 0;
         for i in 0..200u64 {
             let tx = tx.clone();
-            let job = ReadJob::new(f.clone(), (i % 256) * 4096, 4096, AlignedBuf::new(4096), true, Box::new(move |o| tx.send(o).unwrap()));
+            let job = ReadJob::new(
+                f.clone(),
+                (i % 256) * 4096,
+                4096,
+                AlignedBuf::new(4096),
+                true,
+                Box::new(move |o| tx.send(o).unwrap()),
+            );
             if pool.submit(job).is_ok() {
                 queued += 1;
             }
@@ -305,22 +374,40 @@ fn shutdown_finishes_every_queued_read() {
         pool.shutdown();
         drop(tx);
         let outs: Vec<ReadOutcome> = rx.iter().collect();
-        assert_eq!(outs.len(), queued, "{mode:?}: every queued read completes before shutdown returns");
+        assert_eq!(
+            outs.len(),
+            queued,
+            "{mode:?}: every queued read completes before shutdown returns"
+        );
         for o in outs {
             let n = o.result.unwrap();
             let off = o.offset as usize;
             assert!(o.buf.as_slice() == &data[off..off + n]);
         }
         // After shutdown the pool refuses work and hands the job back.
-        let job = ReadJob::new(f.clone(), 0, 4096, AlignedBuf::new(4096), true, Box::new(|_| {}));
-        assert!(matches!(pool.submit(job), Err(ringmaster_agent::io::SubmitError::ShutDown(_))));
+        let job = ReadJob::new(
+            f.clone(),
+            0,
+            4096,
+            AlignedBuf::new(4096),
+            true,
+            Box::new(|_| {}),
+        );
+        assert!(matches!(
+            pool.submit(job),
+            Err(ringmaster_agent::io::SubmitError::ShutDown(_))
+        ));
     }
 }
 
 #[test]
 fn bad_pool_config_is_refused_with_the_flag_named() {
-    let e = Pool::start(&PoolConfig::new(0, 16, Policy::Preferred)).err().unwrap();
+    let e = Pool::start(&PoolConfig::new(0, 16, Policy::Preferred))
+        .err()
+        .unwrap();
     assert!(e.to_string().contains("--workers"), "{e}");
-    let e = Pool::start(&PoolConfig::new(1, 0, Policy::Preferred)).err().unwrap();
+    let e = Pool::start(&PoolConfig::new(1, 0, Policy::Preferred))
+        .err()
+        .unwrap();
     assert!(e.to_string().contains("--max-events"), "{e}");
 }

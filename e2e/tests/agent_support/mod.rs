@@ -152,8 +152,45 @@ impl NodeAgent {
     }
 
     pub fn start_agent(&mut self, ns: &str) {
+        let args = self.agent_args(ns);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let kc = self.kubeconfig.to_str().unwrap().to_string();
+        self.agent = Some(spawn_bin(
+            "ringmaster-agent",
+            &args,
+            &[("KUBECONFIG", &kc), ("RUST_LOG", "info")],
+        ));
+    }
+
+    /// The agent in a private mount namespace whose /proc/sys is read-only (as in an
+    /// unprivileged container), through `unshare` and `mount`.
+    pub fn start_agent_read_only_proc_sys(&mut self, ns: &str) -> std::process::Child {
+        let agent_bin = bin_dir().join("ringmaster-agent");
+        let script =
+            "mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys && exec \"$@\"";
+        let log = std::fs::File::create(self.state_dir.path().join("agent-ro.log")).unwrap();
+        std::process::Command::new("unshare")
+            .args([
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                script,
+                "sh",
+            ])
+            .arg(&agent_bin)
+            .args(self.agent_args(ns))
+            .env("KUBECONFIG", &self.kubeconfig)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("unshare (util-linux) to run the agent with a read-only /proc/sys")
+    }
+
+    fn agent_args(&self, ns: &str) -> Vec<String> {
         let cluster = format!("{ns}/{CLUSTER}");
-        let args = [
+        [
             "run",
             "--node-name",
             &self.node,
@@ -175,13 +212,9 @@ impl NodeAgent {
             self.seccomp_dir.path().to_str().unwrap(),
             "--sysctl-d-dir",
             self.sysctl_d_dir.path().to_str().unwrap(),
-        ];
-        let kc = self.kubeconfig.to_str().unwrap().to_string();
-        self.agent = Some(spawn_bin(
-            "ringmaster-agent",
-            &args,
-            &[("KUBECONFIG", &kc), ("RUST_LOG", "info")],
-        ));
+        ]
+        .map(String::from)
+        .to_vec()
     }
 
     /// The agent's HTTP address (it writes it to the state dir once bound).
@@ -219,36 +252,61 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     (code, body)
 }
 
-/// The agent ClusterRole as the chart ships it (rendered with helm), applied server-side.
+/// The agent's rights as issue 5/6 define them, used only while neither the operator's
+/// RBAC file nor the chart is in the tree.
+const AGENT_CLUSTER_ROLE_YAML: &str = r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: ringmaster-agent
+rules:
+  - apiGroups: [ringmaster.io]
+    resources: [storageclusters]
+    verbs: [get, list, watch]
+  - apiGroups: [ringmaster.io]
+    resources: [storagenodes, storagenodes/status]
+    verbs: [get, list, watch, create, patch, update]
+  - apiGroups: [""]
+    resources: [nodes]
+    verbs: [get, list, watch, patch]
+  - apiGroups: ["", events.k8s.io]
+    resources: [events]
+    verbs: [create, patch]
+"#;
+
+/// The agent ClusterRole the operator ships (operator/rbac/agent-clusterrole.yaml, which
+/// the chart installs as is), else the chart's template rendered with helm for this
+/// server's version, else the issue's rules; applied server-side.
 fn apply_agent_cluster_role(kube_version: &str) {
+    let operator_file = repo_root().join("operator/rbac/agent-clusterrole.yaml");
     let chart = repo_root().join("charts/ringmaster");
-    let tpl = chart.join("templates/rbac-agent.yaml");
+    let yaml = if operator_file.is_file() {
+        std::fs::read_to_string(&operator_file).unwrap()
+    } else if chart.join("templates/rbac-agent.yaml").is_file() {
+        let out = std::process::Command::new("helm")
+            .args(["template", "ringmaster"])
+            .arg(&chart)
+            .args([
+                "--show-only",
+                "templates/rbac-agent.yaml",
+                "--kube-version",
+                kube_version,
+            ])
+            .output()
+            .expect("helm on PATH (eval \"$(hack/cluster.sh up)\" puts it there)");
+        assert!(
+            out.status.success(),
+            "helm template failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    } else {
+        eprintln!("no agent ClusterRole file in the tree yet: using the issue's rules");
+        AGENT_CLUSTER_ROLE_YAML.to_string()
+    };
     assert!(
-        tpl.is_file(),
-        "{} is missing: the agent e2e tests use the chart's agent RBAC",
-        tpl.display()
-    );
-    let out = std::process::Command::new("helm")
-        .args(["template", "ringmaster"])
-        .arg(&chart)
-        .args([
-            "--show-only",
-            "templates/rbac-agent.yaml",
-            "--kube-version",
-            kube_version,
-        ])
-        .output()
-        .expect("helm on PATH (eval \"$(hack/cluster.sh up)\" puts it there)");
-    assert!(
-        out.status.success(),
-        "helm template failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let yaml = String::from_utf8(out.stdout).unwrap();
-    assert!(
-        yaml.contains(&format!("name: {}", AGENT_CLUSTER_ROLE)),
-        "the chart's agent ClusterRole is not named {}:\n{yaml}",
-        AGENT_CLUSTER_ROLE
+        yaml.contains(&format!("name: {AGENT_CLUSTER_ROLE}")),
+        "the agent ClusterRole is not named {AGENT_CLUSTER_ROLE}:\n{yaml}"
     );
     kubectl_stdin(
         [

@@ -333,7 +333,7 @@ impl Agent {
 
         // Node labels and taint.
         let want_labels = labels::desired_labels(&verdict);
-        if node::apply_labels(&self.nodes, &node, &want_labels).await? {
+        if node::apply_labels(&self.nodes, &node, &want_labels, &d.cluster).await? {
             self.health.metrics.api_writes.inc();
             tracing::info!(labels = ?want_labels, "node labels applied");
         }
@@ -435,7 +435,7 @@ impl Agent {
         let first = self.cleaned_uid.as_deref() != Some(d.uid.as_str());
         let node = self.nodes.get_opt(&self.args.node_name).await?;
         if let Some(node) = &node {
-            if node::apply_labels(&self.nodes, node, &Default::default()).await? {
+            if node::apply_labels(&self.nodes, node, &Default::default(), &d.cluster).await? {
                 self.health.metrics.api_writes.inc();
             }
             if node::set_taint(&self.nodes, &self.args.node_name, false).await? {

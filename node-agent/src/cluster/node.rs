@@ -19,12 +19,14 @@ fn apply_params() -> PatchParams {
     PatchParams::apply(keys::MANAGER_AGENT).force()
 }
 
-/// Make the Node's owned labels exactly `desired` (empty: remove all of ours). Returns
-/// whether anything was written.
+/// Make the Node's owned labels exactly `desired` (empty: remove all of ours, the record
+/// and the `ringmaster.io/cluster` annotation naming `cluster`). Returns whether anything
+/// was written.
 pub async fn apply_labels(
     nodes: &Api<Node>,
     node: &Node,
     desired: &BTreeMap<String, String>,
+    cluster: &str,
 ) -> kube::Result<bool> {
     let name = node.name_any();
     let current = node.labels();
@@ -33,7 +35,9 @@ pub async fn apply_labels(
     let stale = labels::stale_labels(current, &owned, desired);
     let want_annotation = (!desired.is_empty()).then(|| labels::format_owned(desired));
     let labels_right = desired.iter().all(|(k, v)| current.get(k) == Some(v));
-    let annotation_right = owned_annotation.cloned() == want_annotation;
+    let want_cluster = (!desired.is_empty()).then(|| cluster.to_string());
+    let annotation_right = owned_annotation.cloned() == want_annotation
+        && node.annotations().get(keys::CLUSTER_ANNOTATION).cloned() == want_cluster;
     if stale.is_empty() && labels_right && annotation_right {
         return Ok(false);
     }
@@ -55,7 +59,10 @@ pub async fn apply_labels(
     let mut meta = json!({"name": name});
     if !desired.is_empty() {
         meta["labels"] = json!(desired);
-        meta["annotations"] = json!({ keys::OWNED_LABELS_ANNOTATION: want_annotation });
+        meta["annotations"] = json!({
+            keys::OWNED_LABELS_ANNOTATION: want_annotation,
+            keys::CLUSTER_ANNOTATION: cluster,
+        });
     }
     let body = json!({"apiVersion": "v1", "kind": "Node", "metadata": meta});
     nodes

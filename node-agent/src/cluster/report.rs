@@ -125,7 +125,7 @@ impl Observation<'_> {
                 opcodes: r.io_uring.opcodes.clone(),
                 read_verified: r.io_uring.read_verified,
             }),
-            aio: (self.tune.error.is_none() || self.tune.current > 0).then(|| AioReport {
+            aio: (self.tune.error.is_none() || self.tune.current > 0).then_some(AioReport {
                 original: self.tune.original,
                 required: self.tune.required,
                 current: self.tune.current,

@@ -301,12 +301,9 @@ impl Pool {
     /// Page-cache fast path first for buffered files (completes inline on a hit), then the queue.
     pub fn read(&self, mut job: ReadJob) -> Result<(), SubmitError> {
         if !job.direct() && self.mode() == WorkerMode::IoUring {
-            match cached::try_read_cached(&mut job) {
-                Some(r) => {
-                    job.finish(r);
-                    return Ok(());
-                }
-                None => {}
+            if let Some(r) = cached::try_read_cached(&mut job) {
+                job.finish(r);
+                return Ok(());
             }
         }
         self.submit(job)

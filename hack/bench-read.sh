@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Read-path benchmarks, ours beside the anchor (fio 3.x / nginx) on the same file in the same run,
+# at equal total queue depth and thread count. Not a test: prints one line per case
+#   <case>: ours=<x> anchor=<y> ratio=<x/y>
+# for IOPS (requests/s over HTTP) and for CPU µs per I/O (getrusage of the process tree).
+#
+# Env: BENCH_DIR (default /var/tmp/ringmaster-bench, must support O_DIRECT), BENCH_SIZE_MB (1024),
+#      BENCH_SECONDS (4 per run), BENCH_ROUNDS (2: order alternates, results are the mean),
+#      BENCH_CASES (space-separated subset), BENCH_OUT (results file).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR=never
+for tool in fio nginx wrk python3; do
+  command -v "$tool" >/dev/null || { echo "bench-read: $tool missing: run hack/deps.sh (hack/apt-packages.txt)" >&2; exit 1; }
+done
+
+cargo build --release -q -p ringmaster-agent --bin ringmaster-agent
+TARGET=${CARGO_TARGET_DIR:-target}
+export BENCH_BIN=$PWD/$TARGET/release/ringmaster-agent
+export BENCH_DIR=${BENCH_DIR:-/var/tmp/ringmaster-bench}
+export BENCH_SIZE_MB=${BENCH_SIZE_MB:-1024}
+mkdir -p "$BENCH_DIR/data"
+FILE=$BENCH_DIR/data/data.bin
+if [[ ! -f $FILE || $(stat -c %s "$FILE") -ne $((BENCH_SIZE_MB << 20)) ]]; then
+  echo "bench-read: writing ${BENCH_SIZE_MB} MiB test file $FILE" >&2
+  dd if=/dev/urandom of="$FILE" bs=1M count="$BENCH_SIZE_MB" oflag=direct status=none
+fi
+export BENCH_FILE=$FILE
+exec python3 hack/bench_read.py

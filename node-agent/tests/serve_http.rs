@@ -1,0 +1,310 @@
+//! The HTTP read service in-process over both pools: 206 bodies and headers, 200, 416, 404, 400,
+//! path traversal refused, range caps, metrics, health, graceful shutdown.
+
+mod io_support;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use io_support::{http_get, pattern, Rng, TempDir};
+use ringmaster_agent::handoff::Policy;
+use ringmaster_agent::serve::{self, ServeConfig, ServeHandle};
+
+const SIZE: usize = 200_000 + 13;
+
+struct Fixture {
+    _dir: TempDir,
+    data: Vec<u8>,
+    secret: Vec<u8>,
+}
+
+/// data/ (served) holds `blob`, `sub/blob2`, `inside` -> blob, `escape` -> ../secret,
+/// `abs` -> /etc/passwd, `subdir-escape/x` -> ../../secret; `secret` sits beside data/.
+fn fixture() -> (Fixture, PathBuf) {
+    let dir = TempDir::new("serve");
+    let data_dir = dir.path().join("data");
+    std::fs::create_dir_all(data_dir.join("sub")).unwrap();
+    std::fs::create_dir_all(data_dir.join("subdir-escape")).unwrap();
+    let data = pattern(SIZE, 42);
+    std::fs::write(data_dir.join("blob"), &data).unwrap();
+    std::fs::write(data_dir.join("sub/blob2"), &data[..5000]).unwrap();
+    let secret = b"top secret outside the data dir".to_vec();
+    std::fs::write(dir.path().join("secret"), &secret).unwrap();
+    std::os::unix::fs::symlink("blob", data_dir.join("inside")).unwrap();
+    std::os::unix::fs::symlink("../secret", data_dir.join("escape")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", data_dir.join("abs")).unwrap();
+    std::os::unix::fs::symlink("../../secret", data_dir.join("subdir-escape/x")).unwrap();
+    (
+        Fixture {
+            _dir: dir,
+            data,
+            secret,
+        },
+        data_dir,
+    )
+}
+
+async fn start(data_dir: PathBuf, policy: Policy, max_range: u64) -> ServeHandle {
+    let mut cfg = ServeConfig::new(
+        vec![("d".into(), data_dir)],
+        "127.0.0.1:0".parse::<SocketAddr>().unwrap(),
+    );
+    cfg.policy = policy;
+    cfg.max_range_bytes = max_range;
+    serve::start(cfg).await.expect("serve starts")
+}
+
+async fn get(addr: SocketAddr, target: &str, extra: &[(&str, &str)]) -> io_support::HttpResponse {
+    let (t, e): (String, Vec<(String, String)>) = (
+        target.to_string(),
+        extra
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    );
+    tokio::task::spawn_blocking(move || {
+        let e: Vec<(&str, &str)> = e.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        http_get(addr, &t, &e).unwrap_or_else(|err| panic!("GET {t}: {err}"))
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn range_reads_return_the_right_bytes_and_headers_on_both_pools() {
+    let (fx, data_dir) = fixture();
+    for (policy, mode) in [(Policy::Required, "io_uring"), (Policy::Disabled, "pread")] {
+        let h = start(data_dir.clone(), policy, 1 << 20).await;
+        assert_eq!(h.worker_mode(), mode);
+        let addr = h.local_addr();
+        let mut rng = Rng(77);
+        let mut cases: Vec<(String, usize, usize)> = (0..40)
+            .map(|_| {
+                let a = rng.below(SIZE as u64) as usize;
+                let b = a + rng.below(70_000) as usize;
+                (format!("bytes={a}-{b}"), a, b.min(SIZE - 1))
+            })
+            .collect();
+        cases.push(("bytes=0-0".into(), 0, 0));
+        cases.push((format!("bytes={}-", SIZE - 5), SIZE - 5, SIZE - 1));
+        cases.push(("bytes=-100".into(), SIZE - 100, SIZE - 1));
+        cases.push((format!("bytes=-{}", SIZE * 2), 0, SIZE - 1));
+        for (range, a, b) in cases {
+            let r = get(addr, "/v1/files/d/blob", &[("Range", &range)]).await;
+            assert_eq!(r.status, 206, "{mode} {range}: {}", r.text());
+            assert_eq!(
+                r.header("content-range"),
+                Some(format!("bytes {a}-{b}/{SIZE}").as_str()),
+                "{range}"
+            );
+            assert_eq!(
+                r.header("content-length"),
+                Some((b - a + 1).to_string().as_str())
+            );
+            assert_eq!(r.header("accept-ranges"), Some("bytes"));
+            assert_eq!(r.header("x-ringmaster-worker-mode"), Some(mode));
+            assert!(r.body == fx.data[a..=b], "{mode} {range}: body differs");
+        }
+        // Nested path, symlink inside the dir, and a small file without Range (200).
+        let r = get(addr, "/v1/files/d/sub/blob2", &[("Range", "bytes=10-19")]).await;
+        assert_eq!((r.status, &r.body[..]), (206, &fx.data[10..20]));
+        let r = get(addr, "/v1/files/d/inside", &[("Range", "bytes=0-99")]).await;
+        assert_eq!((r.status, &r.body[..]), (206, &fx.data[..100]));
+        let r = get(addr, "/v1/files/d/sub/blob2", &[]).await;
+        assert_eq!((r.status, &r.body[..]), (200, &fx.data[..5000]));
+        h.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_416_404_400() {
+    let (_fx, data_dir) = fixture();
+    let h = start(data_dir, Policy::Preferred, 1 << 20).await;
+    let addr = h.local_addr();
+    for range in [
+        format!("bytes={SIZE}-"),
+        format!("bytes={}-{}", SIZE + 10, SIZE + 20),
+        "bytes=-0".into(),
+    ] {
+        let r = get(addr, "/v1/files/d/blob", &[("Range", &range)]).await;
+        assert_eq!(r.status, 416, "{range}");
+        assert_eq!(
+            r.header("content-range"),
+            Some(format!("bytes */{SIZE}").as_str())
+        );
+    }
+    for target in [
+        "/v1/files/d/nope",
+        "/v1/files/other/blob",
+        "/v1/files/d/sub",
+        "/v1/nothing",
+    ] {
+        let r = get(addr, target, &[("Range", "bytes=0-1")]).await;
+        assert_eq!(r.status, 404, "{target}: {}", r.text());
+    }
+    for range in [
+        "bytes=5-1",
+        "bytes=abc",
+        "items=0-1",
+        "bytes=0-1,5-6",
+        "bytes=-",
+    ] {
+        let r = get(addr, "/v1/files/d/blob", &[("Range", range)]).await;
+        assert_eq!(r.status, 400, "{range}: {}", r.text());
+        assert!(!r.text().is_empty(), "a 400 says why");
+    }
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn path_traversal_is_refused() {
+    let (fx, data_dir) = fixture();
+    let h = start(data_dir, Policy::Preferred, 1 << 20).await;
+    let addr = h.local_addr();
+    let passwd = std::fs::read("/etc/passwd").unwrap_or_default();
+    for target in [
+        "/v1/files/d/../secret",
+        "/v1/files/d/sub/../../secret",
+        "/v1/files/d/%2e%2e/secret",
+        "/v1/files/d/%2E%2E/secret",
+        "/v1/files/d/%2e%2e%2fsecret",
+        "/v1/files/d/sub/..%2f..%2fsecret",
+        "/v1/files/d/./blob",
+        "/v1/files/d//etc/passwd",
+        "/v1/files/d/%2fetc%2fpasswd",
+        "/v1/files/d/sub%00/blob2",
+        "/v1/files/d/..%5csecret",
+        "/v1/files/d/escape",
+        "/v1/files/d/abs",
+        "/v1/files/d/subdir-escape/x",
+    ] {
+        let r = get(addr, target, &[("Range", "bytes=0-100000")]).await;
+        assert!(
+            r.status == 400 || r.status == 404,
+            "{target}: expected 400 or 404, got {} {}",
+            r.status,
+            r.text()
+        );
+        assert!(
+            !r.body.windows(fx.secret.len()).any(|w| w == fx.secret),
+            "{target} leaked the secret"
+        );
+        assert!(
+            passwd.is_empty() || r.body != passwd,
+            "{target} leaked /etc/passwd"
+        );
+    }
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_ranges_are_refused() {
+    let (fx, data_dir) = fixture();
+    let h = start(data_dir, Policy::Preferred, 4096).await;
+    let addr = h.local_addr();
+    let r = get(addr, "/v1/files/d/blob", &[("Range", "bytes=0-4096")]).await;
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("--max-range-bytes"), "{}", r.text());
+    let r = get(addr, "/v1/files/d/blob", &[]).await;
+    assert_eq!(r.status, 400, "a file over the cap needs a Range header");
+    let r = get(addr, "/v1/files/d/blob", &[("Range", "bytes=0-4095")]).await;
+    assert_eq!((r.status, &r.body[..]), (206, &fx.data[..4096]));
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_health_and_readiness() {
+    let (_fx, data_dir) = fixture();
+    let h = start(data_dir, Policy::Required, 1 << 20).await;
+    let addr = h.local_addr();
+    for _ in 0..3 {
+        assert_eq!(
+            get(addr, "/v1/files/d/blob", &[("Range", "bytes=0-999")])
+                .await
+                .status,
+            206
+        );
+    }
+    assert_eq!(
+        get(addr, "/v1/files/d/blob", &[("Range", "bytes=0-")])
+            .await
+            .status,
+        206
+    );
+    assert_eq!(get(addr, "/v1/files/d/nope", &[]).await.status, 404);
+    assert_eq!(get(addr, "/healthz", &[]).await.status, 200);
+    assert_eq!(get(addr, "/readyz", &[]).await.status, 200);
+    let m = get(addr, "/metrics", &[]).await.text();
+    for want in [
+        "ringmaster_reads_total{status=\"206\"} 4",
+        "ringmaster_reads_total{status=\"404\"} 1",
+        &format!("ringmaster_read_bytes_total {}", 3 * 1000 + SIZE),
+        "ringmaster_read_duration_seconds_count 4",
+        "ringmaster_reads_in_flight 0",
+        "ringmaster_ring_entries 256",
+        "ringmaster_worker_mode{mode=\"io_uring\",reason=",
+        "ringmaster_worker_mode{mode=\"pread\"} 0",
+    ] {
+        assert!(m.contains(want), "/metrics lacks {want:?}:\n{m}");
+    }
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_never_truncates_a_response() {
+    let (fx, data_dir) = fixture();
+    let h = start(data_dir, Policy::Preferred, 1 << 20).await;
+    let addr = h.local_addr();
+    let mut tasks = Vec::new();
+    for i in 0..40usize {
+        tasks.push(tokio::task::spawn_blocking(move || {
+            let a = i * 1000;
+            (
+                a,
+                http_get(
+                    addr,
+                    "/v1/files/d/blob",
+                    &[("Range", &format!("bytes={a}-{}", a + 99_999))],
+                ),
+            )
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    h.shutdown().await;
+    let mut served = 0;
+    for t in tasks {
+        let (a, r) = t.await.unwrap();
+        if let Ok(r) = r {
+            // Accepted before shutdown: the whole body arrives.
+            assert_eq!(r.status, 206);
+            assert!(
+                r.body == fx.data[a..a + 100_000],
+                "response at {a} truncated or wrong"
+            );
+            served += 1;
+        }
+    }
+    eprintln!("{served} of 40 requests were served around shutdown");
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "still accepting after shutdown"
+    );
+}
+
+#[tokio::test]
+async fn bad_config_is_refused_with_the_field_named() {
+    let cfg = ServeConfig::new(
+        vec![("d".into(), "/nonexistent/dir".into())],
+        "127.0.0.1:0".parse().unwrap(),
+    );
+    let e = serve::start(cfg).await.err().unwrap();
+    assert!(
+        format!("{e:#}").contains("--data-dir d=/nonexistent/dir"),
+        "{e:#}"
+    );
+    let e = serve::start(ServeConfig::new(vec![], "127.0.0.1:0".parse().unwrap()))
+        .await
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("--data-dir"), "{e}");
+}
