@@ -153,7 +153,12 @@ up() {
   echo "$bin" >"$DEMO/bin-dir"
 
   say "start a local control plane (hack/cluster.sh up; the first run builds it: 15-30 min)"
-  hack/cluster.sh up >"$DEMO/env.tmp"
+  # One retry: a port found free can be taken by someone else before the server binds it.
+  if ! hack/cluster.sh up >"$DEMO/env.tmp"; then
+    echo "demo: retrying the control plane once" >&2
+    hack/cluster.sh down >/dev/null 2>&1 || true
+    hack/cluster.sh up >"$DEMO/env.tmp"
+  fi
   mv "$DEMO/env.tmp" "$DEMO/env"
   # shellcheck disable=SC1091
   source "$DEMO/env"
