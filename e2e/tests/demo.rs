@@ -98,6 +98,10 @@ fn demo_shows_a_populated_cluster_and_tears_down_cleanly() {
         "DESIRED should count the three simulated nodes: {stc:?}"
     );
     let stn = row("storagenode.ringmaster.io/demo-node-1", 8);
+    // NAME CLUSTER IO_URING [REASON] MODE AIO-MAX-NR READY GEN AGE: REASON is empty when supported.
+    let raised: u64 = stn[stn.len() - 4]
+        .parse()
+        .unwrap_or_else(|_| panic!("no AIO-MAX-NR column in {stn:?}"));
     assert_eq!(stn[1], "ringmaster-demo/storage", "{stn:?}");
     assert!(
         stn[2] == "supported" || stn[2] == "unsupported",
@@ -139,11 +143,22 @@ fn demo_shows_a_populated_cluster_and_tears_down_cleanly() {
         "the demo's state dir is left: {}",
         demo.dir.display()
     );
-    assert_eq!(
-        aio_max_nr(),
-        before,
-        "the demo did not put fs.aio-max-nr back"
-    );
+    // The agent's raise is undone. (Compared with the value the agent set rather than only
+    // with `before`: on a shared development machine other tests may move the value meanwhile;
+    // in CI nothing else runs and it comes back to exactly `before`.)
+    let after = aio_max_nr();
+    if before < raised {
+        assert!(
+            after < raised,
+            "the demo did not put fs.aio-max-nr back: {before} before, {raised} set by the agent, {after} after down"
+        );
+    }
+    if std::env::var_os("CI").is_some() {
+        assert_eq!(
+            after, before,
+            "fs.aio-max-nr {before} before the demo, {after} after"
+        );
+    }
     let ps = Command::new("pgrep")
         .args(["-f", demo.dir.to_str().unwrap()])
         .output()
