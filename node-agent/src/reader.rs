@@ -205,6 +205,17 @@ async fn apply_config(args: &ReaderArgs, cfg: &ReaderConfig) -> (ReaderReport, O
     (report, running)
 }
 
+/// Whether two configs ask for the same probe and read service (they may differ in
+/// generation and hash only).
+pub fn same_service(a: &ReaderConfig, b: &ReaderConfig) -> bool {
+    a.max_events == b.max_events
+        && a.min_max_events == b.min_max_events
+        && a.workers == b.workers
+        && a.policy == b.policy
+        && a.data_dirs == b.data_dirs
+        && a.port == b.port
+}
+
 /// After a failed start, try again this much later (not every poll: each attempt is a
 /// new report and so a StorageNode write).
 const RETRY_AFTER: Duration = Duration::from_secs(10);
@@ -212,6 +223,7 @@ const RETRY_AFTER: Duration = Duration::from_secs(10);
 async fn reader_loop(args: ReaderArgs) -> anyhow::Result<()> {
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut current: Option<ReaderConfig> = None;
+    let mut last_report: Option<ReaderReport> = None;
     let mut running: Option<Running> = None;
     let mut retry_at: Option<tokio::time::Instant> = None;
     let mut last_error: Option<String> = None;
@@ -242,15 +254,29 @@ async fn reader_loop(args: ReaderArgs) -> anyhow::Result<()> {
             }
         };
         if let Some(cfg) = next {
-            if let Some(r) = running.take() {
-                r.stop().await;
-            }
-            let (report, r) = apply_config(&args, &cfg).await;
-            running = r;
-            retry_at = report
-                .error
-                .is_some()
-                .then(|| tokio::time::Instant::now() + RETRY_AFTER);
+            let unchanged =
+                retry_at.is_none() && current.as_ref().is_some_and(|c| same_service(c, &cfg));
+            let report = match last_report.clone().filter(|_| unchanged) {
+                // Only fields the reader does not use changed (e.g. unsupportedNodes):
+                // answer the new generation without re-probing or restarting the workers.
+                Some(mut r) => {
+                    r.generation = cfg.generation;
+                    r.config_hash = cfg.config_hash.clone();
+                    r
+                }
+                None => {
+                    if let Some(r) = running.take() {
+                        r.stop().await;
+                    }
+                    let (report, r) = apply_config(&args, &cfg).await;
+                    running = r;
+                    retry_at = report
+                        .error
+                        .is_some()
+                        .then(|| tokio::time::Instant::now() + RETRY_AFTER);
+                    report
+                }
+            };
             tracing::info!(
                 generation = report.generation,
                 supported = report.io_uring.supported,
@@ -258,10 +284,13 @@ async fn reader_loop(args: ReaderArgs) -> anyhow::Result<()> {
                 mode = %report.worker_mode,
                 serving = report.serving,
                 error = ?report.error,
-                "probed; reporting to the agent"
+                "reporting to the agent"
             );
             match handoff::write_json(&args.state_dir, handoff::READER_FILE, &report) {
-                Ok(()) => current = Some(cfg),
+                Ok(()) => {
+                    current = Some(cfg);
+                    last_report = Some(report);
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot write reader.json; retrying");
                     retry_at = Some(tokio::time::Instant::now() + Duration::from_secs(1));
@@ -322,6 +351,29 @@ mod tests {
             ring_entries: if supported { 512 } else { 0 },
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn only_service_fields_restart_the_workers() {
+        let a = ReaderConfig {
+            generation: 1,
+            config_hash: "a".into(),
+            max_events: 512,
+            min_max_events: 64,
+            workers: 8,
+            policy: Policy::Preferred,
+            data_dirs: vec![],
+            port: 7480,
+        };
+        let mut b = a.clone();
+        b.generation = 2;
+        b.config_hash = "b".into();
+        assert!(same_service(&a, &b));
+        b.max_events = 256;
+        assert!(!same_service(&a, &b));
+        let mut c = a.clone();
+        c.policy = Policy::Required;
+        assert!(!same_service(&a, &c));
     }
 
     #[test]

@@ -112,8 +112,9 @@ fn programs(without: &[&str]) -> Vec<BpfProgram> {
 }
 
 /// `ringmaster-agent check --output json` in a child under the profile.
-fn check_under(programs: Vec<BpfProgram>) -> Value {
-    let scratch = std::env::temp_dir().join(format!("rm-profile-{}", std::process::id()));
+fn check_under(name: &str, programs: Vec<BpfProgram>) -> Value {
+    // One scratch dir per test: tests of this binary run in parallel.
+    let scratch = std::env::temp_dir().join(format!("rm-profile-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&scratch).unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringmaster-agent"));
     cmd.args([
@@ -151,7 +152,7 @@ fn check_under(programs: Vec<BpfProgram>) -> Value {
 
 #[test]
 fn io_uring_and_the_read_path_work_under_the_shipped_profile() {
-    let v = check_under(programs(&[]));
+    let v = check_under("allowed", programs(&[]));
     assert_eq!(v["process"]["seccomp_mode"], "filter", "{v}");
     assert_eq!(v["io_uring"]["supported"], true, "{v}");
     assert_eq!(v["io_uring"]["read_verified"], true, "{v}");
@@ -159,7 +160,7 @@ fn io_uring_and_the_read_path_work_under_the_shipped_profile() {
 
 #[test]
 fn without_the_io_uring_rule_the_profile_denies_io_uring_with_eperm() {
-    let v = check_under(programs(&IO_URING));
+    let v = check_under("denied", programs(&IO_URING));
     assert_eq!(v["io_uring"]["supported"], false, "{v}");
     assert_eq!(v["io_uring"]["reason"], "EPERM", "{v}");
 }
