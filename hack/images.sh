@@ -49,7 +49,9 @@ build() { # name port...
   [[ -x $bin ]] || die "$bin not built (cargo build -p $name)"
   local ctr; ctr=$("${B[@]}" from --quiet scratch)
   local mnt; mnt=$("${B[@]}" mount "$ctr")
+  # Debug info stays on the build host (debug builds carry ~150 MB of it).
   install -D -m 0755 "$bin" "$mnt/usr/local/bin/$name"
+  if command -v strip >/dev/null; then strip --strip-debug "$mnt/usr/local/bin/$name"; fi
   # The dynamic loader and every library the binary links, at the same paths.
   ldd "$bin" | grep -o '/[^ ]*' | while read -r lib; do
     install -D -m 0755 "$(readlink -f "$lib")" "$mnt$lib"
