@@ -24,7 +24,7 @@ OP_BIN=$TARGET/ringmaster-operator LOAD=$TARGET/examples/bench_load
 unset RINGMASTER_CLUSTER_DIR
 eval "$(hack/cluster.sh up)"
 OP_PID=
-cleanup() { [[ -n $OP_PID ]] && kill "$OP_PID" 2>/dev/null; hack/cluster.sh down >/dev/null 2>&1 || true; }
+cleanup() { if [[ -n $OP_PID ]]; then kill "$OP_PID" 2>/dev/null || true; fi; hack/cluster.sh down >/dev/null 2>&1 || true; }
 trap cleanup EXIT
 
 kubectl apply --server-side -f crds/ >/dev/null
@@ -37,7 +37,7 @@ PORT=$((20000 + RANDOM % 20000))
 RINGMASTER_OPERATOR_BIN=$OP_BIN RINGMASTER_OPERATOR_METRICS_ADDR=127.0.0.1:$PORT \
   hack/run-operator.sh --namespace $NS --leader-elect=false --log-format json >"$RINGMASTER_CLUSTER_DIR/logs/operator.log" 2>&1 &
 RUN_PID=$!
-for _ in $(seq 100); do OP_PID=$(pgrep -P $RUN_PID -f ringmaster-operator || true); [[ -n $OP_PID ]] && break; sleep 0.2; done
+for _ in $(seq 300); do OP_PID=$(pgrep -P $RUN_PID -f -- "^$OP_BIN " || true); [[ -n $OP_PID ]] && break; sleep 0.2; done
 [[ -n $OP_PID ]] || { log "operator did not start"; cat "$RINGMASTER_CLUSTER_DIR/logs/operator.log"; exit 1; }
 until curl -sf 127.0.0.1:$PORT/readyz >/dev/null; do sleep 0.2; done
 writes() { curl -s 127.0.0.1:$PORT/metrics | awk '/^ringmaster_operator_api_writes_total/ && !/leases/ {s+=$NF} END {print s+0}'; }
@@ -67,6 +67,8 @@ YAML
 phase "create" 1
 kubectl -n $NS patch stc bench --type merge -p '{"spec":{"aio":{"maxEvents":1024}}}' >/dev/null
 phase "spec change" 2
+log "waiting for the DaemonSet rollout to finish before the steady window"
+kubectl -n $NS rollout status ds/bench-agent --timeout=900s >/dev/null
 sleep 5
 w0=$(writes); sleep 30
 echo "steady 30s: operator_writes=$(( $(writes) - w0 ))"

@@ -411,3 +411,55 @@ fn bad_pool_config_is_refused_with_the_flag_named() {
         .unwrap();
     assert!(e.to_string().contains("--max-events"), "{e}");
 }
+
+/// Each completion submits the next read from the worker thread (the closed loop bench and a
+/// streaming reader use): the local-queue path of both pools, then a clean shutdown.
+fn chain(pool: Arc<Pool>, file: Arc<File>, data: Arc<Vec<u8>>, left: u32, done: mpsc::Sender<u32>) {
+    let off = (left as u64 * 7919) % (data.len() as u64 - 4096);
+    let p = pool.clone();
+    let job = ReadJob::new(
+        file,
+        off,
+        4096,
+        AlignedBuf::new(4096),
+        false,
+        Box::new(move |o: ReadOutcome| {
+            let n = o.result.expect("chained read");
+            let ok = o.buf.as_slice() == &data[off as usize..off as usize + n] && n == 4096;
+            if !ok || left == 0 {
+                done.send(if ok { 0 } else { left + 1 }).unwrap();
+                return;
+            }
+            chain(p, o.file, data, left - 1, done);
+        }),
+    );
+    assert!(pool.read(job).is_ok());
+}
+
+#[test]
+fn completions_that_submit_again_keep_running_on_both_pools() {
+    let dir = TempDir::new("io-chain");
+    let (p, data) = data_file(&dir, "f", 1 << 20, 21);
+    let data = Arc::new(data);
+    for pool in pools() {
+        let pool = Arc::new(pool);
+        let file = Arc::new(File::open(&p).unwrap());
+        let (tx, rx) = mpsc::channel();
+        for _ in 0..8 {
+            chain(pool.clone(), file.clone(), data.clone(), 500, tx.clone());
+        }
+        for _ in 0..8 {
+            let r = rx
+                .recv_timeout(Duration::from_secs(30))
+                .expect("chain stalled");
+            assert_eq!(
+                r,
+                0,
+                "{:?}: chained read {} returned wrong bytes",
+                pool.mode(),
+                r - 1
+            );
+        }
+        pool.shutdown();
+    }
+}

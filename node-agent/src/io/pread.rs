@@ -2,6 +2,7 @@
 //! `pread(2)`, resubmitting short reads like the ring does. Used when io_uring is unavailable
 //! (policy `Preferred`) or disabled.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -10,7 +11,16 @@ use std::thread::JoinHandle;
 
 use super::{PoolConfig, ReadJob, Step, SubmitError};
 
+static NEXT_POOL_ID: AtomicUsize = AtomicUsize::new(1);
+
+thread_local! {
+    /// Pool id of the pread worker on this thread and the jobs its completion callbacks
+    /// submitted: the worker runs them next, with no queue lock and no wake-up of another thread.
+    static LOCAL: RefCell<(usize, VecDeque<ReadJob>)> = const { RefCell::new((0, VecDeque::new())) };
+}
+
 struct Shared {
+    id: usize,
     queue: Mutex<VecDeque<ReadJob>>,
     ready: Condvar,
     cap: usize,
@@ -28,6 +38,7 @@ pub struct PreadPool {
 impl PreadPool {
     pub fn start(cfg: &PoolConfig) -> anyhow::Result<Self> {
         let shared = Arc::new(Shared {
+            id: NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed),
             queue: Mutex::new(VecDeque::with_capacity(cfg.queue_depth)),
             ready: Condvar::new(),
             cap: cfg.queue_depth.max(1) * cfg.workers as usize,
@@ -55,6 +66,21 @@ impl PreadPool {
         if s.closing.load(Ordering::Acquire) {
             return Err(SubmitError::ShutDown(job));
         }
+        // From one of our own workers (a completion callback): keep it on this thread.
+        let job = match LOCAL.with_borrow_mut(|(id, local)| {
+            if *id == s.id && local.len() < s.cap {
+                local.push_back(job);
+                None
+            } else {
+                Some(job)
+            }
+        }) {
+            None => {
+                s.in_flight.fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            }
+            Some(job) => job,
+        };
         {
             let mut q = s.queue.lock().unwrap();
             if q.len() >= s.cap {
@@ -87,7 +113,14 @@ impl PreadPool {
 }
 
 fn worker(s: &Shared) {
+    LOCAL.with_borrow_mut(|(id, _)| *id = s.id);
     loop {
+        if let Some(mut job) = LOCAL.with_borrow_mut(|(_, local)| local.pop_front()) {
+            let result = read_all(&mut job);
+            s.in_flight.fetch_sub(1, Ordering::Relaxed);
+            job.finish(result);
+            continue;
+        }
         let job = {
             let mut q = s.queue.lock().unwrap();
             loop {
@@ -102,7 +135,10 @@ fn worker(s: &Shared) {
                 s.sleepers.fetch_sub(1, Ordering::SeqCst);
             }
         };
-        let Some(mut job) = job else { return };
+        let Some(mut job) = job else {
+            LOCAL.with_borrow_mut(|(id, _)| *id = 0);
+            return;
+        };
         let result = read_all(&mut job);
         s.in_flight.fetch_sub(1, Ordering::Relaxed);
         job.finish(result);

@@ -19,7 +19,11 @@ pub struct Metrics {
     pub in_flight: Gauge,
     /// Reads queued or in flight in the worker pool (sampled at scrape).
     pub pool_in_flight: Gauge,
+    /// Counters of the usual statuses, resolved once (no label allocation per request).
+    common: Vec<(u16, Counter)>,
 }
+
+const COMMON_STATUSES: [u16; 8] = [200, 206, 400, 404, 416, 500, 503, 405];
 
 impl Metrics {
     pub fn new(mode: &str, reason: &str, ring_entries: u64, workers: u32) -> Self {
@@ -69,7 +73,12 @@ impl Metrics {
             "Worker mode running (1) with the reason it was chosen",
             mode_g,
         );
+        let common = COMMON_STATUSES
+            .iter()
+            .map(|&st| (st, reads.get_or_create(&status_labels(st)).clone()))
+            .collect();
         Metrics {
+            common,
             registry,
             reads,
             bytes,
@@ -86,8 +95,17 @@ impl Metrics {
     }
 
     pub fn count(&self, status: u16) {
-        self.reads
-            .get_or_create(&vec![("status".to_string(), status.to_string())])
-            .inc();
+        match self.common.iter().find(|(s, _)| *s == status) {
+            Some((_, c)) => {
+                c.inc();
+            }
+            None => {
+                self.reads.get_or_create(&status_labels(status)).inc();
+            }
+        }
     }
+}
+
+fn status_labels(status: u16) -> Labels {
+    vec![("status".to_string(), status.to_string())]
 }
