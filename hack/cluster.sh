@@ -23,15 +23,19 @@ log() { echo "cluster: $*" >&2; }
 die() { echo "cluster: error: $*" >&2; exit 1; }
 
 # --- ports -----------------------------------------------------------------------------
-# A port is ours when nothing listens on it and no other cluster claimed it. Claims are
+# A port is ours when no socket uses it and no other cluster claimed it. Claims are
 # files created with noclobber (atomic), so two `up`s racing never pick the same port;
 # a claim whose cluster dir is gone is stale and reused.
+# Ports come from below the kernel's ephemeral range: a port inside it can be taken as the
+# local end of any outgoing connection between our check and the server's bind.
 claim_port() {
   mkdir -p "$CLAIMS"
-  local p i
+  local p i lo hi
+  read -r lo _ < /proc/sys/net/ipv4/ip_local_port_range
+  hi=$((lo > 12000 ? lo : 32768)); lo=10000
   for ((i = 0; i < 200; i++)); do
-    p=$((20000 + RANDOM % 40000))
-    [[ -n $(ss -Htln "sport = :$p" 2>/dev/null) ]] && continue
+    p=$((lo + RANDOM % (hi - lo)))
+    [[ -n $(ss -Htan "sport = :$p" 2>/dev/null) ]] && continue
     if [[ -e $CLAIMS/$p ]]; then
       [[ -d $(cat "$CLAIMS/$p" 2>/dev/null) ]] && continue
       rm -f "$CLAIMS/$p"
@@ -122,6 +126,8 @@ fail() { # name message : print the component's log tail, stop everything, exit 
   release_ports
   find "$DIR" -mindepth 1 -maxdepth 1 ! -name logs -exec rm -rf {} +
   echo "cluster: logs kept in $DIR/logs" >&2
+  # A port taken between our check and the bind: worth another try with new ports.
+  grep -qs 'address already in use' "$DIR/logs/$1.log" && exit 3
   exit 1
 }
 
@@ -174,9 +180,13 @@ up() {
         alive "$n" && die "a cluster is already running in $DIR: 'hack/cluster.sh down' first (or unset RINGMASTER_CLUSTER_DIR for a second one)"
       done
     fi
+    # Reuse only an empty dir or a dead cluster's: never wipe anything else.
+    if [[ -d $DIR && -n $(ls -A "$DIR") && ! -f $DIR/cluster.env && ! -d $DIR/logs ]]; then
+      die "RINGMASTER_CLUSTER_DIR=$DIR is not empty and holds no cluster; pick another dir"
+    fi
     rm -rf "$DIR"
   else
-    DIR=$CACHE/clusters/$(date +%Y%m%d-%H%M%S)-$$
+    DIR=$CACHE/clusters/$(date +%Y%m%d-%H%M%S)-$$-$RANDOM
   fi
   mkdir -p "$DIR"
   DIR=$(cd "$DIR" && pwd)
@@ -251,7 +261,13 @@ down() {
 case ${1:-} in
   up)
     # On failure print a line that makes `eval "$(hack/cluster.sh up)"` fail too.
-    (up) || { echo "echo 'hack/cluster.sh up failed (see above)' >&2; false"; exit 1; } ;;
+    for attempt in 1 2 3; do
+      # (Not `(up) || ...`: errexit is ignored inside the left side of || .)
+      set +e; (set -e; up); rc=$?; set -e
+      ((rc == 3 && attempt < 3)) && { log "port clash, retrying with other ports"; continue; }
+      break
+    done
+    ((rc == 0)) || { echo "echo 'hack/cluster.sh up failed (see above)' >&2; false"; exit 1; } ;;
   down) down ;;
   env)
     DIR=${RINGMASTER_CLUSTER_DIR:?RINGMASTER_CLUSTER_DIR is not set}

@@ -23,6 +23,9 @@ cargo run -q --locked -p ringmaster-api --bin crdgen > "$CARGO_TARGET_DIR/crds.y
 if ! diff -u crds/ringmaster.io.yaml "$CARGO_TARGET_DIR/crds.yaml"; then
   echo "crds/ringmaster.io.yaml is stale: run 'hack/gen-crds.sh' and commit" >&2; exit 1
 fi
+if ! diff -u crds/ringmaster.io.yaml charts/ringmaster/files/crds/ringmaster.io.yaml; then
+  echo "charts/ringmaster/files/crds/ringmaster.io.yaml is stale: run 'hack/gen-crds.sh' and commit" >&2; exit 1
+fi
 
 step "unit and real-kernel tests"
 cargo test --workspace --locked --exclude ringmaster-e2e
@@ -33,6 +36,9 @@ FUZZ_SECONDS=${FUZZ_SECONDS:-20} hack/fuzz.sh
 step "build binaries for the end-to-end tests"
 cargo build --locked --workspace --bins
 cargo test --locked -p ringmaster-e2e --no-run
+
+step "OCI images without a container engine (hack/images.sh)"
+RINGMASTER_BIN_DIR="$CARGO_TARGET_DIR/debug" hack/images.sh
 
 step "control plane up (hack/cluster.sh)"
 # A cluster of our own, whatever the caller's shell has set.

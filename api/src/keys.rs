@@ -64,3 +64,11 @@ pub const AGENT_LABELS: [&str; 4] = [
     LABEL_AIO_TUNED,
     LABEL_READY,
 ];
+
+/// Hash of what the operator last applied, on each object it renders: the operator
+/// compares it with a fresh render and writes only when it differs (no hot loop).
+pub const RENDERED_HASH_ANNOTATION: &str = "ringmaster.io/rendered-hash";
+/// `app.kubernetes.io/name` of the agent pods and the objects around them.
+pub const LABEL_APP_NAME: &str = "app.kubernetes.io/name";
+/// ClusterRole the agents' ServiceAccounts are bound to (shipped by the chart, not the operator).
+pub const AGENT_CLUSTER_ROLE: &str = "ringmaster-agent";

@@ -157,4 +157,7 @@ pub mod cluster_conditions {
     pub const READY: &str = "Ready";
     pub const PROGRESSING: &str = "Progressing";
     pub const DEGRADED: &str = "Degraded";
+    /// Present while the StorageCluster is being deleted: the finalizer waits for agents
+    /// to restore their nodes, then cleans leftovers itself.
+    pub const FINALIZING: &str = "Finalizing";
 }

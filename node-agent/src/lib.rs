@@ -11,6 +11,7 @@
 //! - [`handoff`] files the privileged agent and the unprivileged reader exchange
 //! - [`reader`]  the reader process: config → probe → pool → serve, report back
 //! - [`cluster`] Kubernetes glue: watch StorageCluster, StorageNode, labels, events
+//! - [`settings`] verified aio settings for the storage service (aio.toml, aio.env)
 
 pub mod bench;
 pub mod check;
@@ -21,6 +22,7 @@ pub mod io;
 pub mod probe;
 pub mod reader;
 pub mod serve;
+pub mod settings;
 pub mod tune;
 
 /// Initialise tracing from `RUST_LOG` (default `info`), text or JSON (`RINGMASTER_LOG_FORMAT=json`).

@@ -1,8 +1,391 @@
-//! `ringmaster-agent reader`: the unprivileged reader process.
+//! `ringmaster-agent reader`: the unprivileged reader process (container `reader`).
+//!
+//! It runs under the cluster's seccomp setting, so its io_uring probe is the truth for the
+//! storage service (DESIGN.md §5: a privileged process is never seccomp-filtered). Loop:
+//! wait for `config.json` from the agent, probe io_uring with that sizing, start the read
+//! workers and HTTP read service per policy (`Required` + unsupported → worker mode
+//! `none`, nothing serves, on purpose), and write `reader.json`. When `config.json`
+//! changes (new generation), probe again and restart the workers with the new sizing.
 
-#[derive(clap::Args, Debug)]
-pub struct ReaderArgs {}
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-pub fn run(_a: ReaderArgs) -> i32 {
-    2
+use crate::handoff::{self, worker_mode, Policy, ReaderConfig, ReaderReport};
+use crate::host;
+use crate::probe::{self, ProbeParams, UringProbe};
+use crate::serve;
+
+/// Flags of `ringmaster-agent reader`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ReaderArgs {
+    /// Dir shared with the agent container (config.json in, reader.json out).
+    #[arg(long, default_value = ringmaster_api::keys::POD_STATE_DIR)]
+    pub state_dir: PathBuf,
+    /// Address of the read service (default 0.0.0.0:<readService.port from the config>).
+    #[arg(long)]
+    pub bind: Option<SocketAddr>,
+    /// Where the pod mounts the data dirs: dir `NAME` is served from `<data-root>/NAME`
+    /// instead of the host path in config.json (the operator mounts them at /data/NAME).
+    #[arg(long)]
+    pub data_root: Option<PathBuf>,
+    /// Milliseconds between checks of config.json.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(50..))]
+    pub poll_ms: u64,
+}
+
+/// How the workers will run for a probe result under a policy, and why.
+pub fn decide_mode(policy: Policy, probe: &UringProbe) -> (&'static str, String) {
+    let why = || {
+        format!(
+            "io_uring unavailable ({}{})",
+            probe.reason.as_deref().unwrap_or("unknown"),
+            probe
+                .message
+                .as_deref()
+                .map(|m| format!(": {m}"))
+                .unwrap_or_default()
+        )
+    };
+    match (policy, probe.supported) {
+        (Policy::Disabled, _) => (
+            worker_mode::PREAD,
+            "aio.ioUring is Disabled: pread thread pool".into(),
+        ),
+        (_, true) => (
+            worker_mode::IO_URING,
+            format!(
+                "io_uring works with {} ring entries per worker",
+                probe.ring_entries
+            ),
+        ),
+        (Policy::Preferred, false) => (
+            worker_mode::PREAD,
+            format!("{}; aio.ioUring is Preferred: pread thread pool", why()),
+        ),
+        (Policy::Required, false) => (
+            worker_mode::NONE,
+            format!(
+                "{}; aio.ioUring is Required: not serving (fix io_uring or set Preferred)",
+                why()
+            ),
+        ),
+    }
+}
+
+/// What the reader runs for the current config.
+enum Running {
+    /// The read workers and HTTP read service (which serves /healthz and /readyz too).
+    Service(serve::ServeHandle),
+    /// No read service on purpose (worker mode `none`, or no data dirs): only
+    /// /healthz and /readyz, so the container's probes pass.
+    Idle(tokio::sync::oneshot::Sender<()>),
+}
+
+impl Running {
+    async fn stop(self) {
+        match self {
+            Running::Service(h) => h.shutdown().await,
+            Running::Idle(stop) => {
+                let _ = stop.send(());
+            }
+        }
+    }
+}
+
+/// Start the read workers and HTTP service for `cfg`.
+async fn start_service(
+    cfg: &ReaderConfig,
+    bind: SocketAddr,
+    data_root: Option<&Path>,
+) -> anyhow::Result<serve::ServeHandle> {
+    let dirs = cfg
+        .data_dirs
+        .iter()
+        .map(|(name, host)| {
+            let path = data_root.map_or_else(|| host.clone(), |root| root.join(name));
+            (name.clone(), path)
+        })
+        .collect();
+    let mut sc = serve::ServeConfig::new(dirs, bind);
+    sc.workers = cfg.workers;
+    sc.max_events = cfg.max_events;
+    sc.policy = cfg.policy;
+    serve::start(sc).await
+}
+
+/// Health endpoints only, for a reader that deliberately serves no reads.
+async fn start_idle(bind: SocketAddr, reason: String) -> anyhow::Result<Running> {
+    use axum::routing::get;
+    let listener = tokio::net::TcpListener::bind(bind)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {bind}: {e}"))?;
+    let ready = format!("ready, not serving reads: {reason}\n");
+    let app = axum::Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(move || async move { ready }));
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = rx.await;
+            })
+            .await;
+    });
+    Ok(Running::Idle(tx))
+}
+
+fn now_rfc3339() -> String {
+    k8s_openapi::jiff::Timestamp::now().to_string()
+}
+
+/// Probe under this process's security context (blocking: rings, a temp file read).
+async fn probe(cfg: &ReaderConfig, scratch: &Path) -> (host::HostFacts, UringProbe) {
+    let params = ProbeParams {
+        max_events: cfg.max_events,
+        min_max_events: cfg.min_max_events,
+        scratch_dir: scratch.to_path_buf(),
+    };
+    tokio::task::spawn_blocking(move || (host::gather(), probe::probe_io_uring(&params)))
+        .await
+        .unwrap_or_default()
+}
+
+/// Probe and start what `cfg` asks for; the report says what runs.
+async fn apply_config(args: &ReaderArgs, cfg: &ReaderConfig) -> (ReaderReport, Option<Running>) {
+    let (facts, uring) = probe(cfg, &args.state_dir).await;
+    let (mode, mut reason) = decide_mode(cfg.policy, &uring);
+    let mut worker_mode = mode.to_string();
+    let service_configured = !cfg.data_dirs.is_empty();
+    let bind = args
+        .bind
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], cfg.port)));
+    let mut serving = false;
+    let mut listen_addr = None;
+    let mut error = None;
+    let running = if mode != worker_mode::NONE && service_configured {
+        match start_service(cfg, bind, args.data_root.as_deref()).await {
+            Ok(h) => {
+                serving = true;
+                listen_addr = Some(h.local_addr().to_string());
+                worker_mode = h.worker_mode().to_string();
+                reason = h.worker_mode_reason().to_string();
+                Some(Running::Service(h))
+            }
+            Err(e) => {
+                error = Some(format!("read service did not start on {bind}: {e:#}"));
+                None
+            }
+        }
+    } else {
+        if mode != worker_mode::NONE {
+            reason = format!("{reason}; no readService.dataDirs: read service off");
+        }
+        match start_idle(bind, reason.clone()).await {
+            Ok(r) => Some(r),
+            Err(e) => {
+                error = Some(format!("health endpoint: {e:#}"));
+                None
+            }
+        }
+    };
+    let report = ReaderReport {
+        generation: cfg.generation,
+        config_hash: cfg.config_hash.clone(),
+        host: facts,
+        io_uring: uring,
+        worker_mode,
+        worker_mode_reason: reason,
+        serving,
+        service_configured,
+        listen_addr,
+        error,
+        probed_at: now_rfc3339(),
+    };
+    (report, running)
+}
+
+/// Whether two configs ask for the same probe and read service (they may differ in
+/// generation and hash only).
+pub fn same_service(a: &ReaderConfig, b: &ReaderConfig) -> bool {
+    a.max_events == b.max_events
+        && a.min_max_events == b.min_max_events
+        && a.workers == b.workers
+        && a.policy == b.policy
+        && a.data_dirs == b.data_dirs
+        && a.port == b.port
+}
+
+/// After a failed start, try again this much later (not every poll: each attempt is a
+/// new report and so a StorageNode write).
+const RETRY_AFTER: Duration = Duration::from_secs(10);
+
+async fn reader_loop(args: ReaderArgs) -> anyhow::Result<()> {
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut current: Option<ReaderConfig> = None;
+    let mut last_report: Option<ReaderReport> = None;
+    let mut running: Option<Running> = None;
+    let mut retry_at: Option<tokio::time::Instant> = None;
+    let mut last_error: Option<String> = None;
+    let mut waiting_logged = false;
+    loop {
+        let next = match handoff::read_json::<ReaderConfig>(&args.state_dir, handoff::CONFIG_FILE) {
+            Ok(None) => {
+                if !waiting_logged {
+                    tracing::info!(dir = %args.state_dir.display(), "waiting for config.json from the agent");
+                    waiting_logged = true;
+                }
+                None
+            }
+            Err(e) => {
+                // Keep running the last good config; say so once.
+                let msg = e.to_string();
+                if last_error.as_ref() != Some(&msg) {
+                    tracing::warn!(error = %msg, "cannot read config.json; keeping the current config");
+                    last_error = Some(msg);
+                }
+                None
+            }
+            Ok(Some(cfg)) => {
+                last_error = None;
+                let changed = Some(&cfg) != current.as_ref();
+                let retry = retry_at.is_some_and(|t| tokio::time::Instant::now() >= t);
+                (changed || retry).then_some(cfg)
+            }
+        };
+        if let Some(cfg) = next {
+            let unchanged =
+                retry_at.is_none() && current.as_ref().is_some_and(|c| same_service(c, &cfg));
+            let report = match last_report.clone().filter(|_| unchanged) {
+                // Only fields the reader does not use changed (e.g. unsupportedNodes):
+                // answer the new generation without re-probing or restarting the workers.
+                Some(mut r) => {
+                    r.generation = cfg.generation;
+                    r.config_hash = cfg.config_hash.clone();
+                    r
+                }
+                None => {
+                    if let Some(r) = running.take() {
+                        r.stop().await;
+                    }
+                    let (report, r) = apply_config(&args, &cfg).await;
+                    running = r;
+                    retry_at = report
+                        .error
+                        .is_some()
+                        .then(|| tokio::time::Instant::now() + RETRY_AFTER);
+                    report
+                }
+            };
+            tracing::info!(
+                generation = report.generation,
+                supported = report.io_uring.supported,
+                reason = ?report.io_uring.reason,
+                mode = %report.worker_mode,
+                serving = report.serving,
+                error = ?report.error,
+                "reporting to the agent"
+            );
+            match handoff::write_json(&args.state_dir, handoff::READER_FILE, &report) {
+                Ok(()) => {
+                    current = Some(cfg);
+                    last_report = Some(report);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot write reader.json; retrying");
+                    retry_at = Some(tokio::time::Instant::now() + Duration::from_secs(1));
+                    current = Some(cfg);
+                }
+            }
+        }
+        tokio::select! {
+            _ = sigterm.recv() => {
+                if let Some(r) = running.take() {
+                    r.stop().await;
+                }
+                return Ok(());
+            }
+            _ = tokio::time::sleep(Duration::from_millis(args.poll_ms)) => {}
+        }
+    }
+}
+
+/// Entry point of `ringmaster-agent reader`: exit 0 on SIGTERM, 1 on a fatal error.
+pub fn run(args: ReaderArgs) -> i32 {
+    crate::init_tracing();
+    if let Err(e) = std::fs::create_dir_all(&args.state_dir) {
+        eprintln!(
+            "error: --state-dir {}: {e} (mount the emptyDir shared with the agent there)",
+            args.state_dir.display()
+        );
+        return 1;
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return 1;
+        }
+    };
+    match rt.block_on(reader_loop(args)) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probe(supported: bool) -> UringProbe {
+        UringProbe {
+            supported,
+            errno: (!supported).then_some(1),
+            reason: (!supported).then(|| "EPERM".into()),
+            ring_entries: if supported { 512 } else { 0 },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn only_service_fields_restart_the_workers() {
+        let a = ReaderConfig {
+            generation: 1,
+            config_hash: "a".into(),
+            max_events: 512,
+            min_max_events: 64,
+            workers: 8,
+            policy: Policy::Preferred,
+            data_dirs: vec![],
+            port: 7480,
+        };
+        let mut b = a.clone();
+        b.generation = 2;
+        b.config_hash = "b".into();
+        assert!(same_service(&a, &b));
+        b.max_events = 256;
+        assert!(!same_service(&a, &b));
+        let mut c = a.clone();
+        c.policy = Policy::Required;
+        assert!(!same_service(&a, &c));
+    }
+
+    #[test]
+    fn policy_decides_mode() {
+        assert_eq!(decide_mode(Policy::Preferred, &probe(true)).0, "io_uring");
+        assert_eq!(decide_mode(Policy::Required, &probe(true)).0, "io_uring");
+        assert_eq!(decide_mode(Policy::Disabled, &probe(true)).0, "pread");
+        let (m, why) = decide_mode(Policy::Preferred, &probe(false));
+        assert_eq!(m, "pread");
+        assert!(why.contains("EPERM"), "{why}");
+        let (m, why) = decide_mode(Policy::Required, &probe(false));
+        assert_eq!(m, "none");
+        assert!(why.contains("Required") && why.contains("EPERM"), "{why}");
+    }
 }

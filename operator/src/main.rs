@@ -1,1 +1,226 @@
-fn main() {}
+//! `ringmaster-operator`: turns each StorageCluster into an agent DaemonSet (plus its
+//! ServiceAccount and RBAC binding) and aggregates the agents' StorageNode reports
+//! into one status. See docs/operator.md.
+
+mod controller;
+mod finalizer;
+mod leader;
+mod metrics;
+mod render;
+mod status;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use clap::{Parser, ValueEnum};
+use kube::client::ClientBuilder;
+use kube::Config;
+use tracing::{error, info};
+
+use crate::metrics::Metrics;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Json,
+    Text,
+}
+
+/// Reconciles StorageClusters into a node-agent fleet and one honest status.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// Watch StorageClusters only in this namespace (default: all namespaces).
+    #[arg(long, env = "RINGMASTER_WATCH_NAMESPACE")]
+    namespace: Option<String>,
+    /// Namespace of the leader-election Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// Name of the leader-election Lease.
+    #[arg(long, default_value = "ringmaster-operator")]
+    lease_name: String,
+    /// Seconds a Lease stays valid without renewal (failover time after a crash).
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(2..=3600))]
+    lease_duration: u64,
+    /// Take part in leader election (`--leader-elect=false` for a single local replica).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
+    /// This replica's identity in the Lease and in Events (default: hostname-pid).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Address of the HTTP server for /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    metrics_addr: SocketAddr,
+    /// Seconds the finalizer waits for agents to restore their nodes before it removes
+    /// leftover labels and taints itself.
+    #[arg(long, default_value_t = 60)]
+    cleanup_timeout: u64,
+    /// Seconds between safety-net resyncs of a steady StorageCluster (no writes when
+    /// nothing changed).
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    resync: u64,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone)]
+struct Http {
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+}
+
+async fn metrics_handler(State(s): State<Http>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.encode(),
+    )
+}
+
+async fn readyz(State(s): State<Http>) -> impl IntoResponse {
+    if s.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ok")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting")
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,kube=warn,kube_lease_manager=warn".into());
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match format {
+        LogFormat::Json => b.json().init(),
+        LogFormat::Text => b.init(),
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_tracing(args.log_format);
+    let metrics = Arc::new(Metrics::default());
+    let ready = Arc::new(AtomicBool::new(false));
+
+    let config = Config::infer()
+        .await
+        .context("no Kubernetes config: run in a pod or set KUBECONFIG")?;
+    let client = ClientBuilder::try_from(config)
+        .context("building the Kubernetes client")?
+        .with_layer(&metrics.write_counter())
+        .build();
+
+    let app = Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .with_state(Http {
+            metrics: Arc::clone(&metrics),
+            ready: Arc::clone(&ready),
+        });
+    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("--metrics-addr {}: cannot listen", args.metrics_addr))?;
+    info!(addr = %listener.local_addr()?, "serving /metrics /healthz /readyz");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let identity = args.identity.clone().unwrap_or_else(|| {
+        format!(
+            "{}-{}",
+            hostname::get()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_else(|_| "ringmaster-operator".into()),
+            std::process::id()
+        )
+    });
+    let settings = controller::Settings {
+        namespace: args.namespace.clone(),
+        cleanup_timeout: Duration::from_secs(args.cleanup_timeout),
+        resync: Duration::from_secs(args.resync),
+        instance: identity.clone(),
+    };
+
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+
+    let mut election = None;
+    if args.leader_elect {
+        let lease = leader::LeaseSettings {
+            namespace: args.lease_namespace.clone(),
+            name: args.lease_name.clone(),
+            identity: identity.clone(),
+            duration: Duration::from_secs(args.lease_duration),
+            grace: Duration::from_secs((args.lease_duration / 3).max(1)),
+        };
+        let mut e = leader::start(client.clone(), &lease)
+            .await
+            .with_context(|| {
+                format!(
+                    "leader election on Lease {}/{} (--lease-namespace, --lease-name)",
+                    lease.namespace, lease.name
+                )
+            })?;
+        // A standby replica is healthy and ready: it serves metrics and waits.
+        ready.store(true, Ordering::Relaxed);
+        info!(%identity, "waiting to become leader");
+        tokio::select! {
+            ok = e.acquired() => if !ok { anyhow::bail!("leader election stopped before acquiring the Lease") },
+            _ = &mut shutdown => { e.release().await; return Ok(()) }
+        }
+        info!(%identity, "became leader");
+        election = Some(e);
+    }
+    ready.store(true, Ordering::Relaxed);
+    metrics.leader.set(1);
+
+    let run = controller::run(
+        client.clone(),
+        settings,
+        Arc::clone(&metrics),
+        std::future::pending(),
+    );
+    tokio::pin!(run);
+    let lost = async {
+        match election.as_mut() {
+            Some(e) => e.lost().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = &mut run => { error!("controller stopped unexpectedly"); }
+        _ = lost => {
+            metrics.leader.set(0);
+            // Never keep writing beside a new leader.
+            error!(%identity, "lost the leader Lease; exiting");
+            std::process::exit(1);
+        }
+        _ = &mut shutdown => { info!("shutting down"); }
+    }
+    metrics.leader.set(0);
+    if let Some(e) = election {
+        e.release().await;
+    }
+    Ok(())
+}

@@ -1,0 +1,333 @@
+//! The chart on its own: `helm lint --strict`, the values schema, what the templates render
+//! (hardened operator Deployment, CRDs identical to crds/). No cluster needed, helm on PATH.
+
+mod chart_support;
+
+use chart_support::{chart_dir, find, helm, parse_docs, render, repo_root, rule_set, str_of};
+
+/// Every combination users are told about lints clean: no [WARNING] or [ERROR], exit 0.
+#[test]
+fn helm_lint_strict_is_clean() {
+    let chart = chart_dir();
+    let variants: [&[&str]; 4] = [
+        &[],
+        &["storageCluster.create=true", "serviceMonitor.enabled=true"],
+        &["crds.install=false", "admissionPolicy.enabled=false", "rbac.create=false"],
+        &["operator.replicas=1", "operator.image.digest=sha256:0000000000000000000000000000000000000000000000000000000000000000"],
+    ];
+    for sets in variants {
+        let mut args = vec!["lint", "--strict", chart.as_str()];
+        for s in sets {
+            args.extend(["--set", s]);
+        }
+        let out = helm(&args).ok();
+        assert!(
+            out.contains("1 chart(s) linted, 0 chart(s) failed"),
+            "helm lint --strict {sets:?}:\n{out}"
+        );
+        for bad in ["[WARNING]", "[ERROR]"] {
+            assert!(
+                !out.contains(bad),
+                "helm lint --strict {sets:?} reports {bad}:\n{out}"
+            );
+        }
+    }
+}
+
+/// values.schema.json refuses wrong types, bad enums and unknown keys, naming the key.
+#[test]
+fn values_schema_refuses_wrong_types_and_unknown_keys() {
+    let chart = chart_dir();
+    let cases: [(&[&str], &str); 10] = [
+        (&["--set", "operator.replicas=two"], "/operator/replicas"),
+        (&["--set", "operatr.replicas=2"], "'operatr' not allowed"),
+        (&["--set", "operator.image.tga=1"], "'tga' not allowed"),
+        (&["--set", "crds.install=maybe"], "/crds/install"),
+        (&["--set", "operator.logFormat=xml"], "/operator/logFormat"),
+        (
+            &["--set-string", "operator.metrics.port=80"],
+            "/operator/metrics/port",
+        ),
+        (
+            &["--set", "operator.metrics.port=70000"],
+            "/operator/metrics/port",
+        ),
+        (
+            &["--set", "admissionPolicy.validationActions={Block}"],
+            "/admissionPolicy/validationActions/0",
+        ),
+        (
+            &["--set", "storageCluster.name=Not_A_Name"],
+            "/storageCluster/name",
+        ),
+        (
+            &["--set", "operator.cleanupTimeoutSeconds=soon"],
+            "/operator/cleanupTimeoutSeconds",
+        ),
+    ];
+    for (sets, field) in cases {
+        let mut args = vec!["template", "t", chart.as_str(), "--kube-version", "1.33.0"];
+        args.extend(sets);
+        let err = helm(&args).err();
+        assert!(
+            err.contains("values don't meet the specifications of the schema")
+                && err.contains(field),
+            "{sets:?}: expected a schema error naming {field:?}, got:\n{err}"
+        );
+    }
+}
+
+/// The operator runs hardened: non-root, read-only root, no capabilities, RuntimeDefault
+/// seccomp, probes on /healthz and /readyz, leader election on a Lease in its namespace.
+#[test]
+fn operator_deployment_is_hardened() {
+    let docs = render("ringmaster", "ringmaster-system", &["operator.replicas=3"]);
+    let dep = find(&docs, "Deployment", "ringmaster-operator");
+    let pod = &dep["spec"]["template"]["spec"];
+    assert_eq!(dep["spec"]["replicas"], 3);
+    assert_eq!(pod["serviceAccountName"], "ringmaster-operator");
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    let c = &pod["containers"][0];
+    let sc = &c["securityContext"];
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["runAsNonRoot"], true);
+    assert_eq!(sc["capabilities"]["drop"][0], "ALL");
+    assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault");
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(
+        c["image"],
+        "ghcr.io/ringmaster-io/ringmaster-operator:0.1.0"
+    );
+    let args: Vec<String> = c["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(str_of)
+        .collect();
+    for want in [
+        "--lease-namespace=ringmaster-system",
+        "--metrics-addr=0.0.0.0:8080",
+        "--log-format=json",
+        "--cleanup-timeout=60",
+        "--lease-name=ringmaster-operator",
+    ] {
+        assert!(
+            args.iter().any(|a| a == want),
+            "operator args {args:?} lack {want}"
+        );
+    }
+    assert!(
+        c["resources"]["limits"]["memory"].is_string(),
+        "operator has no memory limit"
+    );
+    let role = find(&docs, "ClusterRole", "ringmaster-operator-leader-election");
+    assert_eq!(role["rules"][0]["resources"][0], "leases");
+    let binding = find(&docs, "RoleBinding", "ringmaster-operator-leader-election");
+    assert_eq!(binding["metadata"]["namespace"], "ringmaster-system");
+    assert_eq!(
+        binding["roleRef"]["name"],
+        "ringmaster-operator-leader-election"
+    );
+    // An image digest wins over the tag.
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    let docs = render(
+        "ringmaster",
+        "x",
+        &[&format!("operator.image.digest={digest}")],
+    );
+    let c = &find(&docs, "Deployment", "ringmaster-operator")["spec"]["template"]["spec"]
+        ["containers"][0];
+    assert_eq!(
+        str_of(&c["image"]),
+        format!("ghcr.io/ringmaster-io/ringmaster-operator@{digest}")
+    );
+}
+
+/// The chart's CRDs are crds/ringmaster.io.yaml exactly, plus the keep policy and labels;
+/// `crds.install=false` renders none.
+#[test]
+fn chart_crds_are_the_repository_crds() {
+    let want = parse_docs(
+        &std::fs::read_to_string(repo_root().join("crds/ringmaster.io.yaml")).expect("crds/"),
+    );
+    let docs = render("ringmaster", "default", &[]);
+    let mut got: Vec<_> = docs
+        .iter()
+        .filter(|d| d["kind"] == "CustomResourceDefinition")
+        .cloned()
+        .collect();
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "rendered {} CRDs, crds/ has {}",
+        got.len(),
+        want.len()
+    );
+    for crd in &mut got {
+        let meta = crd["metadata"].as_mapping_mut().unwrap();
+        let ann = meta.remove("annotations").expect("CRD annotations");
+        assert_eq!(ann["helm.sh/resource-policy"], "keep");
+        let labels = meta.remove("labels").expect("CRD labels");
+        assert_eq!(labels["app.kubernetes.io/managed-by"], "Helm");
+    }
+    assert_eq!(
+        got, want,
+        "the chart's CRDs differ from crds/ringmaster.io.yaml: run hack/gen-crds.sh"
+    );
+    let docs = render("ringmaster", "default", &["crds.install=false"]);
+    assert!(!docs.iter().any(|d| d["kind"] == "CustomResourceDefinition"));
+    let docs = render("ringmaster", "default", &["crds.keep=false"]);
+    let crd = find(
+        &docs,
+        "CustomResourceDefinition",
+        "storagenodes.ringmaster.io",
+    );
+    assert_eq!(
+        crd["metadata"]["annotations"]["helm.sh/resource-policy"],
+        "delete"
+    );
+}
+
+/// Optional parts appear only when asked for: the ServiceMonitor only when its CRD is
+/// served, the default StorageCluster as a post-install hook with the agent image filled in.
+#[test]
+fn optional_objects_render_only_when_enabled() {
+    let docs = render("ringmaster", "rm", &[]);
+    for kind in ["ServiceMonitor", "StorageCluster"] {
+        assert!(
+            !docs.iter().any(|d| d["kind"] == kind),
+            "{kind} rendered by default"
+        );
+    }
+    // Enabled, but the cluster serves no ServiceMonitor: none (NOTES warns).
+    let docs = render("ringmaster", "rm", &["serviceMonitor.enabled=true"]);
+    assert!(!docs.iter().any(|d| d["kind"] == "ServiceMonitor"));
+    let chart = chart_dir();
+    let out = helm([
+        "template",
+        "ringmaster",
+        chart.as_str(),
+        "-n",
+        "rm",
+        "--kube-version",
+        "1.33.0",
+        "--api-versions",
+        "monitoring.coreos.com/v1/ServiceMonitor",
+        "--set",
+        "serviceMonitor.enabled=true",
+    ])
+    .ok();
+    let docs = parse_docs(&out);
+    let sm = find(&docs, "ServiceMonitor", "ringmaster-operator");
+    assert_eq!(sm["spec"]["endpoints"][0]["port"], "metrics");
+    find(&docs, "Service", "ringmaster-operator-metrics");
+
+    let docs = render(
+        "ringmaster",
+        "rm",
+        &[
+            "storageCluster.create=true",
+            "storageCluster.spec.aio.workers=32",
+            "agent.image.tag=9.9",
+        ],
+    );
+    let stc = find(&docs, "StorageCluster", "default");
+    assert_eq!(stc["metadata"]["namespace"], "rm");
+    assert_eq!(
+        stc["metadata"]["annotations"]["helm.sh/hook"],
+        "post-install"
+    );
+    assert_eq!(stc["spec"]["aio"]["workers"], 32);
+    assert_eq!(
+        stc["spec"]["agent"]["image"],
+        "ghcr.io/ringmaster-io/ringmaster-agent:9.9"
+    );
+    let docs = render(
+        "ringmaster",
+        "rm",
+        &[
+            "storageCluster.create=true",
+            "storageCluster.spec.agent.image=reg/agent:1",
+        ],
+    );
+    assert_eq!(
+        find(&docs, "StorageCluster", "default")["spec"]["agent"]["image"],
+        "reg/agent:1"
+    );
+}
+
+/// The chart ships the operator's and the agent's RBAC exactly as operator/rbac/ defines it
+/// (a verbatim copy, rendered under the release's names); the agent role adds only the
+/// marker verb the admission policy recognises agents by.
+#[test]
+fn chart_rbac_is_the_operator_rbac() {
+    let root = repo_root();
+    for file in ["operator-clusterrole.yaml", "agent-clusterrole.yaml"] {
+        let src =
+            std::fs::read_to_string(root.join("operator/rbac").join(file)).expect("operator/rbac");
+        let copy = std::fs::read_to_string(root.join("charts/ringmaster/files/rbac").join(file))
+            .unwrap_or_default();
+        assert_eq!(
+            copy, src,
+            "charts/ringmaster/files/rbac/{file} differs from operator/rbac/{file}: run hack/gen-crds.sh"
+        );
+    }
+    let source = |file: &str| {
+        parse_docs(&std::fs::read_to_string(root.join("operator/rbac").join(file)).unwrap())
+    };
+    let docs = render("ringmaster", "ringmaster-system", &[]);
+    for want in source("operator-clusterrole.yaml") {
+        let name = str_of(&want["metadata"]["name"]);
+        let got = find(&docs, "ClusterRole", &name);
+        assert_eq!(
+            rule_set(&got["rules"]),
+            rule_set(&want["rules"]),
+            "ClusterRole {name}"
+        );
+    }
+    let want = &source("agent-clusterrole.yaml")[0];
+    let got = find(&docs, "ClusterRole", "ringmaster-agent");
+    let mut want_rules = rule_set(&want["rules"]);
+    want_rules.insert(
+        ("ringmaster.io".into(), "storagenodes".into(), String::new()),
+        {
+            let mut v = want_rules
+                .get(&("ringmaster.io".into(), "storagenodes".into(), String::new()))
+                .cloned()
+                .unwrap_or_default();
+            v.push("ringmaster-agent".into());
+            v.sort();
+            v
+        },
+    );
+    assert_eq!(
+        rule_set(&got["rules"]),
+        want_rules,
+        "ClusterRole ringmaster-agent"
+    );
+    // The operator may bind the agent role and nothing else.
+    let op = find(&docs, "ClusterRole", "ringmaster-operator");
+    let binds: Vec<_> = rule_set(&op["rules"])
+        .into_iter()
+        .filter(|(_, verbs)| {
+            verbs
+                .iter()
+                .any(|v| v == "bind" || v == "escalate" || v == "*")
+        })
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(
+        binds,
+        vec![(
+            "rbac.authorization.k8s.io".to_string(),
+            "clusterroles".to_string(),
+            "ringmaster-agent".to_string()
+        )]
+    );
+}

@@ -1,0 +1,376 @@
+//! Faults and concurrency: the operator SIGKILLed mid-reconcile and restarted converges;
+//! two replicas elect one leader on the Lease (the standby writes nothing) and the
+//! standby takes over when the leader dies; two StorageClusters on the same nodes make the
+//! later one Degraded/NodeConflict; an API server restart does not lose the watches.
+
+mod operator_support;
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::{DeleteParams, ListParams};
+use kube::{Api, ResourceExt};
+use operator_support::*;
+use ringmaster_api::{cluster_conditions as cc, keys, StorageCluster};
+use ringmaster_e2e::{
+    client, install_crds, kubectl, unique_name, wait_for, FakeNode, TestNamespace,
+};
+use serde_json::json;
+
+const T: Duration = Duration::from_secs(60);
+
+#[tokio::test]
+async fn killed_mid_reconcile_then_restarted_converges() {
+    let c = client().await;
+    install_crds(&c).await;
+    let ns = TestNamespace::create(&c, "op-kill").await;
+    let n = ns.name().to_string();
+    let id = OperatorIdentity::create(&ns);
+    let pool = unique_name("pool");
+    let names: Vec<String> = (1..=2).map(|i| unique_name(&format!("kill{i}"))).collect();
+    let mut handles = Vec::new();
+    for name in &names {
+        handles.push(
+            FakeNode::new(name)
+                .label("ringmaster-e2e/pool", &pool)
+                .create(&c)
+                .await,
+        );
+    }
+    let nodes: Vec<&str> = names.iter().map(String::as_str).collect();
+
+    let mut first = start_operator(&id, "kill-op-1", &[]);
+    first.process.wait_for_log(T, "became leader").await;
+    create_cluster(&c, cluster_manifest(&n, "crash", &pool, json!({}))).await;
+    // Kill it right after its first write of the reconcile (ServiceAccount applied,
+    // DaemonSet and status possibly not yet).
+    first
+        .process
+        .wait_for_log(T, "applied ServiceAccount")
+        .await;
+    first.process.kill();
+
+    // A new replica (another identity: it must wait for the dead one's Lease to expire).
+    let mut second = start_operator(&id, "kill-op-2", &[]);
+    let pods = wait_agent_pods(&c, &n, "crash", &nodes).await;
+    for node in &nodes {
+        let a = agent_client(&n, "crash", &pods[*node]).await;
+        report(&a, &n, "crash", node, &Report::ok(1)).await;
+    }
+    let sc = wait_status(&c, &n, "crash", "converged after the restart", T, |sc| {
+        anyhow::ensure!(
+            counts(sc) == (2, 2, 2, 2, 0, 2, 2),
+            "counts {:?}",
+            counts(sc)
+        );
+        anyhow::ensure!(cond(sc, cc::READY).unwrap().status == "True", "not Ready");
+        Ok(())
+    })
+    .await;
+    assert_eq!(
+        sc.finalizers()
+            .iter()
+            .filter(|f| *f == keys::FINALIZER)
+            .count(),
+        1,
+        "finalizer exactly once"
+    );
+    let dss = Api::<DaemonSet>::namespaced(c.clone(), &n)
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    assert_eq!(dss.items.len(), 1, "one DaemonSet");
+    second.process.assert_running();
+    assert!(second.is_leader());
+    drop(handles);
+}
+
+#[tokio::test]
+async fn two_replicas_elect_one_leader_and_fail_over() {
+    let c = client().await;
+    install_crds(&c).await;
+    let ns = TestNamespace::create(&c, "op-lease").await;
+    let n = ns.name().to_string();
+    let id = OperatorIdentity::create(&ns);
+    let pool = unique_name("pool");
+    let name = unique_name("lease");
+    let _h = FakeNode::new(&name)
+        .label("ringmaster-e2e/pool", &pool)
+        .create(&c)
+        .await;
+
+    let mut a = start_operator(&id, "replica-a", &[]);
+    let mut b = start_operator(&id, "replica-b", &[]);
+    let leases: Api<Lease> = Api::namespaced(c.clone(), &n);
+    let holder = wait_for(T, "one replica holds the Lease", || async {
+        let l = leases.get("ringmaster-operator").await?;
+        let h = l.spec.and_then(|s| s.holder_identity).unwrap_or_default();
+        anyhow::ensure!(!h.is_empty(), "no holder");
+        Ok(h)
+    })
+    .await;
+    create_cluster(&c, cluster_manifest(&n, "ha", &pool, json!({}))).await;
+    wait_agent_pods(&c, &n, "ha", &[&name]).await;
+    wait_status(&c, &n, "ha", "status from the leader", T, |sc| {
+        anyhow::ensure!(counts(sc).0 == 1, "counts {:?}", counts(sc));
+        Ok(())
+    })
+    .await;
+    let (leader, standby) = if holder == "replica-a" {
+        (&mut a, &mut b)
+    } else {
+        (&mut b, &mut a)
+    };
+    assert!(
+        leader.is_leader(),
+        "{} holds the Lease but says it does not lead",
+        leader.identity
+    );
+    assert!(!standby.is_leader(), "two leaders");
+    for r in [&*leader, &*standby] {
+        assert_eq!(
+            http_get(r.port, "/readyz").unwrap().0,
+            200,
+            "{} ready",
+            r.identity
+        );
+        assert_eq!(
+            http_get(r.port, "/healthz").unwrap().0,
+            200,
+            "{} healthy",
+            r.identity
+        );
+    }
+    assert!(leader.writes() > 0);
+    assert_eq!(
+        standby.writes(),
+        0,
+        "the standby wrote:\n{}",
+        standby.write_breakdown()
+    );
+
+    // The leader dies without releasing the Lease: the standby takes over.
+    leader.process.kill();
+    let standby_id = standby.identity.clone();
+    wait_for(
+        Duration::from_secs(30),
+        "standby acquires the Lease",
+        || async {
+            let l = leases.get("ringmaster-operator").await?;
+            let h = l.spec.and_then(|s| s.holder_identity).unwrap_or_default();
+            anyhow::ensure!(h == standby_id, "holder {h}");
+            Ok(())
+        },
+    )
+    .await;
+    patch_spec(&c, &n, "ha", json!({"aio": {"workers": 4}})).await;
+    wait_status(
+        &c,
+        &n,
+        "ha",
+        "the new leader reconciles generation 2",
+        T,
+        |sc| {
+            anyhow::ensure!(
+                sc.status.as_ref().unwrap().observed_generation == Some(2),
+                "not yet"
+            );
+            Ok(())
+        },
+    )
+    .await;
+    assert!(standby.is_leader());
+    standby.process.assert_running();
+}
+
+#[tokio::test]
+async fn later_cluster_on_the_same_nodes_is_degraded_node_conflict() {
+    let c = client().await;
+    install_crds(&c).await;
+    let ns = TestNamespace::create(&c, "op-conflict").await;
+    let n = ns.name().to_string();
+    let id = OperatorIdentity::create(&ns);
+    let pool = unique_name("pool");
+    let names: Vec<String> = (1..=2).map(|i| unique_name(&format!("cf{i}"))).collect();
+    let mut handles = Vec::new();
+    for name in &names {
+        handles.push(
+            FakeNode::new(name)
+                .label("ringmaster-e2e/pool", &pool)
+                .create(&c)
+                .await,
+        );
+    }
+    let _op = start_operator(&id, "conflict-op", &["--cleanup-timeout", "1"]);
+    create_cluster(&c, cluster_manifest(&n, "first", &pool, json!({}))).await;
+    wait_status(&c, &n, "first", "first selects 2", T, |sc| {
+        anyhow::ensure!(counts(sc).0 == 2, "counts {:?}", counts(sc));
+        Ok(())
+    })
+    .await;
+    // creationTimestamp has second resolution: make "later" unambiguous.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    create_cluster(&c, cluster_manifest(&n, "second", &pool, json!({}))).await;
+    let sc = wait_status(&c, &n, "second", "second Degraded NodeConflict", T, |sc| {
+        let d = cond(sc, cc::DEGRADED).ok_or_else(|| anyhow::anyhow!("no Degraded"))?;
+        anyhow::ensure!(
+            d.status == "True" && d.reason == "NodeConflict",
+            "{} {}",
+            d.status,
+            d.reason
+        );
+        Ok(())
+    })
+    .await;
+    let msg = &cond(&sc, cc::DEGRADED).unwrap().message;
+    assert!(
+        msg.contains(&format!("older StorageCluster {n}/first")),
+        "{msg}"
+    );
+    assert!(msg.contains(&names[0]) && msg.contains(&names[1]), "{msg}");
+    assert!(msg.contains("spec.nodeSelector"), "{msg}");
+    wait_event(&n, "second", "NodeConflict").await;
+    let first = Api::<StorageCluster>::namespaced(c.clone(), &n)
+        .get("first")
+        .await
+        .unwrap();
+    assert_eq!(
+        cond(&first, cc::DEGRADED).unwrap().status,
+        "False",
+        "the older cluster keeps its nodes"
+    );
+
+    // The older one goes: the conflict clears without any change to "second".
+    Api::<StorageCluster>::namespaced(c.clone(), &n)
+        .delete("first", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_status(&c, &n, "second", "conflict cleared", T, |sc| {
+        let d = cond(sc, cc::DEGRADED).unwrap();
+        anyhow::ensure!(d.status == "False", "{} {}", d.status, d.reason);
+        Ok(())
+    })
+    .await;
+    drop(handles);
+}
+
+/// Restarts the kube-apiserver that hack/cluster.sh started (same command line), and
+/// waits until it serves again.
+fn restart_apiserver() {
+    let dir = std::env::var("RINGMASTER_CLUSTER_DIR")
+        .expect("RINGMASTER_CLUSTER_DIR (set by eval \"$(hack/cluster.sh up)\") is needed to restart the API server");
+    let pid_file = format!("{dir}/pids/kube-apiserver");
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap_or_else(|e| panic!("{pid_file}: {e}"))
+        .trim()
+        .parse()
+        .unwrap();
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("apiserver cmdline");
+    let argv: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect();
+    let stopped = || {
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| s.contains(") Z "))
+                .unwrap_or(true)
+    };
+    let wait = |tenths: u32| {
+        (0..tenths).any(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            stopped()
+        })
+    };
+    // SAFETY: signalling the API server process the cluster script started. Its graceful
+    // shutdown drains watches for up to a minute: after 5 s it is killed (a crash).
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let gone = wait(50) || {
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        wait(100)
+    };
+    assert!(gone, "kube-apiserver {pid} did not stop");
+    let log = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(format!("{dir}/logs/kube-apiserver.log"))
+        .unwrap();
+    let child = std::process::Command::new("setsid")
+        .args(&argv)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("restarting kube-apiserver");
+    // setsid execs the server in place: the child pid is the server's.
+    std::fs::write(&pid_file, format!("{}\n", child.id())).unwrap();
+    std::mem::forget(child);
+    ringmaster_e2e::wait_for_sync(
+        Duration::from_secs(120),
+        "kube-apiserver /readyz after restart",
+        || {
+            let out = kubectl(["get", "--raw", "/readyz"]);
+            anyhow::ensure!(out.success(), "{}", out.stderr);
+            Ok(())
+        },
+    );
+}
+
+#[tokio::test]
+async fn apiserver_restart_watches_recover() {
+    let c = client().await;
+    install_crds(&c).await;
+    let ns = TestNamespace::create(&c, "op-apisrv").await;
+    let n = ns.name().to_string();
+    let id = OperatorIdentity::create(&ns);
+    let pool = unique_name("pool");
+    let name = unique_name("apisrv");
+    let _h = FakeNode::new(&name)
+        .label("ringmaster-e2e/pool", &pool)
+        .create(&c)
+        .await;
+    let mut op = start_operator(&id, "apisrv-op", &["--lease-duration", "30"]);
+    create_cluster(&c, cluster_manifest(&n, "survive", &pool, json!({}))).await;
+    let pods = wait_agent_pods(&c, &n, "survive", &[&name]).await;
+    let a = agent_client(&n, "survive", &pods[&name]).await;
+    report(&a, &n, "survive", &name, &Report::ok(1)).await;
+    wait_status(&c, &n, "survive", "reporting before the restart", T, |sc| {
+        anyhow::ensure!(counts(sc).1 == 1, "counts {:?}", counts(sc));
+        Ok(())
+    })
+    .await;
+
+    restart_apiserver();
+
+    // Every watch must have come back: a spec change (StorageCluster watch) and a
+    // report (StorageNode watch) both reach the status.
+    let c = client().await;
+    patch_spec(&c, &n, "survive", json!({"aio": {"ioUring": "Required"}})).await;
+    let a = agent_client(&n, "survive", &pods[&name]).await;
+    report(&a, &n, "survive", &name, &Report::failing(2, "EPERM", 1)).await;
+    wait_status(
+        &c,
+        &n,
+        "survive",
+        "status after the restart",
+        Duration::from_secs(90),
+        |sc| {
+            anyhow::ensure!(
+                sc.status.as_ref().unwrap().observed_generation == Some(2),
+                "generation not observed"
+            );
+            anyhow::ensure!(
+                counts(sc).4 == 1 && counts(sc).6 == 1,
+                "counts {:?}",
+                counts(sc)
+            );
+            let d = cond(sc, cc::DEGRADED).unwrap();
+            anyhow::ensure!(d.reason == "IoUringUnsupported", "Degraded {}", d.reason);
+            Ok(())
+        },
+    )
+    .await;
+    op.process.assert_running();
+}

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Operator benchmark (not a test): N kwok nodes (default 1000) whose StorageNode reports are
+# written by a load driver (operator/examples/bench_load.rs) as fast as the API server takes
+# them. For a StorageCluster's creation and for a spec change it prints the time until the
+# operator's status is converged (observedGeneration current, desired = reporting = ready =
+# upToDate = N) against the time the driver, a bare client, needed for the same writes, as a
+# ratio (target <= 1.5), the operator's API writes, and its peak RSS (target <= 64 MiB).
+#
+#   hack/bench-operator.sh [N]        # starts (and stops) its own control plane
+# Env: BENCH_PROFILE=release|debug (default release: the operator as shipped).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${1:-1000}
+PROFILE=${BENCH_PROFILE:-release}
+NS=bench
+POOL=bench
+log() { echo "bench-operator: $*" >&2; }
+
+if [[ $PROFILE == release ]]; then FLAG=--release; else FLAG=; fi
+cargo build -q $FLAG -p ringmaster-operator --bin ringmaster-operator --example bench_load
+TARGET=${CARGO_TARGET_DIR:-target}/$PROFILE
+OP_BIN=$TARGET/ringmaster-operator LOAD=$TARGET/examples/bench_load
+
+unset RINGMASTER_CLUSTER_DIR
+eval "$(hack/cluster.sh up)"
+OP_PID=
+cleanup() { if [[ -n $OP_PID ]]; then kill "$OP_PID" 2>/dev/null || true; fi; hack/cluster.sh down >/dev/null 2>&1 || true; }
+trap cleanup EXIT
+
+kubectl apply --server-side -f crds/ >/dev/null
+kubectl create namespace $NS >/dev/null
+log "creating $N kwok nodes"
+"$LOAD" nodes --count "$N" --pool $POOL
+kubectl wait --for=condition=Ready nodes -l ringmaster-bench/pool=$POOL --timeout=600s >/dev/null
+
+PORT=$((20000 + RANDOM % 20000))
+RINGMASTER_OPERATOR_BIN=$OP_BIN RINGMASTER_OPERATOR_METRICS_ADDR=127.0.0.1:$PORT \
+  hack/run-operator.sh --namespace $NS --leader-elect=false --log-format json >"$RINGMASTER_CLUSTER_DIR/logs/operator.log" 2>&1 &
+RUN_PID=$!
+for _ in $(seq 300); do OP_PID=$(pgrep -P $RUN_PID -f -- "^$OP_BIN " || true); [[ -n $OP_PID ]] && break; sleep 0.2; done
+[[ -n $OP_PID ]] || { log "operator did not start"; cat "$RINGMASTER_CLUSTER_DIR/logs/operator.log"; exit 1; }
+until curl -sf 127.0.0.1:$PORT/readyz >/dev/null; do sleep 0.2; done
+writes() { curl -s 127.0.0.1:$PORT/metrics | awk '/^ringmaster_operator_api_writes_total/ && !/leases/ {s+=$NF} END {print s+0}'; }
+
+phase() { # name generation  (the StorageCluster change was just made)
+  local name=$1 gen=$2 t0 w0 out conv wr
+  w0=$(writes)
+  "$LOAD" wait --namespace $NS --cluster bench --count "$N" --generation "$gen" > /tmp/bench-wait.$$ &
+  local wait_pid=$!
+  out=$("$LOAD" report --count "$N" --pool $POOL --namespace $NS --cluster bench --generation "$gen")
+  wait $wait_pid
+  conv=$(sed -n 's/converged after \(.*\)s/\1/p' /tmp/bench-wait.$$); rm -f /tmp/bench-wait.$$
+  wr=$(echo "$out" | sed -n 's/writes: \([0-9]*\) in \(.*\)s/\2/p')
+  local nwrites; nwrites=$(echo "$out" | sed -n 's/writes: \([0-9]*\) in .*/\1/p')
+  printf '%s: nodes=%d driver_writes=%d bare_client=%.2fs converged=%.2fs ratio=%.2f operator_writes=%d\n' \
+    "$name" "$N" "$nwrites" "$wr" "$conv" "$(echo "$conv / $wr" | bc -l)" "$(( $(writes) - w0 ))"
+}
+
+cat <<YAML | kubectl apply -f - >/dev/null
+apiVersion: ringmaster.io/v1alpha1
+kind: StorageCluster
+metadata: {name: bench, namespace: $NS}
+spec:
+  nodeSelector: {ringmaster-bench/pool: $POOL}
+  tolerations: [{key: kwok.x-k8s.io/node, operator: Exists, effect: NoSchedule}]
+YAML
+phase "create" 1
+kubectl -n $NS patch stc bench --type merge -p '{"spec":{"aio":{"maxEvents":1024}}}' >/dev/null
+phase "spec change" 2
+log "waiting for the DaemonSet rollout to finish before the steady window"
+kubectl -n $NS rollout status ds/bench-agent --timeout=900s >/dev/null
+sleep 5
+w0=$(writes); sleep 30
+echo "steady 30s: operator_writes=$(( $(writes) - w0 ))"
+echo "operator peak RSS: $(awk '/VmHWM/ {printf "%.1f MiB", $2/1024}' /proc/$OP_PID/status) (profile $PROFILE)"

@@ -1,0 +1,506 @@
+//! The agent loop: watch the StorageCluster, and on every change, reader report or resync
+//! tick run one pass — tune, hand the config to the reader, read its verdict, label and
+//! taint the Node, write the StorageNode and the service settings, announce transitions.
+//! When the cluster is being deleted, clean up instead (labels, taint, sysctl restore,
+//! settings) and mark the StorageNode `Restored`. Errors become conditions, events and
+//! retries; nothing in a pass makes the process exit.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, ObjectReference};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::Api;
+use kube::runtime::watcher::{self, watcher};
+use kube::runtime::WatchStreamExt;
+use kube::{Client, ResourceExt};
+use ringmaster_api::node_conditions as cond;
+use ringmaster_api::{StorageCluster, StorageNode, StorageNodeStatus};
+use tokio::sync::watch;
+
+use super::desired::Desired;
+use super::events::{self, Announced, NodeEvents, Transition};
+use super::http::{self, Health};
+use super::labels;
+use super::node;
+use super::report::{self, Observation};
+use super::tuning::AioTuner;
+use super::RunArgs;
+use crate::handoff::{self, ReaderConfig, ReaderReport};
+use crate::settings;
+
+/// What the watch knows about the StorageCluster.
+#[derive(Clone, Debug)]
+enum ClusterState {
+    /// Not listed yet.
+    Unknown,
+    Present(Box<StorageCluster>),
+    Absent,
+}
+
+/// Watch one StorageCluster by name, publishing its latest state.
+fn watch_cluster(client: Client, ns: &str, name: &str) -> watch::Receiver<ClusterState> {
+    let (tx, rx) = watch::channel(ClusterState::Unknown);
+    let api: Api<StorageCluster> = Api::namespaced(client, ns);
+    let cfg = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let name = name.to_string();
+    tokio::spawn(async move {
+        let mut stream = watcher(api, cfg).default_backoff().boxed();
+        let mut seen_in_init = false;
+        while let Some(ev) = stream.next().await {
+            match ev {
+                Ok(watcher::Event::Apply(sc)) | Ok(watcher::Event::InitApply(sc)) => {
+                    seen_in_init = true;
+                    let _ = tx.send(ClusterState::Present(Box::new(sc)));
+                }
+                Ok(watcher::Event::Delete(_)) => {
+                    let _ = tx.send(ClusterState::Absent);
+                }
+                Ok(watcher::Event::Init) => seen_in_init = false,
+                Ok(watcher::Event::InitDone) => {
+                    if !seen_in_init {
+                        let _ = tx.send(ClusterState::Absent);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, cluster = %name, "StorageCluster watch failed; retrying")
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// The agent's memory between passes.
+struct Agent {
+    args: RunArgs,
+    cluster_ref: String,
+    nodes: Api<Node>,
+    storage_nodes: Api<StorageNode>,
+    tuner: AioTuner,
+    events: NodeEvents,
+    health: Arc<Health>,
+    kernel: String,
+    announced: Option<Announced>,
+    /// Generation and hash last fully applied (reader answered, tuning pass done).
+    applied: Option<(i64, String)>,
+    /// Last config handed to the reader.
+    config_written: Option<ReaderConfig>,
+    /// The last cluster seen, for cleanup when it vanishes without a deletionTimestamp seen.
+    last_desired: Option<Desired>,
+    /// uid of the cluster already cleaned up (events and Restored once per incarnation).
+    cleaned_uid: Option<String>,
+    node_missing_announced: bool,
+    reader_error_announced: Option<String>,
+}
+
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let (ns, name) = args.cluster.clone();
+    std::fs::create_dir_all(&args.state_dir).with_context(|| {
+        format!(
+            "--state-dir {}: cannot create it (mount the shared emptyDir there)",
+            args.state_dir.display()
+        )
+    })?;
+    let health = Health::new(Duration::from_secs(args.resync_seconds * 4 + 60));
+    let addr = SocketAddr::new(args.http_addr, args.http_port);
+    let bound = http::serve(addr, health.clone()).await?;
+    tracing::info!(%bound, node = %args.node_name, cluster = %format!("{ns}/{name}"), "agent HTTP endpoint listening");
+    let _ = std::fs::write(args.state_dir.join("agent.addr"), bound.to_string());
+
+    if !args.seccomp_profile_dir.as_os_str().is_empty() {
+        match super::seccomp::install(&args.seccomp_profile_dir) {
+            Ok(p) => tracing::info!(path = %p.display(), "installed the Localhost seccomp profile"),
+            Err(e) => tracing::warn!(
+                error = %e,
+                dir = %args.seccomp_profile_dir.display(),
+                "cannot install the Localhost seccomp profile (mount the kubelet seccomp dir, or ignore if seccomp.type is not Localhost)"
+            ),
+        }
+    }
+
+    let client = Client::try_default()
+        .await
+        .context("no Kubernetes client config: run in a pod (in-cluster) or set KUBECONFIG")?;
+    let mut cluster_rx = watch_cluster(client.clone(), &ns, &name);
+    let kernel = rustix::system::uname()
+        .release()
+        .to_string_lossy()
+        .into_owned();
+    let mut agent = Agent {
+        cluster_ref: format!("{ns}/{name}"),
+        nodes: Api::all(client.clone()),
+        storage_nodes: Api::all(client.clone()),
+        tuner: AioTuner {
+            host_state_dir: args.host_state_dir.clone(),
+            sysctl_d_dir: args.sysctl_d_dir.clone(),
+        },
+        events: NodeEvents::new(client.clone(), &args.node_name),
+        health: health.clone(),
+        kernel,
+        announced: None,
+        applied: None,
+        config_written: None,
+        last_desired: None,
+        cleaned_uid: None,
+        node_missing_announced: false,
+        reader_error_announced: None,
+        args,
+    };
+
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut poll = tokio::time::interval(Duration::from_millis(agent.args.reader_poll_ms));
+    let resync = Duration::from_secs(agent.args.resync_seconds);
+    let mut next_pass = tokio::time::Instant::now();
+    let mut last_reader_bytes: Option<Vec<u8>> = None;
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => {
+                // A rolling update: leave labels, taint and sysctl as they are.
+                tracing::info!("SIGTERM: exiting without cleanup (cleanup happens only when the StorageCluster is deleted)");
+                return Ok(());
+            }
+            r = cluster_rx.changed() => {
+                if r.is_err() { anyhow::bail!("StorageCluster watch ended"); }
+                next_pass = tokio::time::Instant::now();
+            }
+            _ = poll.tick() => {
+                let bytes = std::fs::read(agent.args.state_dir.join(handoff::READER_FILE)).ok();
+                if bytes != last_reader_bytes {
+                    last_reader_bytes = bytes;
+                    next_pass = tokio::time::Instant::now();
+                }
+            }
+        }
+        if tokio::time::Instant::now() < next_pass {
+            continue;
+        }
+        let state = cluster_rx.borrow_and_update().clone();
+        health.metrics.passes.inc();
+        match agent.pass(state).await {
+            Ok(()) => next_pass = tokio::time::Instant::now() + resync,
+            Err(e) => {
+                health.metrics.pass_errors.inc();
+                tracing::warn!(error = %format!("{e:#}"), "agent pass failed; retrying in 2s");
+                next_pass = tokio::time::Instant::now() + Duration::from_secs(2);
+            }
+        }
+        health.pass_done();
+    }
+}
+
+impl Agent {
+    async fn pass(&mut self, state: ClusterState) -> anyhow::Result<()> {
+        match state {
+            ClusterState::Unknown => {
+                self.health.set_ready(
+                    false,
+                    format!("listing StorageCluster {}", self.cluster_ref),
+                );
+                Ok(())
+            }
+            ClusterState::Absent => match self.last_desired.clone() {
+                // Deleted without us seeing a deletionTimestamp (no finalizer): clean up all the same.
+                Some(d) => self.cleanup(&d).await,
+                None => {
+                    self.health.set_ready(
+                        false,
+                        format!("StorageCluster {} does not exist", self.cluster_ref),
+                    );
+                    Ok(())
+                }
+            },
+            ClusterState::Present(sc) => {
+                let d = Desired::from_cluster(&sc);
+                self.last_desired = Some(d.clone());
+                if d.deleting {
+                    self.cleanup(&d).await
+                } else {
+                    self.cleaned_uid = None;
+                    self.apply(&d).await
+                }
+            }
+        }
+    }
+
+    fn read_report(&self) -> (Option<ReaderReport>, Option<String>) {
+        match handoff::read_json::<ReaderReport>(&self.args.state_dir, handoff::READER_FILE) {
+            Ok(r) => (r, None),
+            Err(e) => (None, Some(e.to_string())),
+        }
+    }
+
+    fn write_config(&mut self, d: &Desired) -> anyhow::Result<()> {
+        let on_disk: Option<ReaderConfig> =
+            handoff::read_json(&self.args.state_dir, handoff::CONFIG_FILE)
+                .ok()
+                .flatten();
+        if on_disk.as_ref() != Some(&d.reader) {
+            handoff::write_json(&self.args.state_dir, handoff::CONFIG_FILE, &d.reader)
+                .with_context(|| {
+                    format!(
+                        "cannot write {} in --state-dir {}",
+                        handoff::CONFIG_FILE,
+                        self.args.state_dir.display()
+                    )
+                })?;
+            tracing::info!(generation = d.generation, hash = %d.config_hash, "handed config to the reader");
+        }
+        self.config_written = Some(d.reader.clone());
+        Ok(())
+    }
+
+    async fn get_node(&mut self, about_cluster: &Desired) -> anyhow::Result<Option<Node>> {
+        let node = self.nodes.get_opt(&self.args.node_name).await?;
+        if node.is_none() {
+            let msg = format!(
+                "Node {} not found: check --node-name/NODE_NAME (downward API spec.nodeName)",
+                self.args.node_name
+            );
+            self.health.set_ready(false, msg.clone());
+            if !self.node_missing_announced {
+                tracing::warn!("{msg}");
+                let (ns, name) = about_cluster.cluster.split_once('/').unwrap_or_default();
+                let regarding = ObjectReference {
+                    api_version: Some(format!(
+                        "{}/{}",
+                        ringmaster_api::GROUP,
+                        ringmaster_api::VERSION
+                    )),
+                    kind: Some("StorageCluster".into()),
+                    namespace: Some(ns.into()),
+                    name: Some(name.into()),
+                    uid: Some(about_cluster.uid.clone()),
+                    ..Default::default()
+                };
+                let t = Transition {
+                    warning: true,
+                    reason: "NodeNotFound",
+                    action: "Report",
+                    note: msg,
+                };
+                self.events.publish_about(&regarding, &t).await;
+                self.node_missing_announced = true;
+            }
+        } else {
+            self.node_missing_announced = false;
+        }
+        Ok(node)
+    }
+
+    async fn apply(&mut self, d: &Desired) -> anyhow::Result<()> {
+        let tune = self.tuner.ensure(&d.aio);
+        if let Some(e) = &tune.error {
+            tracing::warn!(error = %e, "fs.aio-max-nr not tuned");
+        }
+        self.write_config(d)?;
+        let (report, reader_error) = self.read_report();
+        if reader_error != self.reader_error_announced {
+            if let Some(e) = &reader_error {
+                tracing::warn!(error = %e, "reader report unreadable");
+                self.events
+                    .publish(&Transition {
+                        warning: true,
+                        reason: "ReaderReportInvalid",
+                        action: "Report",
+                        note: e.clone(),
+                    })
+                    .await;
+            }
+            self.reader_error_announced = reader_error.clone();
+        }
+        let Some(node) = self.get_node(d).await? else {
+            return Ok(());
+        };
+        self.events.set_uid(node.uid());
+        let obs = Observation {
+            node: &self.args.node_name,
+            desired: d,
+            tune: &tune,
+            report: report.as_ref(),
+            reader_error: reader_error.as_deref(),
+            kernel: report
+                .as_ref()
+                .map(|r| r.host.kernel_release.as_str())
+                .filter(|k| !k.is_empty())
+                .unwrap_or(&self.kernel),
+            io_uring_disabled: report.as_ref().and_then(|r| r.host.io_uring_disabled),
+        };
+        let verdict = obs.verdict();
+
+        // Node labels and taint.
+        let want_labels = labels::desired_labels(&verdict);
+        if node::apply_labels(&self.nodes, &node, &want_labels, &d.cluster).await? {
+            self.health.metrics.api_writes.inc();
+            tracing::info!(labels = ?want_labels, "node labels applied");
+        }
+        let taints = node
+            .spec
+            .as_ref()
+            .and_then(|s| s.taints.clone())
+            .unwrap_or_default();
+        let want_taint = obs.want_taint();
+        if labels::reconcile_taints(&taints, want_taint).is_some()
+            && node::set_taint(&self.nodes, &self.args.node_name, want_taint).await?
+        {
+            self.health.metrics.api_writes.inc();
+            tracing::info!(taint = want_taint, "node taint updated");
+        }
+
+        // Verified settings for the storage service.
+        if let Some(s) = obs.settings() {
+            match s.write(&self.args.host_state_dir) {
+                Ok(true) => {
+                    tracing::info!(dir = %self.args.host_state_dir.display(), generation = s.generation, "wrote verified settings")
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, dir = %self.args.host_state_dir.display(), "cannot write aio.toml/aio.env")
+                }
+            }
+        }
+        if obs.report_current() {
+            self.applied = Some((d.generation, d.config_hash.clone()));
+        }
+
+        // StorageNode.
+        let existing = self.storage_nodes.get_opt(&self.args.node_name).await?;
+        if self.announced.is_none() {
+            // Seed from what was reported before a restart, so transitions are not re-announced.
+            let prev = existing.as_ref().and_then(|s| s.status.as_ref());
+            self.announced = Some(Announced {
+                io_uring_supported: prev.and_then(|s| s.io_uring.as_ref()).map(|i| i.supported),
+                tune_error: None,
+            });
+            if self.applied.is_none() {
+                self.applied = prev
+                    .and_then(|s| Some((s.applied_generation?, s.applied_config_hash.clone()?)));
+            }
+        }
+        let spec_right = existing.as_ref().is_some_and(|s| {
+            s.spec.cluster == d.cluster
+                && s.owner_references()
+                    .iter()
+                    .any(|o| o.kind == "Node" && Some(&o.uid) == node.uid().as_ref())
+        });
+        if !spec_right {
+            node::apply_storage_node(&self.storage_nodes, &node, &d.cluster).await?;
+            self.health.metrics.api_writes.inc();
+        }
+        let prev_status = existing.as_ref().and_then(|s| s.status.as_ref());
+        let status = obs.status(prev_status, self.applied.as_ref(), Timestamp::now());
+        if !spec_right || prev_status != Some(&status) {
+            node::apply_status(&self.storage_nodes, &self.args.node_name, &status).await?;
+            self.health.metrics.api_writes.inc();
+            tracing::info!(generation = ?status.applied_generation, verdict = ?verdict, "StorageNode status applied");
+        }
+
+        // Events, metrics, readiness.
+        let announced = self.announced.get_or_insert_with(Default::default);
+        let message = report.as_ref().and_then(|r| r.io_uring.message.clone());
+        for t in events::transitions(announced, &verdict, message.as_deref(), &tune) {
+            self.events.publish(&t).await;
+        }
+        let m = &self.health.metrics;
+        m.io_uring_supported
+            .set(i64::from(verdict.io_uring_supported == Some(true)));
+        m.aio_tuned.set(i64::from(tune.tuned));
+        m.node_ready.set(i64::from(verdict.ready));
+        m.aio_max_nr.set(tune.current as i64);
+        m.aio_max_nr_required.set(tune.required as i64);
+        m.applied_generation
+            .set(self.applied.as_ref().map_or(0, |a| a.0));
+        let ready_reason = if obs.agent_ready() {
+            format!("generation {} applied", d.generation)
+        } else if let Some(e) = &tune.error {
+            e.clone()
+        } else if !obs.report_current() {
+            format!(
+                "waiting for the reader to answer generation {}",
+                d.generation
+            )
+        } else {
+            "the reader is not serving".into()
+        };
+        self.health.set_ready(obs.agent_ready(), ready_reason);
+        Ok(())
+    }
+
+    /// The cluster is going: remove our labels and taint, restore the sysctl when asked,
+    /// drop the settings files, and say so on the StorageNode (`Restored`).
+    async fn cleanup(&mut self, d: &Desired) -> anyhow::Result<()> {
+        let first = self.cleaned_uid.as_deref() != Some(d.uid.as_str());
+        let node = self.nodes.get_opt(&self.args.node_name).await?;
+        if let Some(node) = &node {
+            if node::apply_labels(&self.nodes, node, &Default::default(), &d.cluster).await? {
+                self.health.metrics.api_writes.inc();
+            }
+            if node::set_taint(&self.nodes, &self.args.node_name, false).await? {
+                self.health.metrics.api_writes.inc();
+            }
+        }
+        if !first {
+            return Ok(());
+        }
+        let (restored_ok, message) = if d.restore_on_delete {
+            match self.tuner.restore() {
+                Ok(what) => (true, format!("labels and taint removed; {what}")),
+                Err(e) => (
+                    false,
+                    format!("labels and taint removed; restoring fs.aio-max-nr failed: {e}"),
+                ),
+            }
+        } else {
+            (
+                true,
+                "labels and taint removed; fs.aio-max-nr left as is (sysctl.restoreOnDelete is false)"
+                    .into(),
+            )
+        };
+        if let Err(e) = settings::remove(&self.args.host_state_dir) {
+            tracing::warn!(error = %e, "cannot remove aio.toml/aio.env");
+        }
+        if let Some(sn) = self.storage_nodes.get_opt(&self.args.node_name).await? {
+            let mut status: StorageNodeStatus = sn.status.unwrap_or_default();
+            status.conditions.retain(|c| c.type_ != cond::RESTORED);
+            let mut c = report::restored_condition(message.clone(), Timestamp::now());
+            if !restored_ok {
+                c.status = "False".into();
+                c.reason = "RestoreFailed".into();
+            }
+            status.conditions.push(c);
+            if let (Some(aio), Ok(now)) = (
+                status.aio.as_mut(),
+                std::fs::read_to_string("/proc/sys/fs/aio-max-nr"),
+            ) {
+                aio.current = now.trim().parse().unwrap_or(aio.current);
+                aio.tuned = aio.current >= aio.required;
+            }
+            node::apply_status(&self.storage_nodes, &self.args.node_name, &status).await?;
+            self.health.metrics.api_writes.inc();
+        }
+        if node.is_some() {
+            self.events
+                .publish(&Transition {
+                    warning: !restored_ok,
+                    reason: if restored_ok {
+                        "Restored"
+                    } else {
+                        "RestoreFailed"
+                    },
+                    action: "Cleanup",
+                    note: format!("StorageCluster {} deleted: {message}", d.cluster),
+                })
+                .await;
+        }
+        tracing::info!(cluster = %d.cluster, "{message}");
+        self.cleaned_uid = Some(d.uid.clone());
+        self.announced = Some(Announced::default());
+        self.applied = None;
+        self.health.set_ready(restored_ok, message);
+        Ok(())
+    }
+}

@@ -1,0 +1,188 @@
+//! Kubernetes Events for the node's transitions (io_uring became unsupported/supported,
+//! fs.aio-max-nr raised, tuning failed, restored), regarding the Node so
+//! `kubectl describe node` shows them. Publishing is best effort: a failed event is logged,
+//! never fatal.
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::Client;
+
+use super::labels::NodeVerdict;
+use super::tuning::TuneOutcome;
+
+/// What the last published transition was, so each is announced once.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Announced {
+    pub io_uring_supported: Option<bool>,
+    pub tune_error: Option<String>,
+}
+
+/// A transition to announce.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transition {
+    pub warning: bool,
+    pub reason: &'static str,
+    pub action: &'static str,
+    pub note: String,
+}
+
+/// Transitions between what was announced and what is observed now; updates `announced`.
+pub fn transitions(
+    announced: &mut Announced,
+    verdict: &NodeVerdict,
+    io_uring_message: Option<&str>,
+    tune: &TuneOutcome,
+) -> Vec<Transition> {
+    let mut out = Vec::new();
+    if verdict.io_uring_supported.is_some()
+        && verdict.io_uring_supported != announced.io_uring_supported
+    {
+        if verdict.io_uring_supported == Some(false) {
+            out.push(Transition {
+                warning: true,
+                reason: "IoUringUnsupported",
+                action: "Probe",
+                note: format!(
+                    "io_uring unsupported ({}): {}",
+                    verdict.io_uring_reason.as_deref().unwrap_or("unknown"),
+                    io_uring_message.unwrap_or("io_uring_setup failed")
+                ),
+            });
+        } else {
+            out.push(Transition {
+                warning: false,
+                reason: "IoUringSupported",
+                action: "Probe",
+                note: "io_uring works under the read workers' security context".into(),
+            });
+        }
+        announced.io_uring_supported = verdict.io_uring_supported;
+    }
+    if tune.changed {
+        out.push(Transition {
+            warning: false,
+            reason: "Tuned",
+            action: "Tune",
+            note: format!(
+                "raised fs.aio-max-nr to {} (required {}, original {})",
+                tune.current,
+                tune.required,
+                tune.original.map_or("unknown".into(), |o| o.to_string())
+            ),
+        });
+    }
+    if tune.error != announced.tune_error {
+        if let Some(e) = &tune.error {
+            out.push(Transition {
+                warning: true,
+                reason: "TuneFailed",
+                action: "Tune",
+                note: e.clone(),
+            });
+        }
+        announced.tune_error = tune.error.clone();
+    }
+    out
+}
+
+/// Publishes events about one Node.
+#[derive(Clone)]
+pub struct NodeEvents {
+    recorder: Recorder,
+    node: ObjectReference,
+}
+
+impl NodeEvents {
+    pub fn new(client: Client, node_name: &str) -> Self {
+        let reporter = Reporter {
+            controller: ringmaster_api::keys::MANAGER_AGENT.into(),
+            instance: Some(format!(
+                "{}-{node_name}",
+                ringmaster_api::keys::MANAGER_AGENT
+            )),
+        };
+        NodeEvents {
+            recorder: Recorder::new(client, reporter),
+            node: ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Node".into()),
+                name: Some(node_name.into()),
+                ..Default::default()
+            },
+        }
+    }
+
+    /// Set the Node's uid once known (events then link to this incarnation of the Node).
+    pub fn set_uid(&mut self, uid: Option<String>) {
+        self.node.uid = uid;
+    }
+
+    pub async fn publish(&self, t: &Transition) {
+        self.publish_about(&self.node, t).await
+    }
+
+    pub async fn publish_about(&self, regarding: &ObjectReference, t: &Transition) {
+        let ev = Event {
+            type_: if t.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: t.reason.into(),
+            note: Some(t.note.chars().take(1000).collect()),
+            action: t.action.into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, regarding).await {
+            tracing::warn!(error = %e, reason = t.reason, "cannot publish event");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_transition_once() {
+        let mut a = Announced::default();
+        let bad = NodeVerdict {
+            io_uring_supported: Some(false),
+            io_uring_reason: Some("EPERM".into()),
+            ..Default::default()
+        };
+        let t = TuneOutcome::default();
+        let first = transitions(&mut a, &bad, Some("seccomp"), &t);
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].reason, "IoUringUnsupported");
+        assert!(first[0].note.contains("EPERM"));
+        assert!(transitions(&mut a, &bad, Some("seccomp"), &t).is_empty());
+        let good = NodeVerdict {
+            io_uring_supported: Some(true),
+            ..Default::default()
+        };
+        let back = transitions(&mut a, &good, None, &t);
+        assert_eq!(back[0].reason, "IoUringSupported");
+        // No report: nothing to say.
+        assert!(transitions(&mut a, &NodeVerdict::default(), None, &t).is_empty());
+        let raised = TuneOutcome {
+            changed: true,
+            current: 10,
+            required: 10,
+            original: Some(5),
+            ..Default::default()
+        };
+        let r = transitions(&mut a, &good, None, &raised);
+        assert_eq!(r[0].reason, "Tuned");
+        assert!(r[0].note.contains("original 5"));
+        let failed = TuneOutcome {
+            error: Some("read-only".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            transitions(&mut a, &good, None, &failed)[0].reason,
+            "TuneFailed"
+        );
+        assert!(transitions(&mut a, &good, None, &failed).is_empty());
+    }
+}

@@ -1,0 +1,507 @@
+//! The node's verdict from what the agent observed (tuning pass, reader report), as
+//! StorageNode status, conditions and node labels. Pure; no I/O.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use ringmaster_api::node_conditions as cond;
+use ringmaster_api::{AioReport, IoUringReport, StorageNodeStatus, UnsupportedNodesPolicy};
+
+use super::desired::Desired;
+use super::labels::NodeVerdict;
+use super::tuning::TuneOutcome;
+use crate::handoff::{worker_mode, ReaderReport};
+use crate::settings::VerifiedSettings;
+
+/// What one agent pass observed.
+#[derive(Clone, Debug)]
+pub struct Observation<'a> {
+    pub node: &'a str,
+    pub desired: &'a Desired,
+    pub tune: &'a TuneOutcome,
+    /// Latest reader report (possibly for an older config while the reader catches up).
+    pub report: Option<&'a ReaderReport>,
+    /// `reader.json` exists but cannot be read/parsed.
+    pub reader_error: Option<&'a str>,
+    pub kernel: &'a str,
+    pub io_uring_disabled: Option<i64>,
+}
+
+impl Observation<'_> {
+    /// The reader answered the current config.
+    pub fn report_current(&self) -> bool {
+        self.report
+            .is_some_and(|r| self.desired.reader.answered_by(r))
+    }
+
+    pub fn verdict(&self) -> NodeVerdict {
+        NodeVerdict {
+            io_uring_supported: self.report.map(|r| r.io_uring.supported),
+            io_uring_reason: self
+                .report
+                .filter(|r| !r.io_uring.supported)
+                .and_then(|r| r.io_uring.reason.clone()),
+            aio_tuned: self.tune.tuned,
+            ready: self.node_ready(),
+        }
+    }
+
+    /// The node can run the storage service: tuned, probed, and the reader serving.
+    pub fn node_ready(&self) -> bool {
+        self.tune.tuned && self.report.is_some_and(|r| r.usable())
+    }
+
+    /// The agent did its job (`/readyz`): tuning pass done (tuned, or only verified),
+    /// the reader answered the current config, and it serves or deliberately does not.
+    pub fn agent_ready(&self) -> bool {
+        let tuning_done = self.tune.error.is_none();
+        tuning_done && self.report_current() && self.report.is_some_and(|r| r.settled())
+    }
+
+    /// The taint belongs on the node (policy Taint and io_uring unsupported).
+    pub fn want_taint(&self) -> bool {
+        self.desired.unsupported_nodes == UnsupportedNodesPolicy::Taint
+            && self.report.is_some_and(|r| !r.io_uring.supported)
+    }
+
+    /// Settings for the storage service, once the reader answered the current config.
+    pub fn settings(&self) -> Option<VerifiedSettings> {
+        let r = self.report.filter(|_| self.report_current())?;
+        let io_uring = r.io_uring.supported && r.worker_mode == worker_mode::IO_URING;
+        Some(VerifiedSettings {
+            max_events: if io_uring && r.io_uring.ring_entries > 0 {
+                r.io_uring.ring_entries
+            } else {
+                self.desired.reader.max_events
+            },
+            num_threads: self.desired.reader.workers,
+            enable_io_uring: io_uring,
+            aio_budget: self.tune.current.saturating_sub(self.tune.aio_nr),
+            generation: self.desired.generation,
+            config_hash: self.desired.config_hash.clone(),
+            cluster: self.desired.cluster.clone(),
+            node: self.node.to_string(),
+        })
+    }
+
+    /// StorageNode status. `previous` supplies condition transition times so that they
+    /// move only when a condition's status does; `applied` is the generation/hash last
+    /// fully applied (kept while the reader catches up with a new config).
+    pub fn status(
+        &self,
+        previous: Option<&StorageNodeStatus>,
+        applied: Option<&(i64, String)>,
+        now: Timestamp,
+    ) -> StorageNodeStatus {
+        let r = self.report;
+        let mut conditions = vec![
+            self.tuned_condition(),
+            self.io_uring_condition(),
+            self.ready_condition(),
+        ];
+        let prev = previous.map(|p| p.conditions.as_slice()).unwrap_or(&[]);
+        let now = Time(Timestamp::from_second(now.as_second()).unwrap_or(now));
+        for c in &mut conditions {
+            c.last_transition_time = prev
+                .iter()
+                .find(|p| p.type_ == c.type_ && p.status == c.status)
+                .map(|p| p.last_transition_time.clone())
+                .unwrap_or_else(|| now.clone());
+        }
+        StorageNodeStatus {
+            kernel: Some(self.kernel.to_string()).filter(|k| !k.is_empty()),
+            io_uring: r.map(|r| IoUringReport {
+                verdict: if r.io_uring.supported {
+                    ringmaster_api::keys::SUPPORTED.into()
+                } else {
+                    ringmaster_api::keys::UNSUPPORTED.into()
+                },
+                supported: r.io_uring.supported,
+                reason: r.io_uring.reason.clone(),
+                errno: r.io_uring.errno,
+                message: uring_message(r),
+                requested_entries: r.io_uring.requested_entries,
+                ring_entries: r.io_uring.ring_entries,
+                setup_flags: r.io_uring.setup_flags,
+                opcodes: r.io_uring.opcodes.clone(),
+                read_verified: r.io_uring.read_verified,
+            }),
+            aio: (self.tune.error.is_none() || self.tune.current > 0).then_some(AioReport {
+                original: self.tune.original,
+                required: self.tune.required,
+                current: self.tune.current,
+                aio_nr: self.tune.aio_nr,
+                tuned: self.tune.tuned,
+            }),
+            io_uring_disabled: self.io_uring_disabled,
+            memlock_bytes: r.and_then(|r| r.host.memlock_bytes),
+            seccomp_mode: r
+                .map(|r| r.host.seccomp_mode.clone())
+                .filter(|m| !m.is_empty()),
+            worker_mode: r.map(|r| r.worker_mode.clone()),
+            worker_mode_reason: r
+                .map(|r| r.worker_mode_reason.clone())
+                .filter(|m| !m.is_empty()),
+            applied_generation: applied.map(|a| a.0),
+            applied_config_hash: applied.map(|a| a.1.clone()),
+            service_settings: self.settings().map(|s| s.service_settings()),
+            conditions,
+            last_probe_time: r
+                .and_then(|r| r.probed_at.parse::<Timestamp>().ok())
+                .and_then(|t| Timestamp::from_second(t.as_second()).ok())
+                .map(Time),
+        }
+    }
+
+    fn tuned_condition(&self) -> Condition {
+        let t = self.tune;
+        let (status, reason, message) = if let Some(e) = &t.error {
+            let reason = if e.contains("read-only") {
+                "ReadOnlySysctl"
+            } else {
+                "TuneFailed"
+            };
+            (false, reason, e.clone())
+        } else if t.tuned {
+            (
+                true,
+                "Sufficient",
+                format!(
+                    "fs.aio-max-nr={} >= required {} (fs.aio-nr={})",
+                    t.current, t.required, t.aio_nr
+                ),
+            )
+        } else {
+            (
+                false,
+                "BelowRequired",
+                format!(
+                    "fs.aio-max-nr={} < required {} and sysctl.mode is Verify: raise it on the node \
+                     (sysctl -w fs.aio-max-nr={}) or set sysctl.mode: Enforce",
+                    t.current, t.required, t.required
+                ),
+            )
+        };
+        condition(cond::TUNED, status, reason, message)
+    }
+
+    fn io_uring_condition(&self) -> Condition {
+        match (self.report, self.reader_error) {
+            (Some(r), _) if r.io_uring.supported => condition(
+                cond::IO_URING_SUPPORTED,
+                true,
+                "Supported",
+                format!(
+                    "io_uring_setup with {} entries works under the reader's security context \
+                     (seccomp {}); read through the ring verified: {}",
+                    r.io_uring.ring_entries, r.host.seccomp_mode, r.io_uring.read_verified
+                ),
+            ),
+            (Some(r), _) => condition(
+                cond::IO_URING_SUPPORTED,
+                false,
+                r.io_uring.reason.as_deref().unwrap_or("Unsupported"),
+                uring_message(r).unwrap_or_else(|| "io_uring_setup failed".into()),
+            ),
+            (None, Some(e)) => Condition {
+                status: "Unknown".into(),
+                ..condition(
+                    cond::IO_URING_SUPPORTED,
+                    false,
+                    "ReaderReportInvalid",
+                    format!("cannot read the reader's report: {e}"),
+                )
+            },
+            (None, None) => Condition {
+                status: "Unknown".into(),
+                ..condition(
+                    cond::IO_URING_SUPPORTED,
+                    false,
+                    "WaitingForReader",
+                    "the reader container has not reported its io_uring probe yet".into(),
+                )
+            },
+        }
+    }
+
+    fn ready_condition(&self) -> Condition {
+        if !self.tune.tuned {
+            return condition(
+                cond::READY,
+                false,
+                "NotTuned",
+                "fs.aio-max-nr is below what the storage processes need (see Tuned)".into(),
+            );
+        }
+        match self.report {
+            None => condition(
+                cond::READY,
+                false,
+                "WaitingForReader",
+                "the reader container has not reported yet".into(),
+            ),
+            Some(r) if r.usable() => condition(
+                cond::READY,
+                true,
+                if r.serving {
+                    "Serving"
+                } else {
+                    "NoReadService"
+                },
+                format!(
+                    "read workers in {} mode: {}",
+                    r.worker_mode, r.worker_mode_reason
+                ),
+            ),
+            Some(r) if r.worker_mode == worker_mode::NONE => condition(
+                cond::READY,
+                false,
+                "IoUringRequired",
+                format!(
+                    "aio.ioUring is Required and io_uring is unavailable: {}",
+                    r.worker_mode_reason
+                ),
+            ),
+            Some(r) => condition(
+                cond::READY,
+                false,
+                "NotServing",
+                r.error
+                    .clone()
+                    .unwrap_or_else(|| "the read service is not listening".into()),
+            ),
+        }
+    }
+}
+
+/// The probe's cause and fix in one sentence.
+fn uring_message(r: &ReaderReport) -> Option<String> {
+    match (&r.io_uring.message, &r.io_uring.fix) {
+        (Some(m), Some(f)) => Some(format!("{m}; fix: {f}")),
+        (Some(m), None) => Some(m.clone()),
+        (None, Some(f)) => Some(format!("fix: {f}")),
+        (None, None) => None,
+    }
+}
+
+fn condition(type_: &str, status: bool, reason: &str, message: String) -> Condition {
+    Condition {
+        type_: type_.into(),
+        status: if status { "True" } else { "False" }.into(),
+        reason: condition_reason(reason),
+        message: message.chars().take(32_000).collect(),
+        last_transition_time: Time(Timestamp::UNIX_EPOCH),
+        observed_generation: None,
+    }
+}
+
+/// Condition reasons must match `^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$`.
+fn condition_reason(s: &str) -> String {
+    let r: String = s
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .take(1024)
+        .collect();
+    if r.starts_with(|c: char| c.is_ascii_alphabetic()) {
+        r
+    } else {
+        format!("R{r}")
+    }
+}
+
+/// The `Restored` condition set when the agent cleaned up for a deleted cluster.
+pub fn restored_condition(message: String, now: Timestamp) -> Condition {
+    Condition {
+        last_transition_time: Time(Timestamp::from_second(now.as_second()).unwrap_or(now)),
+        ..condition(cond::RESTORED, true, "Restored", message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::HostFacts;
+    use crate::probe::UringProbe;
+    use ringmaster_api::StorageCluster;
+
+    fn desired(policy: &str) -> Desired {
+        let mut sc = StorageCluster::new(
+            "main",
+            serde_yaml::from_str(&format!("unsupportedNodes: {policy}")).unwrap(),
+        );
+        sc.metadata.namespace = Some("ns".into());
+        sc.metadata.generation = Some(2);
+        Desired::from_cluster(&sc)
+    }
+
+    fn report(d: &Desired, supported: bool, mode: &str, serving: bool) -> ReaderReport {
+        ReaderReport {
+            generation: d.generation,
+            config_hash: d.config_hash.clone(),
+            host: HostFacts {
+                seccomp_mode: "filter".into(),
+                ..Default::default()
+            },
+            io_uring: UringProbe {
+                supported,
+                errno: (!supported).then_some(38),
+                reason: (!supported).then(|| "ENOSYS".into()),
+                message: (!supported).then(|| "io_uring_setup: ENOSYS".into()),
+                requested_entries: 512,
+                ring_entries: if supported { 256 } else { 0 },
+                ..Default::default()
+            },
+            worker_mode: mode.into(),
+            worker_mode_reason: "why".into(),
+            serving,
+            service_configured: true,
+            listen_addr: None,
+            error: None,
+            probed_at: "2026-01-02T03:04:05.678Z".into(),
+        }
+    }
+
+    fn tuned() -> TuneOutcome {
+        TuneOutcome {
+            required: 100,
+            current: 150,
+            aio_nr: 10,
+            tuned: true,
+            ..Default::default()
+        }
+    }
+
+    fn obs<'a>(d: &'a Desired, t: &'a TuneOutcome, r: Option<&'a ReaderReport>) -> Observation<'a> {
+        Observation {
+            node: "n1",
+            desired: d,
+            tune: t,
+            report: r,
+            reader_error: None,
+            kernel: "6.8.0",
+            io_uring_disabled: Some(0),
+        }
+    }
+
+    #[test]
+    fn unsupported_under_taint_policy() {
+        let d = desired("Taint");
+        let t = tuned();
+        let r = report(&d, false, worker_mode::PREAD, true);
+        let o = obs(&d, &t, Some(&r));
+        assert!(o.want_taint());
+        let v = o.verdict();
+        assert_eq!(v.io_uring_supported, Some(false));
+        assert_eq!(v.io_uring_reason.as_deref(), Some("ENOSYS"));
+        assert!(v.ready, "pread pool serving under Preferred is ready");
+        let s = o.settings().unwrap();
+        assert!(!s.enable_io_uring);
+        assert_eq!(s.max_events, 512, "libaio keeps the asked size");
+        assert_eq!(s.aio_budget, 140);
+        let st = o.status(None, Some(&(2, d.config_hash.clone())), Timestamp::now());
+        let io = st.io_uring.unwrap();
+        assert_eq!((io.verdict.as_str(), io.errno), ("unsupported", Some(38)));
+        let c = st
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "IoUringSupported")
+            .unwrap();
+        assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "ENOSYS"));
+        assert_eq!(st.applied_generation, Some(2));
+    }
+
+    #[test]
+    fn supported_uses_ring_that_worked_and_no_taint() {
+        let d = desired("Taint");
+        let t = tuned();
+        let r = report(&d, true, worker_mode::IO_URING, true);
+        let o = obs(&d, &t, Some(&r));
+        assert!(!o.want_taint());
+        let s = o.settings().unwrap();
+        assert!(s.enable_io_uring);
+        assert_eq!(s.max_events, 256);
+        assert!(o.agent_ready());
+    }
+
+    #[test]
+    fn label_policy_never_taints() {
+        let d = desired("Label");
+        let t = tuned();
+        let r = report(&d, false, worker_mode::PREAD, true);
+        assert!(!obs(&d, &t, Some(&r)).want_taint());
+    }
+
+    #[test]
+    fn stale_report_is_not_applied() {
+        let d = desired("Label");
+        let t = tuned();
+        let mut r = report(&d, true, worker_mode::IO_URING, true);
+        r.generation = 1;
+        let o = obs(&d, &t, Some(&r));
+        assert!(!o.report_current());
+        assert!(o.settings().is_none());
+        assert!(!o.agent_ready());
+        // Labels still follow the last verdict rather than flapping.
+        assert_eq!(o.verdict().io_uring_supported, Some(true));
+    }
+
+    #[test]
+    fn required_and_unsupported_is_deliberately_not_serving() {
+        let d = desired("Label");
+        let t = tuned();
+        let r = report(&d, false, worker_mode::NONE, false);
+        let o = obs(&d, &t, Some(&r));
+        assert!(!o.node_ready());
+        assert!(o.agent_ready());
+        let st = o.status(None, None, Timestamp::now());
+        let c = st.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+        assert_eq!(c.reason, "IoUringRequired");
+    }
+
+    #[test]
+    fn transition_time_moves_only_on_status_change() {
+        let d = desired("Label");
+        let t = tuned();
+        let r = report(&d, true, worker_mode::IO_URING, true);
+        let o = obs(&d, &t, Some(&r));
+        let t0 = Timestamp::from_second(1_000_000).unwrap();
+        let first = o.status(None, None, t0);
+        let later = o.status(
+            Some(&first),
+            None,
+            Timestamp::from_second(2_000_000).unwrap(),
+        );
+        assert_eq!(
+            first, later,
+            "same verdict, same status (no spurious writes)"
+        );
+        let t2 = TuneOutcome {
+            tuned: false,
+            ..tuned()
+        };
+        let o2 = obs(&d, &t2, Some(&r));
+        let changed = o2.status(
+            Some(&first),
+            None,
+            Timestamp::from_second(3_000_000).unwrap(),
+        );
+        let tc = changed
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Tuned")
+            .unwrap();
+        assert_eq!(tc.last_transition_time.0.as_second(), 3_000_000);
+        let ic = changed
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "IoUringSupported")
+            .unwrap();
+        assert_eq!(ic.last_transition_time.0.as_second(), 1_000_000);
+    }
+
+    #[test]
+    fn reasons_are_valid() {
+        assert_eq!(condition_reason("ENOSYS"), "ENOSYS");
+        assert_eq!(condition_reason("errno-5"), "errno5");
+        assert_eq!(condition_reason("95"), "R95");
+    }
+}

@@ -1,0 +1,757 @@
+//! The StorageCluster controller: watches, a small `reconcile`, `error_policy` with
+//! backoff. Everything it decides comes from `render` (objects) and `status`
+//! (aggregation); this file only reads caches and writes what changed.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{future, FutureExt, Stream, StreamExt};
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{Node, ObjectReference, ServiceAccount};
+use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Config as ControllerConfig};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{watcher, Controller, WatchStreamExt};
+use kube::{Api, Client, Resource, ResourceExt};
+use ringmaster_api::{
+    cluster_conditions as cc, keys, StorageCluster, StorageClusterStatus, StorageNode,
+};
+use serde_json::json;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::finalizer;
+use crate::metrics::{ErrorLabels, Metrics, ResultLabels};
+use crate::render::{self, ClusterId};
+use crate::status::{self, Inputs};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("serializing a patch: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("StorageCluster {0} has no namespace")]
+    NoNamespace(String),
+}
+
+impl Error {
+    fn kind(&self) -> &'static str {
+        match self {
+            Error::Kube(kube::Error::Api(s)) if s.code == 409 => "conflict",
+            Error::Kube(kube::Error::Api(s)) if s.code == 403 => "forbidden",
+            Error::Kube(kube::Error::Api(s)) if s.code == 422 => "invalid",
+            Error::Kube(_) => "kube",
+            Error::Json(_) => "json",
+            Error::NoNamespace(_) => "no_namespace",
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Settings from the command line.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Watch StorageClusters (and their DaemonSets/ServiceAccounts) only here.
+    pub namespace: Option<String>,
+    /// How long the finalizer waits for agents to restore their nodes.
+    pub cleanup_timeout: Duration,
+    /// Safety-net resync of a steady cluster (it writes nothing when nothing changed).
+    pub resync: Duration,
+    /// Identity in Events (`reportingInstance`).
+    pub instance: String,
+}
+
+/// What every reconcile shares: the client, the watch caches, metrics, events.
+pub struct Context {
+    pub client: Client,
+    pub settings: Settings,
+    pub metrics: Arc<Metrics>,
+    pub recorder: Recorder,
+    pub clusters: Store<StorageCluster>,
+    pub nodes: Store<Node>,
+    pub storage_nodes: Store<StorageNode>,
+    pub daemon_sets: Store<DaemonSet>,
+    pub service_accounts: Store<ServiceAccount>,
+    pub bindings: Store<ClusterRoleBinding>,
+    /// Nodes each cluster selected at its last reconcile, so a Node that leaves a
+    /// selection still maps back to the cluster it left.
+    selections: Mutex<HashMap<ObjectRef<StorageCluster>, BTreeSet<String>>>,
+    /// Consecutive failures per cluster (error_policy backoff).
+    failures: Mutex<HashMap<ObjectRef<StorageCluster>, u32>>,
+    /// Extra reconcile requests (other clusters whose node conflicts may have changed).
+    requeue: mpsc::UnboundedSender<ObjectRef<StorageCluster>>,
+}
+
+fn cluster_ref(sc: &StorageCluster) -> ObjectRef<StorageCluster> {
+    ObjectRef::from_obj(sc)
+}
+
+/// The cluster a labelled object (StorageNode, ClusterRoleBinding) belongs to.
+fn labelled_cluster<K: Resource>(obj: &K) -> Option<ObjectRef<StorageCluster>> {
+    let l = obj.labels();
+    let ns = l.get(keys::LABEL_STORAGENODE_CLUSTER_NAMESPACE)?;
+    let name = l.get(keys::LABEL_STORAGENODE_CLUSTER_NAME)?;
+    Some(ObjectRef::new(name).within(ns))
+}
+
+fn belongs_to(obj: &impl Resource, id: &ClusterId) -> bool {
+    let l = obj.labels();
+    l.get(keys::LABEL_STORAGENODE_CLUSTER_NAMESPACE) == Some(&id.namespace)
+        && l.get(keys::LABEL_STORAGENODE_CLUSTER_NAME) == Some(&id.name)
+}
+
+fn now() -> Timestamp {
+    // Whole seconds: what the API server keeps, so a status read back compares equal.
+    Timestamp::from_second(Timestamp::now().as_second()).expect("now is in range")
+}
+
+impl Context {
+    fn apply_params() -> PatchParams {
+        PatchParams::apply(keys::MANAGER_OPERATOR).force()
+    }
+
+    /// Server-side apply of a rendered object unless the live one already carries the
+    /// same rendered hash (then it would be a no-op write).
+    async fn apply_owned<K>(&self, api: Api<K>, desired: &K, live: Option<Arc<K>>) -> Result<bool>
+    where
+        K: Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        let want = render::live_hash(desired);
+        if live.as_deref().and_then(render::live_hash) == want && want.is_some() {
+            return Ok(false);
+        }
+        let name = desired.name_any();
+        api.patch(&name, &Self::apply_params(), &Patch::Apply(desired))
+            .await?;
+        Ok(true)
+    }
+
+    async fn publish(&self, sc: &StorageCluster, t: &status::Transition) {
+        let (warning, reason) = (t.warning, t.reason.as_str());
+        let secondary = t.node.as_ref().map(|n| ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Node".into()),
+            name: Some(n.clone()),
+            ..Default::default()
+        });
+        let ev = KubeEvent {
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: reason.into(),
+            note: Some(t.note.clone()),
+            action: t.action.into(),
+            secondary,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &sc.object_ref(&())).await {
+            // An event is a courtesy; failing to record one must not fail the reconcile.
+            warn!(error = %e, reason, "could not record event");
+        }
+    }
+
+    /// This cluster's StorageNodes, by node name.
+    fn storage_nodes_of(&self, id: &ClusterId) -> Vec<Arc<StorageNode>> {
+        self.storage_nodes.state_filter(|sn| belongs_to(sn, id))
+    }
+
+    /// Ask for reconciles of every other cluster (node ownership may have moved).
+    fn requeue_others(&self, me: &ObjectRef<StorageCluster>) {
+        for c in self.clusters.state() {
+            let r = cluster_ref(&c);
+            if &r != me {
+                let _ = self.requeue.send(r);
+            }
+        }
+    }
+}
+
+async fn write_status(
+    ctx: &Context,
+    sc: &StorageCluster,
+    id: &ClusterId,
+    st: &StorageClusterStatus,
+) -> Result<()> {
+    let api: Api<StorageCluster> = Api::namespaced(ctx.client.clone(), &id.namespace);
+    let body = json!({
+        "apiVersion": StorageCluster::api_version(&()),
+        "kind": StorageCluster::kind(&()),
+        "status": st,
+    });
+    api.patch_status(
+        &sc.name_any(),
+        &Context::apply_params(),
+        &Patch::Apply(body),
+    )
+    .await?;
+    Ok(())
+}
+
+/// The main loop body: make the world match one StorageCluster, then report on it.
+pub async fn reconcile(sc: Arc<StorageCluster>, ctx: Arc<Context>) -> Result<Action> {
+    let started = Instant::now();
+    let id = ClusterId::of(&sc).ok_or_else(|| Error::NoNamespace(sc.name_any()))?;
+    let result = if sc.metadata.deletion_timestamp.is_some() {
+        cleanup(&sc, &id, &ctx).await
+    } else {
+        apply(&sc, &id, &ctx).await
+    };
+    ctx.metrics
+        .reconcile_duration
+        .observe(started.elapsed().as_secs_f64());
+    ctx.metrics
+        .reconciles
+        .get_or_create(&ResultLabels {
+            result: if result.is_ok() { "ok" } else { "error" }.into(),
+        })
+        .inc();
+    if result.is_ok() {
+        ctx.failures.lock().unwrap().remove(&cluster_ref(&sc));
+    }
+    result
+}
+
+/// Normal path: finalizer, owned objects, status.
+async fn apply(sc: &StorageCluster, id: &ClusterId, ctx: &Context) -> Result<Action> {
+    let me = cluster_ref(sc);
+    if let Some(p) = finalizer::add_patch(sc) {
+        let api: Api<StorageCluster> = Api::namespaced(ctx.client.clone(), &id.namespace);
+        api.patch(
+            &sc.name_any(),
+            &PatchParams::default(),
+            &Patch::Json::<()>(serde_json::from_value(p)?),
+        )
+        .await?;
+        // The watch brings the updated object back; continue with this one meanwhile.
+    }
+
+    let ns = &id.namespace;
+    let sa = render::service_account(sc, id);
+    let live_sa = ctx
+        .service_accounts
+        .get(&ObjectRef::new(&id.agent_name()).within(ns));
+    if ctx
+        .apply_owned(Api::namespaced(ctx.client.clone(), ns), &sa, live_sa)
+        .await?
+    {
+        info!(cluster = %id.key(), "applied ServiceAccount {}", id.agent_name());
+    }
+    let crb = render::cluster_role_binding(sc, id);
+    let live_crb = ctx.bindings.get(&ObjectRef::new(&id.binding_name()));
+    if ctx
+        .apply_owned(Api::all(ctx.client.clone()), &crb, live_crb)
+        .await?
+    {
+        info!(cluster = %id.key(), "applied ClusterRoleBinding {}", id.binding_name());
+    }
+    let ds = render::daemon_set(sc, id);
+    let ds_ref = ObjectRef::new(&id.agent_name()).within(ns);
+    let live_ds = ctx.daemon_sets.get(&ds_ref);
+    if ctx
+        .apply_owned(
+            Api::namespaced(ctx.client.clone(), ns),
+            &ds,
+            live_ds.clone(),
+        )
+        .await?
+    {
+        info!(cluster = %id.key(), pod_hash = %sc.spec.pod_hash(), "applied DaemonSet {}", id.agent_name());
+    }
+
+    // Aggregate from the caches.
+    let nodes = ctx.nodes.state();
+    let node_refs: Vec<&Node> = nodes.iter().map(|n| n.as_ref()).collect();
+    let sns = ctx.storage_nodes_of(id);
+    let by_node: HashMap<String, &StorageNode> = sns
+        .iter()
+        .map(|s| (s.spec.node_name.clone(), s.as_ref()))
+        .collect();
+    let clusters = ctx.clusters.state();
+    let cluster_refs: Vec<&StorageCluster> = clusters.iter().map(|c| c.as_ref()).collect();
+    let out = status::aggregate(&Inputs {
+        cluster: sc,
+        nodes: &node_refs,
+        storage_nodes: &by_node,
+        clusters: &cluster_refs,
+        daemon_set: live_ds.as_deref(),
+        now: now(),
+    });
+
+    if !status::unchanged(sc.status.as_ref(), &out.status) {
+        write_status(ctx, sc, id, &out.status).await?;
+        debug!(cluster = %id.key(), "status written");
+        for t in &out.transitions {
+            ctx.publish(sc, t).await;
+        }
+    }
+    ctx.metrics.set_fleet(&id.key(), &out.status);
+
+    let changed = {
+        let mut sel = ctx.selections.lock().unwrap();
+        let prev = sel.insert(me.clone(), out.selected.clone());
+        prev.as_ref() != Some(&out.selected)
+    };
+    if changed {
+        ctx.requeue_others(&me);
+    }
+    Ok(Action::requeue(ctx.settings.resync))
+}
+
+/// Deletion path: wait (bounded) for the agents to restore their nodes, clean what is
+/// left, delete this cluster's StorageNodes and binding, release the finalizer. The
+/// DaemonSet and ServiceAccount go with the StorageCluster (owner references).
+async fn cleanup(sc: &StorageCluster, id: &ClusterId, ctx: &Context) -> Result<Action> {
+    let me = cluster_ref(sc);
+    if !sc.finalizers().iter().any(|f| f == keys::FINALIZER) {
+        return Ok(Action::await_change());
+    }
+    let sns = ctx.storage_nodes_of(id);
+    let node_names: HashSet<String> = ctx.nodes.state().iter().map(|n| n.name_any()).collect();
+    // Agents can only restore nodes that still exist.
+    let pending: Vec<&str> = sns
+        .iter()
+        .filter(|sn| !status::restored(sn) && node_names.contains(&sn.spec.node_name))
+        .map(|sn| sn.spec.node_name.as_str())
+        .collect();
+    let deleted_at = sc
+        .metadata
+        .deletion_timestamp
+        .as_ref()
+        .map(|t| t.0)
+        .unwrap_or_else(Timestamp::now);
+    let timeout = ctx.settings.cleanup_timeout;
+    let deadline =
+        deleted_at + k8s_openapi::jiff::SignedDuration::try_from(timeout).unwrap_or_default();
+    let now = now();
+    let mut st = sc.status.clone().unwrap_or_default();
+    let prev = st.conditions.clone();
+
+    if !pending.is_empty() && now < deadline {
+        let mut sorted = pending.clone();
+        sorted.sort();
+        let c = status::condition(
+            &prev,
+            cc::FINALIZING,
+            true,
+            "WaitingForAgents",
+            format!(
+                "waiting for the agents on {} of {} nodes to restore them (Restored=True on their StorageNode): {}; leftovers are cleaned by the operator after {} (--cleanup-timeout {}s)",
+                sorted.len(),
+                sns.len(),
+                status::name_list(sorted.iter().copied()),
+                deadline,
+                timeout.as_secs()
+            ),
+            sc.metadata.generation,
+            now,
+        );
+        set_condition(&mut st, c);
+        if sc.status.as_ref() != Some(&st) {
+            write_status(ctx, sc, id, &st).await?;
+        }
+        let left = deadline.duration_since(now).as_secs().max(1) as u64;
+        return Ok(Action::requeue(Duration::from_secs(left.min(5))));
+    }
+
+    // Leftovers: labels/annotations/taint on every node this cluster touched.
+    let key = id.key();
+    let mut cleaned = Vec::new();
+    let nodes_api: Api<Node> = Api::all(ctx.client.clone());
+    let ours: HashSet<&str> = sns.iter().map(|s| s.spec.node_name.as_str()).collect();
+    let selected = ctx
+        .selections
+        .lock()
+        .unwrap()
+        .get(&me)
+        .cloned()
+        .unwrap_or_default();
+    for node in ctx.nodes.state() {
+        let name = node.name_any();
+        let tagged = node.annotations().get(keys::CLUSTER_ANNOTATION) == Some(&key);
+        if !(tagged || ours.contains(name.as_str()) || selected.contains(&name)) {
+            continue;
+        }
+        if let Some(p) = finalizer::node_cleanup_patch(&node, &key) {
+            nodes_api
+                .patch(
+                    &name,
+                    &PatchParams::default(),
+                    &Patch::Json::<()>(serde_json::from_value(p)?),
+                )
+                .await?;
+            cleaned.push(name);
+        }
+    }
+    let sn_api: Api<StorageNode> = Api::all(ctx.client.clone());
+    for sn in &sns {
+        match sn_api
+            .delete(&sn.name_any(), &DeleteParams::default())
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let crb_api: Api<ClusterRoleBinding> = Api::all(ctx.client.clone());
+    if ctx
+        .bindings
+        .get(&ObjectRef::new(&id.binding_name()))
+        .is_some()
+    {
+        match crb_api
+            .delete(&id.binding_name(), &DeleteParams::default())
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let timed_out = !pending.is_empty();
+    let note = format!(
+        "{} of {} agents restored their nodes{}; operator removed leftover labels/taint on {} nodes{}",
+        sns.len() - pending.len(),
+        sns.len(),
+        if timed_out {
+            format!(
+                " ({} did not within --cleanup-timeout {}s: {})",
+                pending.len(),
+                timeout.as_secs(),
+                status::name_list(pending.iter().copied())
+            )
+        } else {
+            String::new()
+        },
+        cleaned.len(),
+        if cleaned.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", status::name_list(cleaned.iter().map(String::as_str)))
+        }
+    );
+    let t = status::Transition {
+        warning: timed_out,
+        reason: if timed_out {
+            "CleanupTimedOut"
+        } else {
+            "CleanupComplete"
+        }
+        .into(),
+        action: "Cleanup",
+        node: None,
+        note: note.clone(),
+    };
+    ctx.publish(sc, &t).await;
+    if let Some(p) = finalizer::remove_patch(sc) {
+        let api: Api<StorageCluster> = Api::namespaced(ctx.client.clone(), &id.namespace);
+        match api
+            .patch(
+                &sc.name_any(),
+                &PatchParams::default(),
+                &Patch::Json::<()>(serde_json::from_value(p)?),
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    info!(cluster = %key, "finalizer released: {note}");
+    ctx.metrics.forget_fleet(&key);
+    ctx.selections.lock().unwrap().remove(&me);
+    ctx.requeue_others(&me);
+    Ok(Action::await_change())
+}
+
+fn set_condition(
+    st: &mut StorageClusterStatus,
+    c: k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition,
+) {
+    match st.conditions.iter_mut().find(|x| x.type_ == c.type_) {
+        Some(x) => *x = c,
+        None => st.conditions.push(c),
+    }
+}
+
+/// Exponential backoff per cluster: 1 s, 2 s, 4 s … 5 min; reset by a success.
+pub fn error_policy(sc: Arc<StorageCluster>, err: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics
+        .reconcile_errors
+        .get_or_create(&ErrorLabels {
+            error: err.kind().into(),
+        })
+        .inc();
+    let n = {
+        let mut f = ctx.failures.lock().unwrap();
+        let n = f.entry(cluster_ref(&sc)).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    };
+    let delay = backoff(n);
+    warn!(cluster = %sc.name_any(), error = %err, attempt = n, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// Delay after `n` consecutive failures.
+pub fn backoff(n: u32) -> Duration {
+    Duration::from_secs(1u64 << n.saturating_sub(1).min(9)).min(Duration::from_secs(300))
+}
+
+/// Drop what the caches never need (managedFields, Node status) to keep memory flat.
+fn slim<K: Resource>(obj: &mut K) {
+    obj.managed_fields_mut().clear();
+}
+
+/// Each watch backs off on its own (`default_backoff`) and its errors are logged here,
+/// not passed on: the controller would otherwise put every trigger behind one shared
+/// backoff, so after an API server restart six watches' errors would pause all of them
+/// for tens of seconds.
+fn log_errors<K>(
+    what: &'static str,
+    s: impl Stream<Item = Result<K, watcher::Error>>,
+) -> impl Stream<Item = Result<K, watcher::Error>> {
+    s.filter_map(move |r| {
+        future::ready(match r {
+            Ok(o) => Some(Ok(o)),
+            Err(e) => {
+                warn!(watch = what, error = %e, "watch failed; retrying with backoff");
+                None
+            }
+        })
+    })
+}
+
+/// Node events that can change a selection: created, deleted, labels or taints changed.
+/// (Heartbeats and status updates are dropped here, so they cost nothing.)
+fn selection_changes(
+    events: impl Stream<Item = Result<watcher::Event<Node>, watcher::Error>>,
+) -> impl Stream<Item = Result<Node, watcher::Error>> {
+    let mut seen: HashMap<String, u64> = HashMap::new();
+    events.flat_map(move |ev| {
+        let fp = |n: &Node| {
+            let mut h = DefaultHasher::new();
+            n.labels().hash(&mut h);
+            if let Some(t) = n.spec.as_ref().and_then(|s| s.taints.as_ref()) {
+                for t in t {
+                    (&t.key, &t.value, &t.effect).hash(&mut h);
+                }
+            }
+            h.finish()
+        };
+        let out: Vec<Result<Node, watcher::Error>> = match ev {
+            Ok(watcher::Event::Apply(n)) | Ok(watcher::Event::InitApply(n)) => {
+                let f = fp(&n);
+                if seen.insert(n.name_any(), f) != Some(f) {
+                    vec![Ok(n)]
+                } else {
+                    vec![]
+                }
+            }
+            Ok(watcher::Event::Delete(n)) => {
+                seen.remove(&n.name_any());
+                vec![Ok(n)]
+            }
+            Ok(_) => vec![],
+            Err(e) => vec![Err(e)],
+        };
+        futures::stream::iter(out)
+    })
+}
+
+/// Build the controller with every watch and run it until `shutdown` resolves.
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    shutdown: impl future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let managed = watcher::Config::default().labels(&format!(
+        "{}={}",
+        keys::LABEL_MANAGED_BY,
+        keys::MANAGER_OPERATOR
+    ));
+    let (clusters_api, ds_api, sa_api): (Api<StorageCluster>, Api<DaemonSet>, Api<ServiceAccount>) =
+        match &settings.namespace {
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+            ),
+            None => (
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+            ),
+        };
+
+    let (clusters, w_clusters) = reflector::store();
+    let cluster_stream = watcher(clusters_api, watcher::Config::default())
+        .default_backoff()
+        .modify(slim)
+        .reflect(w_clusters)
+        .applied_objects();
+
+    let (nodes, w_nodes) = reflector::store();
+    let node_events = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .modify(|n: &mut Node| {
+            slim(n);
+            n.status = None;
+        })
+        .reflect(w_nodes);
+    let node_stream = selection_changes(node_events);
+
+    let (storage_nodes, w_sns) = reflector::store();
+    let sn_stream = watcher(
+        Api::<StorageNode>::all(client.clone()),
+        watcher::Config::default().labels(keys::LABEL_STORAGENODE_CLUSTER_NAME),
+    )
+    .default_backoff()
+    .modify(slim)
+    .reflect(w_sns)
+    .touched_objects();
+
+    let (daemon_sets, w_ds) = reflector::store();
+    let ds_stream = watcher(ds_api, managed.clone())
+        .default_backoff()
+        .modify(slim)
+        .reflect(w_ds)
+        .touched_objects();
+    let (service_accounts, w_sa) = reflector::store();
+    let sa_stream = watcher(sa_api, managed.clone())
+        .default_backoff()
+        .modify(slim)
+        .reflect(w_sa)
+        .touched_objects();
+    let (bindings, w_crb) = reflector::store();
+    let crb_stream = watcher(Api::<ClusterRoleBinding>::all(client.clone()), managed)
+        .default_backoff()
+        .modify(slim)
+        .reflect(w_crb)
+        .touched_objects();
+
+    let (requeue, requeue_rx) = mpsc::unbounded_channel();
+    let reporter = Reporter {
+        controller: keys::MANAGER_OPERATOR.into(),
+        instance: Some(settings.instance.clone()),
+    };
+    let ctx = Arc::new(Context {
+        recorder: Recorder::new(client.clone(), reporter),
+        client,
+        settings,
+        metrics,
+        clusters: clusters.clone(),
+        nodes,
+        storage_nodes,
+        daemon_sets,
+        service_accounts,
+        bindings,
+        selections: Mutex::default(),
+        failures: Mutex::default(),
+        requeue,
+    });
+
+    // Node → clusters that select it now, or selected it at their last reconcile.
+    let node_ctx = Arc::clone(&ctx);
+    let node_mapper = move |node: Node| {
+        let name = node.name_any();
+        let mut out: HashSet<ObjectRef<StorageCluster>> = node_ctx
+            .clusters
+            .state()
+            .iter()
+            .filter(|c| status::selects(c, &node))
+            .map(|c| cluster_ref(c))
+            .collect();
+        for (r, sel) in node_ctx.selections.lock().unwrap().iter() {
+            if sel.contains(&name) {
+                out.insert(r.clone());
+            }
+        }
+        out
+    };
+
+    // Wait for every cache before the first reconcile: a status computed from a
+    // half-filled cache would be wrong (and a wasted write).
+    let stores = Arc::clone(&ctx);
+    let ready = async move {
+        let _ = futures::join!(
+            stores.clusters.wait_until_ready(),
+            stores.nodes.wait_until_ready(),
+            stores.storage_nodes.wait_until_ready(),
+            stores.daemon_sets.wait_until_ready(),
+            stores.service_accounts.wait_until_ready(),
+            stores.bindings.wait_until_ready(),
+        );
+        info!("caches synced");
+    };
+
+    let controller =
+        Controller::for_stream(log_errors("storageclusters", cluster_stream), clusters)
+            // Debounce: a burst of changes (a rollout, many reports) becomes one status write.
+            .with_config(
+                ControllerConfig::default()
+                    .concurrency(4)
+                    .debounce(Duration::from_millis(500)),
+            )
+            .owns_stream(log_errors("daemonsets", ds_stream))
+            .owns_stream(log_errors("serviceaccounts", sa_stream))
+            .watches_stream(log_errors("clusterrolebindings", crb_stream), |crb| {
+                labelled_cluster(&crb)
+            })
+            .watches_stream(log_errors("storagenodes", sn_stream), |sn| {
+                labelled_cluster(&sn)
+            })
+            .watches_stream(log_errors("nodes", node_stream), node_mapper)
+            .reconcile_on(tokio_stream_from(requeue_rx))
+            .graceful_shutdown_on(shutdown);
+
+    // The controller polls its streams (so the caches fill) while reconciles wait.
+    let ctx_for_run = Arc::clone(&ctx);
+    let gate = ready.boxed().shared();
+    controller
+        .run(
+            move |sc, ctx| {
+                let gate = gate.clone();
+                async move {
+                    gate.await;
+                    reconcile(sc, ctx).await
+                }
+            },
+            error_policy,
+            ctx_for_run,
+        )
+        .for_each(|res| async move {
+            match res {
+                Ok((obj, _)) => debug!(cluster = %obj, "reconciled"),
+                Err(e) => debug!(error = %e, "reconcile failed"),
+            }
+        })
+        .await;
+}
+
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: mpsc::UnboundedReceiver<T>,
+) -> impl Stream<Item = T> + Send {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let d: Vec<u64> = (1..=12).map(|n| backoff(n).as_secs()).collect();
+        assert_eq!(d, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300]);
+    }
+}

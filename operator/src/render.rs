@@ -1,0 +1,698 @@
+//! Pure rendering: a StorageCluster in, the objects that run its agent fleet out
+//! (ServiceAccount, ClusterRoleBinding, DaemonSet). No I/O, so every detail of the
+//! agent contract (issue 5) is unit-tested here.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    HTTPGetAction, HostPathVolumeSource, ObjectFieldSelector, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, SeccompProfile, SecurityContext, ServiceAccount, Toleration, Volume,
+    VolumeMount,
+};
+use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+use ringmaster_api::keys;
+use ringmaster_api::{SeccompType, StorageCluster};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+/// Value of `app.kubernetes.io/name` on the agent pods and their objects.
+pub const AGENT_APP_NAME: &str = "ringmaster-agent";
+/// Container names (the agent engineers and the chart rely on them).
+pub const AGENT_CONTAINER: &str = "agent";
+pub const READER_CONTAINER: &str = "reader";
+/// The reader's unprivileged uid/gid ("nonroot" in distroless images).
+pub const READER_UID: i64 = 65532;
+/// Host directories the privileged agent needs.
+pub const HOST_SYSCTL_DIR: &str = "/etc/sysctl.d";
+pub const HOST_SECCOMP_DIR: &str = "/var/lib/kubelet/seccomp";
+/// Where each data dir appears inside the reader container: `/data/<name>`.
+pub const DATA_MOUNT_ROOT: &str = "/data";
+
+/// Identity of one StorageCluster as the renderer needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterId {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ClusterId {
+    /// Namespace and name of a StorageCluster; `None` for an object without a namespace
+    /// (the API server never hands us one, StorageCluster is namespaced).
+    pub fn of(sc: &StorageCluster) -> Option<Self> {
+        Some(Self {
+            namespace: sc.namespace()?,
+            name: sc.name_any(),
+        })
+    }
+    /// `namespace/name`, as agents get it in `--cluster` and `RINGMASTER_CLUSTER`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+    /// Name of the DaemonSet and of the ServiceAccount.
+    pub fn agent_name(&self) -> String {
+        format!("{}-agent", self.name)
+    }
+    /// Name of the ClusterRoleBinding (cluster-scoped, so the namespace is part of it).
+    pub fn binding_name(&self) -> String {
+        format!("ringmaster-agent-{}-{}", self.namespace, self.name)
+    }
+}
+
+/// Labels on every object rendered for a cluster. The cluster namespace/name labels
+/// are the same keys the agent puts on StorageNodes, so one selector finds everything.
+pub fn object_labels(id: &ClusterId) -> BTreeMap<String, String> {
+    let mut l = selector_labels(id);
+    l.insert(keys::LABEL_COMPONENT.into(), "agent".into());
+    l.insert(keys::LABEL_MANAGED_BY.into(), keys::MANAGER_OPERATOR.into());
+    l.insert(
+        keys::LABEL_STORAGENODE_CLUSTER_NAMESPACE.into(),
+        id.namespace.clone(),
+    );
+    l.insert(keys::LABEL_STORAGENODE_CLUSTER_NAME.into(), id.name.clone());
+    l
+}
+
+/// The DaemonSet's immutable pod selector: keep it small and stable.
+pub fn selector_labels(id: &ClusterId) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (keys::LABEL_APP_NAME.into(), AGENT_APP_NAME.into()),
+        (keys::LABEL_CLUSTER_NAME.into(), id.name.clone()),
+    ])
+}
+
+fn owner_ref(sc: &StorageCluster) -> Option<OwnerReference> {
+    sc.controller_owner_ref(&())
+}
+
+fn meta(sc: &StorageCluster, id: &ClusterId, name: String, namespaced: bool) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: namespaced.then(|| id.namespace.clone()),
+        labels: Some(object_labels(id)),
+        // A cluster-scoped object cannot have a namespaced owner (the garbage collector
+        // would treat it as dangling): the finalizer deletes the binding instead.
+        owner_references: if namespaced {
+            owner_ref(sc).map(|o| vec![o])
+        } else {
+            None
+        },
+        ..Default::default()
+    }
+}
+
+/// Hash of an object as rendered, stored in [`keys::RENDERED_HASH_ANNOTATION`]; the
+/// controller applies only when the live object's annotation differs.
+pub fn rendered_hash<T: Serialize>(obj: &T) -> String {
+    let bytes = serde_json::to_vec(obj).expect("k8s objects serialize");
+    Sha256::digest(&bytes)
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Sets the rendered-hash annotation (computed over the object without it).
+fn stamp<T: Resource + Serialize>(mut obj: T) -> T {
+    let h = rendered_hash(&obj);
+    obj.annotations_mut()
+        .insert(keys::RENDERED_HASH_ANNOTATION.into(), h);
+    obj
+}
+
+/// The hash a live object carries (None: never applied by us, or edited away).
+pub fn live_hash<T: Resource>(obj: &T) -> Option<&str> {
+    obj.annotations()
+        .get(keys::RENDERED_HASH_ANNOTATION)
+        .map(String::as_str)
+}
+
+/// ServiceAccount `<cluster>-agent` the agent pods run as.
+pub fn service_account(sc: &StorageCluster, id: &ClusterId) -> ServiceAccount {
+    stamp(ServiceAccount {
+        metadata: meta(sc, id, id.agent_name(), true),
+        ..Default::default()
+    })
+}
+
+/// ClusterRoleBinding `ringmaster-agent-<ns>-<name>` of the agent ServiceAccount to the
+/// shipped ClusterRole `ringmaster-agent` (the operator only needs `bind` on that role).
+pub fn cluster_role_binding(sc: &StorageCluster, id: &ClusterId) -> ClusterRoleBinding {
+    stamp(ClusterRoleBinding {
+        metadata: meta(sc, id, id.binding_name(), false),
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "ClusterRole".into(),
+            name: keys::AGENT_CLUSTER_ROLE.into(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name: id.agent_name(),
+            namespace: Some(id.namespace.clone()),
+            ..Default::default()
+        }]),
+    })
+}
+
+/// Tolerations of the agent pods: the user's, plus Ringmaster's own taint (the agent
+/// must keep running on a node it tainted, or nobody could ever clear the taint).
+pub fn tolerations(sc: &StorageCluster) -> Vec<Toleration> {
+    let mut t = sc.spec.tolerations.clone();
+    let own = Toleration {
+        key: Some(keys::TAINT_IO_URING_UNSUPPORTED.into()),
+        operator: Some("Exists".into()),
+        effect: Some("NoSchedule".into()),
+        ..Default::default()
+    };
+    if !t.contains(&own) {
+        t.push(own);
+    }
+    t
+}
+
+fn http_probe(path: &str, port: i32, period: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::Int(port),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(3),
+        timeout_seconds: Some(2),
+        ..Default::default()
+    }
+}
+
+fn host_path_volume(name: &str, path: &str, type_: &str) -> Volume {
+    Volume {
+        name: name.into(),
+        host_path: Some(HostPathVolumeSource {
+            path: path.into(),
+            type_: Some(type_.into()),
+        }),
+        ..Default::default()
+    }
+}
+
+fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
+    VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        read_only: read_only.then_some(true),
+        ..Default::default()
+    }
+}
+
+fn env(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..Default::default()
+    }
+}
+
+/// Volume name of a data dir (data dir names are DNS labels, so this is one too).
+pub fn data_volume_name(dir: &str) -> String {
+    format!("data-{dir}")
+}
+
+/// The reader's seccomp profile, from `spec.seccomp`.
+pub fn seccomp_profile(sc: &StorageCluster) -> SeccompProfile {
+    let s = &sc.spec.seccomp;
+    match s.type_ {
+        SeccompType::RuntimeDefault => SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            localhost_profile: None,
+        },
+        SeccompType::Unconfined => SeccompProfile {
+            type_: "Unconfined".into(),
+            localhost_profile: None,
+        },
+        SeccompType::Localhost => SeccompProfile {
+            type_: "Localhost".into(),
+            localhost_profile: s.localhost_profile.clone(),
+        },
+    }
+}
+
+/// The agent DaemonSet `<cluster>-agent`: a privileged `agent` container (tunes sysctls,
+/// installs the seccomp profile, labels the node, writes the StorageNode) and an
+/// unprivileged `reader` container under `spec.seccomp` (probes io_uring, serves reads).
+/// The pod template carries `spec.pod_hash()`: only changes that need new pods roll them;
+/// sizing changes reach the agents through their StorageCluster watch.
+pub fn daemon_set(sc: &StorageCluster, id: &ClusterId) -> DaemonSet {
+    let spec = &sc.spec;
+    let state_dir = keys::POD_STATE_DIR;
+    let agent_port = i32::from(keys::AGENT_HTTP_PORT);
+    let read_port = i32::from(spec.read_service.port);
+
+    let pod_labels = object_labels(id);
+    let pod_annotations =
+        BTreeMap::from([(keys::CONFIG_HASH_ANNOTATION.to_string(), spec.pod_hash())]);
+
+    let agent = Container {
+        name: AGENT_CONTAINER.into(),
+        image: Some(spec.agent.image.clone()),
+        image_pull_policy: Some("IfNotPresent".into()),
+        command: Some(vec!["ringmaster-agent".into()]),
+        args: Some(
+            [
+                "run",
+                "--node-name",
+                "$(NODE_NAME)",
+                "--cluster",
+                &id.key(),
+                "--state-dir",
+                state_dir,
+                "--host-state-dir",
+                keys::HOST_STATE_DIR,
+                "--http-port",
+                &keys::AGENT_HTTP_PORT.to_string(),
+            ]
+            .map(String::from)
+            .to_vec(),
+        ),
+        env: Some(vec![
+            EnvVar {
+                name: "NODE_NAME".into(),
+                value_from: Some(EnvVarSource {
+                    field_ref: Some(ObjectFieldSelector {
+                        field_path: "spec.nodeName".into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            env("RINGMASTER_CLUSTER", &id.key()),
+        ]),
+        ports: Some(vec![ContainerPort {
+            name: Some("agent-http".into()),
+            container_port: agent_port,
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+        liveness_probe: Some(http_probe("/healthz", agent_port, 10)),
+        readiness_probe: Some(http_probe("/readyz", agent_port, 5)),
+        resources: spec.agent.resources.clone(),
+        // Privileged only for what needs it: writing /proc/sys, /etc/sysctl.d and the
+        // kubelet's seccomp dir. It never probes io_uring (a privileged process is never
+        // seccomp-filtered, so its verdict would say nothing about the readers).
+        security_context: Some(SecurityContext {
+            privileged: Some(true),
+            ..Default::default()
+        }),
+        volume_mounts: Some(vec![
+            mount("state", state_dir, false),
+            mount("host-state", keys::HOST_STATE_DIR, false),
+            mount("sysctl-d", HOST_SYSCTL_DIR, false),
+            mount("seccomp", HOST_SECCOMP_DIR, false),
+        ]),
+        ..Default::default()
+    };
+
+    let mut reader_mounts = vec![mount("state", state_dir, false)];
+    let mut volumes = vec![
+        Volume {
+            name: "state".into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Default::default()
+        },
+        host_path_volume("host-state", keys::HOST_STATE_DIR, "DirectoryOrCreate"),
+        host_path_volume("sysctl-d", HOST_SYSCTL_DIR, "DirectoryOrCreate"),
+        host_path_volume("seccomp", HOST_SECCOMP_DIR, "DirectoryOrCreate"),
+    ];
+    for d in &spec.read_service.data_dirs {
+        let vol = data_volume_name(&d.name);
+        // `Directory`: a data dir must exist; we never create directories on the host.
+        volumes.push(host_path_volume(&vol, &d.host_path, "Directory"));
+        reader_mounts.push(mount(&vol, &format!("{DATA_MOUNT_ROOT}/{}", d.name), true));
+    }
+
+    let reader = Container {
+        name: READER_CONTAINER.into(),
+        image: Some(spec.agent.image.clone()),
+        image_pull_policy: Some("IfNotPresent".into()),
+        command: Some(vec!["ringmaster-agent".into()]),
+        args: Some(
+            ["reader", "--state-dir", state_dir]
+                .map(String::from)
+                .to_vec(),
+        ),
+        env: Some(vec![env("RINGMASTER_CLUSTER", &id.key())]),
+        ports: Some(vec![ContainerPort {
+            name: Some("read".into()),
+            container_port: read_port,
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+        liveness_probe: Some(http_probe("/healthz", read_port, 10)),
+        readiness_probe: Some(http_probe("/readyz", read_port, 5)),
+        resources: spec.agent.resources.clone(),
+        security_context: Some(SecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(READER_UID),
+            run_as_group: Some(READER_UID),
+            read_only_root_filesystem: Some(true),
+            allow_privilege_escalation: Some(false),
+            privileged: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                add: None,
+            }),
+            seccomp_profile: Some(seccomp_profile(sc)),
+            ..Default::default()
+        }),
+        volume_mounts: Some(reader_mounts),
+        ..Default::default()
+    };
+
+    let node_selector = (!spec.node_selector.is_empty()).then(|| spec.node_selector.clone());
+    let mut metadata = meta(sc, id, id.agent_name(), true);
+    metadata.annotations = Some(pod_annotations.clone());
+
+    stamp(DaemonSet {
+        metadata,
+        spec: Some(DaemonSetSpec {
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(id)),
+                ..Default::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    annotations: Some(pod_annotations),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    service_account_name: Some(id.agent_name()),
+                    automount_service_account_token: Some(true),
+                    node_selector,
+                    tolerations: Some(tolerations(sc)),
+                    // The shared state dir is written by both containers: make it
+                    // group-writable for the reader's gid.
+                    security_context: Some(PodSecurityContext {
+                        fs_group: Some(READER_UID),
+                        ..Default::default()
+                    }),
+                    termination_grace_period_seconds: Some(30),
+                    containers: vec![agent, reader],
+                    volumes: Some(volumes),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        status: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ringmaster_api::{DataDir, SeccompSpec, StorageClusterSpec};
+
+    fn cluster(spec: StorageClusterSpec) -> StorageCluster {
+        let mut sc = StorageCluster::new("fast", spec);
+        sc.metadata.namespace = Some("storage".into());
+        sc.metadata.uid = Some("uid-1".into());
+        sc
+    }
+
+    fn id() -> ClusterId {
+        ClusterId {
+            namespace: "storage".into(),
+            name: "fast".into(),
+        }
+    }
+
+    fn pod(ds: &DaemonSet) -> &PodSpec {
+        ds.spec.as_ref().unwrap().template.spec.as_ref().unwrap()
+    }
+
+    fn container<'a>(ds: &'a DaemonSet, name: &str) -> &'a Container {
+        pod(ds).containers.iter().find(|c| c.name == name).unwrap()
+    }
+
+    #[test]
+    fn names_follow_the_contract() {
+        let id = id();
+        assert_eq!(id.agent_name(), "fast-agent");
+        assert_eq!(id.binding_name(), "ringmaster-agent-storage-fast");
+        assert_eq!(id.key(), "storage/fast");
+        let sc = cluster(StorageClusterSpec::default());
+        let ds = daemon_set(&sc, &id);
+        assert_eq!(ds.metadata.name.as_deref(), Some("fast-agent"));
+        assert_eq!(ds.metadata.namespace.as_deref(), Some("storage"));
+        assert_eq!(pod(&ds).service_account_name.as_deref(), Some("fast-agent"));
+        let sa = service_account(&sc, &id);
+        assert_eq!(sa.metadata.name.as_deref(), Some("fast-agent"));
+    }
+
+    #[test]
+    fn owned_objects_point_at_the_cluster_except_the_cluster_scoped_binding() {
+        let sc = cluster(StorageClusterSpec::default());
+        let ds = daemon_set(&sc, &id());
+        let o = &ds.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!(o.kind, "StorageCluster");
+        assert_eq!(o.uid, "uid-1");
+        assert_eq!(o.controller, Some(true));
+        assert!(service_account(&sc, &id())
+            .metadata
+            .owner_references
+            .is_some());
+        let crb = cluster_role_binding(&sc, &id());
+        assert!(crb.metadata.owner_references.is_none());
+        assert_eq!(crb.role_ref.name, "ringmaster-agent");
+        let s = &crb.subjects.unwrap()[0];
+        assert_eq!(
+            (s.kind.as_str(), s.name.as_str(), s.namespace.as_deref()),
+            ("ServiceAccount", "fast-agent", Some("storage"))
+        );
+    }
+
+    #[test]
+    fn agent_container_is_privileged_with_host_paths_and_downward_node_name() {
+        let ds = daemon_set(&cluster(StorageClusterSpec::default()), &id());
+        let a = container(&ds, "agent");
+        assert_eq!(a.security_context.as_ref().unwrap().privileged, Some(true));
+        let args = a.args.as_ref().unwrap().join(" ");
+        assert_eq!(
+            args,
+            "run --node-name $(NODE_NAME) --cluster storage/fast --state-dir /run/ringmaster \
+             --host-state-dir /var/lib/ringmaster --http-port 9464"
+        );
+        let envs = a.env.as_ref().unwrap();
+        let node = envs.iter().find(|e| e.name == "NODE_NAME").unwrap();
+        let field = &node
+            .value_from
+            .as_ref()
+            .unwrap()
+            .field_ref
+            .as_ref()
+            .unwrap();
+        assert_eq!(field.field_path, "spec.nodeName");
+        let cl = envs
+            .iter()
+            .find(|e| e.name == "RINGMASTER_CLUSTER")
+            .unwrap();
+        assert_eq!(cl.value.as_deref(), Some("storage/fast"));
+        let mounts: Vec<_> = a
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|m| m.mount_path.as_str())
+            .collect();
+        assert_eq!(
+            mounts,
+            [
+                "/run/ringmaster",
+                "/var/lib/ringmaster",
+                "/etc/sysctl.d",
+                "/var/lib/kubelet/seccomp"
+            ]
+        );
+        let probe = a
+            .readiness_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap();
+        assert_eq!(probe.path.as_deref(), Some("/readyz"));
+        assert_eq!(probe.port, IntOrString::Int(9464));
+        assert_eq!(pod(&ds).host_pid, None);
+    }
+
+    #[test]
+    fn reader_is_unprivileged_under_the_cluster_seccomp_profile() {
+        let spec = StorageClusterSpec {
+            seccomp: SeccompSpec {
+                type_: SeccompType::Localhost,
+                localhost_profile: Some("ringmaster/io-uring.json".into()),
+            },
+            ..Default::default()
+        };
+        let ds = daemon_set(&cluster(spec), &id());
+        let r = container(&ds, "reader");
+        let sc = r.security_context.as_ref().unwrap();
+        assert_eq!(sc.run_as_non_root, Some(true));
+        assert_eq!(sc.run_as_user, Some(65532));
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.privileged, Some(false));
+        assert_eq!(
+            sc.capabilities.as_ref().unwrap().drop.as_deref(),
+            Some(&["ALL".to_string()][..])
+        );
+        let p = sc.seccomp_profile.as_ref().unwrap();
+        assert_eq!(p.type_, "Localhost");
+        assert_eq!(
+            p.localhost_profile.as_deref(),
+            Some("ringmaster/io-uring.json")
+        );
+        assert_eq!(
+            r.args.as_ref().unwrap().join(" "),
+            "reader --state-dir /run/ringmaster"
+        );
+        let probe = r
+            .liveness_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap();
+        assert_eq!(probe.port, IntOrString::Int(7480));
+    }
+
+    #[test]
+    fn data_dirs_become_read_only_host_paths_under_data() {
+        let mut spec = StorageClusterSpec::default();
+        spec.read_service.port = 8080;
+        spec.read_service.data_dirs = vec![DataDir {
+            name: "d0".into(),
+            host_path: "/srv/storage/d0".into(),
+        }];
+        let ds = daemon_set(&cluster(spec), &id());
+        let r = container(&ds, "reader");
+        let m = r
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.name == "data-d0")
+            .unwrap();
+        assert_eq!(m.mount_path, "/data/d0");
+        assert_eq!(m.read_only, Some(true));
+        let v = pod(&ds)
+            .volumes
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|v| v.name == "data-d0")
+            .unwrap();
+        let hp = v.host_path.as_ref().unwrap();
+        assert_eq!(hp.path, "/srv/storage/d0");
+        assert_eq!(hp.type_.as_deref(), Some("Directory"));
+        assert_eq!(
+            r.ports.as_ref().unwrap()[0].container_port,
+            8080,
+            "read port from spec.readService.port"
+        );
+        // The agent container never sees the data.
+        let a = container(&ds, "agent");
+        assert!(a
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .all(|m| !m.name.starts_with("data-")));
+    }
+
+    #[test]
+    fn selector_and_tolerations_come_from_the_spec_plus_our_taint() {
+        let mut spec = StorageClusterSpec::default();
+        spec.node_selector.insert("tier".into(), "storage".into());
+        spec.tolerations.push(Toleration {
+            key: Some("kwok.x-k8s.io/node".into()),
+            operator: Some("Exists".into()),
+            ..Default::default()
+        });
+        let ds = daemon_set(&cluster(spec), &id());
+        let p = pod(&ds);
+        assert_eq!(
+            p.node_selector
+                .as_ref()
+                .unwrap()
+                .get("tier")
+                .map(String::as_str),
+            Some("storage")
+        );
+        let keys: Vec<_> = p
+            .tolerations
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|t| t.key.clone().unwrap())
+            .collect();
+        assert_eq!(
+            keys,
+            ["kwok.x-k8s.io/node", "ringmaster.io/io-uring-unsupported"]
+        );
+        // An empty selector renders as none (every node).
+        let ds = daemon_set(&cluster(StorageClusterSpec::default()), &id());
+        assert!(pod(&ds).node_selector.is_none());
+    }
+
+    #[test]
+    fn only_pod_relevant_changes_change_the_pod_template() {
+        let base = cluster(StorageClusterSpec::default());
+        let template = |sc: &StorageCluster| {
+            serde_json::to_value(&daemon_set(sc, &id()).spec.unwrap().template).unwrap()
+        };
+        let mut sizing = base.clone();
+        sizing.spec.aio.max_events = 2048;
+        sizing.spec.aio.workers = 32;
+        sizing.spec.sysctl.aio_max_nr = 4_000_000;
+        assert_eq!(template(&base), template(&sizing), "sizing is hot-reloaded");
+        assert_eq!(
+            rendered_hash(&daemon_set(&base, &id())),
+            rendered_hash(&daemon_set(&sizing, &id())),
+            "a sizing change writes nothing"
+        );
+        let mut image = base.clone();
+        image.spec.agent.image = "registry.local/ringmaster-agent:2".into();
+        assert_ne!(template(&base), template(&image));
+        let hash = |sc: &StorageCluster| {
+            daemon_set(sc, &id())
+                .spec
+                .unwrap()
+                .template
+                .metadata
+                .unwrap()
+                .annotations
+                .unwrap()[keys::CONFIG_HASH_ANNOTATION]
+                .clone()
+        };
+        assert_eq!(hash(&base), base.spec.pod_hash());
+        assert_ne!(hash(&base), hash(&image));
+    }
+
+    #[test]
+    fn rendered_hash_is_stamped_and_stable() {
+        let sc = cluster(StorageClusterSpec::default());
+        let a = daemon_set(&sc, &id());
+        let b = daemon_set(&sc, &id());
+        assert_eq!(live_hash(&a), live_hash(&b));
+        assert_eq!(live_hash(&a).unwrap().len(), 16);
+        let mut moved = sc.clone();
+        moved.spec.read_service.port = 9000;
+        assert_ne!(live_hash(&a), live_hash(&daemon_set(&moved, &id())));
+    }
+}
