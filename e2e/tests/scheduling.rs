@@ -169,6 +169,16 @@ async fn wait_label(f: &Fleet, node: &str, value: &str) {
     .await;
 }
 
+/// Waits until `node` carries `n` ringmaster taints.
+async fn wait_taints(f: &Fleet, node: &str, n: usize) {
+    wait_for(T, &format!("{n} ringmaster taint(s) on {node}"), || async {
+        let t = ringmaster_taints(&f.node(node).await);
+        anyhow::ensure!(t == n, "{t}");
+        Ok(())
+    })
+    .await
+}
+
 /// Restarts a node's reader in a new sandbox: the node's verdict changes with no agent restart.
 fn restart_reader(f: &mut Fleet, node: &str, uring: Uring) {
     let a = f.agent(node);
@@ -258,19 +268,8 @@ async fn taint_policy_keeps_pods_without_a_toleration_off_unsupported_nodes() {
     f.start_all();
     f.wait_applied(&flip, gen).await;
     f.wait_applied(&bad, gen).await;
-    let wait_taints = |node: String, n: usize| {
-        let f = &f;
-        async move {
-            wait_for(T, &format!("{n} ringmaster taint(s) on {node}"), || async {
-                let t = ringmaster_taints(&f.node(&node).await);
-                anyhow::ensure!(t == n, "{t}");
-                Ok(())
-            })
-            .await
-        }
-    };
-    wait_taints(bad.clone(), 1).await;
-    wait_taints(flip.clone(), 0).await;
+    wait_taints(&f, &bad, 1).await;
+    wait_taints(&f, &flip, 0).await;
 
     // No affinity: only the taint keeps it off the unsupported node.
     let ds = create_ds(&f, example("storage-workload-taint.yaml"), &[]).await;
@@ -288,7 +287,7 @@ async fn taint_policy_keeps_pods_without_a_toleration_off_unsupported_nodes() {
     // `flip` turns unsupported (EPERM) and is tainted. NoSchedule does not evict: the pod
     // already there stays; once deleted it is not recreated there.
     restart_reader(&mut f, &flip, Uring::Fails("EPERM"));
-    wait_taints(flip.clone(), 1).await;
+    wait_taints(&f, &flip, 1).await;
     let (_, running, pods) = pods_of(&f, &ds).await;
     assert_eq!(
         running,
@@ -306,7 +305,7 @@ async fn taint_policy_keeps_pods_without_a_toleration_off_unsupported_nodes() {
 
     // Supported again: the taint goes and the pod returns.
     restart_reader(&mut f, &flip, Uring::Works);
-    wait_taints(flip.clone(), 0).await;
+    wait_taints(&f, &flip, 0).await;
     wait_placed(&f, &ds, &[&flip]).await;
     // The untolerating workload never reached the ENOSYS node throughout.
     assert_eq!(ringmaster_taints(&f.node(&bad).await), 1);
