@@ -98,7 +98,9 @@ async fn control_plane_restart_converges(component: &str) {
     f.wait_applied(&node, g1).await;
     let agent_pid = f.agents[0].agent.as_ref().unwrap().pid();
 
+    let t0 = std::time::Instant::now();
     restart_component(component);
+    let back = t0.elapsed();
 
     // A fresh client: the old one's connections died with the server.
     f.client = ringmaster_e2e::client().await;
@@ -124,6 +126,10 @@ async fn control_plane_restart_converges(component: &str) {
         },
     )
     .await;
+    eprintln!(
+        "figures: {component} restart: API ready again after {back:?}, spec change applied {:?} after the restart began",
+        t0.elapsed()
+    );
     let st = sn.status.unwrap();
     assert_eq!(st.io_uring.unwrap().requested_entries, 256);
     let a = f.agents[0].agent.as_mut().unwrap();
@@ -173,6 +179,7 @@ async fn agent_killed_after_raise_keeps_original_and_restores_it() {
         serde_json::from_slice(&std::fs::read(&state_file).expect("state file after SIGKILL"))
             .expect("state file is whole JSON after SIGKILL");
     assert_eq!(state["original"], json!(low), "{state}");
+    eprintln!("figures: state file after SIGKILL: {state}");
     assert!(read_aio_max_nr() >= 300_000);
 
     // A restarted agent keeps the first original (it does not take 300000 as original).
@@ -190,11 +197,7 @@ async fn agent_killed_after_raise_keeps_original_and_restores_it() {
             .status
             .unwrap_or_default();
         let c = st.conditions.iter().find(|c| c.type_ == cond::RESTORED);
-        anyhow::ensure!(
-            c.is_some_and(|c| c.status == "True"),
-            "{:?}",
-            st.conditions
-        );
+        anyhow::ensure!(c.is_some_and(|c| c.status == "True"), "{:?}", st.conditions);
         Ok(())
     })
     .await;
@@ -248,11 +251,32 @@ async fn node_deleted_while_agent_reports() {
         Ok(())
     })
     .await;
+    // One NodeNotFound warning event about the StorageCluster, naming the node.
+    let events: kube::Api<k8s_openapi::api::events::v1::Event> =
+        kube::Api::namespaced(f.client.clone(), f.ns());
+    wait_for(T, "NodeNotFound event", || async {
+        let evs = events.list(&Default::default()).await?.items;
+        let hits: Vec<_> = evs
+            .iter()
+            .filter(|e| e.reason.as_deref() == Some("NodeNotFound"))
+            .collect();
+        anyhow::ensure!(hits.len() == 1, "{} NodeNotFound events", hits.len());
+        let note = hits[0].note.clone().unwrap_or_default();
+        anyhow::ensure!(note.contains(&gone), "{note}");
+        Ok(())
+    })
+    .await;
     // Several resync passes (3 s each): still running, and it did not bring the
     // StorageNode back for a Node that is gone.
     tokio::time::sleep(Duration::from_secs(10)).await;
     f.agents[0].agent.as_mut().unwrap().assert_running();
     assert!(sns.get_opt(&gone).await.unwrap().is_none());
+    let again = events.list(&Default::default()).await.unwrap().items;
+    let n = again
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("NodeNotFound"))
+        .count();
+    assert_eq!(n, 1, "NodeNotFound announced again on every pass");
     // The other node is unaffected.
     let st = sns.get(&kept).await.unwrap().status.unwrap();
     assert_eq!(st.applied_generation, Some(gen));
