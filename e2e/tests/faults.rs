@@ -3,13 +3,14 @@
 //! and a later spec change still converges); an agent SIGKILLed right after it raised
 //! fs.aio-max-nr (its state file still holds the original, and a restarted agent restores
 //! it exactly on delete); a Node deleted while its agent reports (StorageNode collected,
-//! the agent keeps running and says why). The operator's own API server restart is in
-//! operator_resilience.rs.
+//! the agent keeps running and says why); the operator across an etcd restart (its API
+//! server restart is in operator_resilience.rs).
 //!
 //! Needs `KUBECONFIG` and `RINGMASTER_CLUSTER_DIR` (hack/cluster.sh up), `RINGMASTER_BIN_DIR`
 //! with `ringmaster-agent`, and root (every test puts fs.aio-max-nr back: SysctlGuard).
 
 mod agent_support;
+mod operator_support;
 
 use std::time::Duration;
 
@@ -281,4 +282,75 @@ async fn node_deleted_while_agent_reports() {
     let st = sns.get(&kept).await.unwrap().status.unwrap();
     assert_eq!(st.applied_generation, Some(gen));
     f.agents[1].agent.as_mut().unwrap().assert_running();
+}
+
+/// The operator (under its own ServiceAccount) across an etcd restart: a spec change and a
+/// new agent report after it both reach the StorageCluster status.
+#[tokio::test]
+async fn etcd_restart_operator_watches_recover() {
+    use operator_support as op;
+    use ringmaster_api::cluster_conditions as cc;
+    let c = ringmaster_e2e::client().await;
+    ringmaster_e2e::install_crds(&c).await;
+    let ns = ringmaster_e2e::TestNamespace::create(&c, "fault-op-etcd").await;
+    let n = ns.name().to_string();
+    let id = op::OperatorIdentity::create(&ns);
+    let pool = ringmaster_e2e::unique_name("pool");
+    let name = ringmaster_e2e::unique_name("etcd");
+    let _h = ringmaster_e2e::FakeNode::new(&name)
+        .label("ringmaster-e2e/pool", &pool)
+        .create(&c)
+        .await;
+    let mut o = op::start_operator(&id, "etcd-op", &["--lease-duration", "30"]);
+    op::create_cluster(&c, op::cluster_manifest(&n, "survive", &pool, json!({}))).await;
+    let pods = op::wait_agent_pods(&c, &n, "survive", &[&name]).await;
+    let a = op::agent_client(&n, "survive", &pods[&name]).await;
+    op::report(&a, &n, "survive", &name, &op::Report::ok(1)).await;
+    op::wait_status(&c, &n, "survive", "reporting before the restart", T, |sc| {
+        anyhow::ensure!(op::counts(sc).1 == 1, "counts {:?}", op::counts(sc));
+        Ok(())
+    })
+    .await;
+
+    let t0 = std::time::Instant::now();
+    restart_component("etcd");
+
+    let c = ringmaster_e2e::client().await;
+    op::patch_spec(&c, &n, "survive", json!({"aio": {"ioUring": "Required"}})).await;
+    let a = op::agent_client(&n, "survive", &pods[&name]).await;
+    op::report(
+        &a,
+        &n,
+        "survive",
+        &name,
+        &op::Report::failing(2, "EPERM", 1),
+    )
+    .await;
+    op::wait_status(
+        &c,
+        &n,
+        "survive",
+        "status after the etcd restart",
+        Duration::from_secs(90),
+        |sc| {
+            anyhow::ensure!(
+                sc.status.as_ref().unwrap().observed_generation == Some(2),
+                "generation not observed"
+            );
+            anyhow::ensure!(
+                op::counts(sc).4 == 1 && op::counts(sc).6 == 1,
+                "counts {:?}",
+                op::counts(sc)
+            );
+            let d = op::cond(sc, cc::DEGRADED).unwrap();
+            anyhow::ensure!(d.reason == "IoUringUnsupported", "Degraded {}", d.reason);
+            Ok(())
+        },
+    )
+    .await;
+    eprintln!(
+        "figures: etcd restart (operator): status converged {:?} after the restart began",
+        t0.elapsed()
+    );
+    o.process.assert_running();
 }
