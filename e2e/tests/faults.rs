@@ -168,26 +168,37 @@ async fn agent_killed_after_raise_keeps_original_and_restores_it() {
         .await
         .unwrap();
     f.start_all();
-    // SIGKILL the moment the raise is visible: before it can report or do anything else.
-    wait_for_sync(T, "fs.aio-max-nr raised", || {
-        let v = read_aio_max_nr();
-        anyhow::ensure!(v >= 300_000, "fs.aio-max-nr {v}");
-        Ok(())
-    });
-    f.agents[0].agent.as_mut().unwrap().kill();
+    // SIGKILL the moment the tuner's state file appears (it is written before the sysctl):
+    // the agent dies between recording the original and raising, or just after raising.
     let state_file = f.agents[0].host_state_dir.path().join("aio-max-nr.json");
+    let t0 = std::time::Instant::now();
+    while !state_file.exists() {
+        assert!(
+            t0.elapsed() < T,
+            "no tune state file after {T:?}: did another process raise fs.aio-max-nr \
+             (now {}) before the agent?",
+            read_aio_max_nr()
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    f.agents[0].agent.as_mut().unwrap().kill();
+    let at_kill = read_aio_max_nr();
     let state: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&state_file).expect("state file after SIGKILL"))
             .expect("state file is whole JSON after SIGKILL");
     assert_eq!(state["original"], json!(low), "{state}");
-    eprintln!("figures: state file after SIGKILL: {state}");
-    assert!(read_aio_max_nr() >= 300_000);
+    assert!(
+        at_kill == low || at_kill >= 300_000,
+        "fs.aio-max-nr {at_kill}: neither the original nor the raised value"
+    );
+    eprintln!("figures: fs.aio-max-nr {at_kill} at SIGKILL; state file: {state}");
 
     // A restarted agent keeps the first original (it does not take 300000 as original).
     let ns = f.ns().to_string();
     f.agents[0].start_agent(&ns);
     let sn = f.wait_applied(&node, sc.metadata.generation.unwrap()).await;
     assert_eq!(sn.status.unwrap().aio.unwrap().original, Some(low));
+    assert!(read_aio_max_nr() >= 300_000);
 
     f.delete_cluster().await;
     wait_for(T, "StorageNode Restored=True", || async {
