@@ -1,7 +1,7 @@
 //! Faults survived by running node agents (issue 8), on the real control plane:
 //! the API server restarted and etcd restarted while an agent runs (its watches come back
-//! and a later spec change still converges); an agent SIGKILLed right after it raised
-//! fs.aio-max-nr (its state file still holds the original, and a restarted agent restores
+//! and a later spec change still converges); an agent SIGKILLed during tune, as soon as
+//! its state file appears (the file still holds the original, and a restarted agent restores
 //! it exactly on delete); a Node deleted while its agent reports (StorageNode collected,
 //! the agent keeps running and says why); the operator across an etcd restart (its API
 //! server restart is in operator_resilience.rs).
