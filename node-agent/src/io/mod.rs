@@ -372,26 +372,5 @@ pub fn describe_errno(e: &io::Error) -> String {
     }
 }
 
-/// Symbolic name of the errnos io_uring setup and reads return.
-pub fn errno_name(n: i32) -> String {
-    let s = match n {
-        libc::EPERM => "EPERM",
-        libc::ENOENT => "ENOENT",
-        libc::EINTR => "EINTR",
-        libc::EIO => "EIO",
-        libc::EBADF => "EBADF",
-        libc::EAGAIN => "EAGAIN",
-        libc::ENOMEM => "ENOMEM",
-        libc::EACCES => "EACCES",
-        libc::EFAULT => "EFAULT",
-        libc::EBUSY => "EBUSY",
-        libc::EINVAL => "EINVAL",
-        libc::EMFILE => "EMFILE",
-        libc::ENFILE => "ENFILE",
-        libc::ESPIPE => "ESPIPE",
-        libc::ENOSYS => "ENOSYS",
-        libc::EOPNOTSUPP => "EOPNOTSUPP",
-        _ => return format!("errno {n}"),
-    };
-    s.to_string()
-}
+/// Symbolic name of an errno (one table for the whole agent, in the probe).
+pub use crate::probe::errno::errno_name;

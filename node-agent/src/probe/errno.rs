@@ -61,6 +61,7 @@ pub fn errno_name(e: i32) -> String {
         libc::EMFILE => "EMFILE",
         libc::ENFILE => "ENFILE",
         libc::ENOSPC => "ENOSPC",
+        libc::ESPIPE => "ESPIPE",
         libc::EROFS => "EROFS",
         libc::ENOSYS => "ENOSYS",
         libc::EOPNOTSUPP => "EOPNOTSUPP",
