@@ -5,6 +5,7 @@
 //! Everything panics with a message that says what was expected and what happened, so a
 //! test reads as a list of steps with no error plumbing.
 
+mod control_plane;
 mod env;
 mod kubectl;
 mod namespace;
@@ -14,6 +15,7 @@ mod resources;
 mod token;
 mod wait;
 
+pub use control_plane::restart_control_plane_component;
 pub use env::{apiserver_url, bin_dir, client, kubeconfig_path, log_dir, repo_root, unique_name};
 pub use kubectl::{kubectl, kubectl_ok, kubectl_stdin, KubectlOutput};
 pub use namespace::TestNamespace;

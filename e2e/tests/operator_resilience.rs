@@ -14,7 +14,8 @@ use kube::{Api, ResourceExt};
 use operator_support::*;
 use ringmaster_api::{cluster_conditions as cc, keys, StorageCluster};
 use ringmaster_e2e::{
-    client, install_crds, kubectl, unique_name, wait_for, FakeNode, TestNamespace,
+    client, install_crds, restart_control_plane_component, unique_name, wait_for, FakeNode,
+    TestNamespace,
 };
 use serde_json::json;
 
@@ -255,69 +256,6 @@ async fn later_cluster_on_the_same_nodes_is_degraded_node_conflict() {
     drop(handles);
 }
 
-/// Restarts the kube-apiserver that hack/cluster.sh started (same command line), and
-/// waits until it serves again.
-fn restart_apiserver() {
-    let dir = std::env::var("RINGMASTER_CLUSTER_DIR")
-        .expect("RINGMASTER_CLUSTER_DIR (set by eval \"$(hack/cluster.sh up)\") is needed to restart the API server");
-    let pid_file = format!("{dir}/pids/kube-apiserver");
-    let pid: i32 = std::fs::read_to_string(&pid_file)
-        .unwrap_or_else(|e| panic!("{pid_file}: {e}"))
-        .trim()
-        .parse()
-        .unwrap();
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("apiserver cmdline");
-    let argv: Vec<String> = cmdline
-        .split(|b| *b == 0)
-        .filter(|s| !s.is_empty())
-        .map(|s| String::from_utf8_lossy(s).into_owned())
-        .collect();
-    let stopped = || {
-        !std::path::Path::new(&format!("/proc/{pid}")).exists()
-            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .map(|s| s.contains(") Z "))
-                .unwrap_or(true)
-    };
-    let wait = |tenths: u32| {
-        (0..tenths).any(|_| {
-            std::thread::sleep(Duration::from_millis(100));
-            stopped()
-        })
-    };
-    // SAFETY: signalling the API server process the cluster script started. Its graceful
-    // shutdown drains watches for up to a minute: after 5 s it is killed (a crash).
-    unsafe { libc::kill(pid, libc::SIGTERM) };
-    let gone = wait(50) || {
-        unsafe { libc::kill(pid, libc::SIGKILL) };
-        wait(100)
-    };
-    assert!(gone, "kube-apiserver {pid} did not stop");
-    let log = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(format!("{dir}/logs/kube-apiserver.log"))
-        .unwrap();
-    let child = std::process::Command::new("setsid")
-        .args(&argv)
-        .stdin(std::process::Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("restarting kube-apiserver");
-    // setsid execs the server in place: the child pid is the server's.
-    std::fs::write(&pid_file, format!("{}\n", child.id())).unwrap();
-    std::mem::forget(child);
-    ringmaster_e2e::wait_for_sync(
-        Duration::from_secs(120),
-        "kube-apiserver /readyz after restart",
-        || {
-            let out = kubectl(["get", "--raw", "/readyz"]);
-            anyhow::ensure!(out.success(), "{}", out.stderr);
-            Ok(())
-        },
-    );
-}
-
 #[tokio::test]
 async fn apiserver_restart_watches_recover() {
     let c = client().await;
@@ -342,7 +280,7 @@ async fn apiserver_restart_watches_recover() {
     })
     .await;
 
-    restart_apiserver();
+    restart_control_plane_component("kube-apiserver");
 
     // Every watch must have come back: a spec change (StorageCluster watch) and a
     // report (StorageNode watch) both reach the status.
