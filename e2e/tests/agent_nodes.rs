@@ -502,15 +502,7 @@ async fn deleting_the_cluster_restores_the_node() {
     let sc = f
         .create_cluster("sysctl: {aioMaxNr: 300000, restoreOnDelete: true}")
         .await;
-    // Stand in for the operator's finalizer, so deletion waits for the agent.
-    f.clusters()
-        .patch(
-            CLUSTER,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"finalizers": [keys::FINALIZER]}})),
-        )
-        .await
-        .unwrap();
+    f.hold_finalizer().await;
     f.start_all();
     let sn = f.wait_applied(&node, sc.metadata.generation.unwrap()).await;
     let aio = sn.status.unwrap().aio.unwrap();

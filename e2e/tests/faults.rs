@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use agent_support::*;
 use kube::api::{Patch, PatchParams};
-use ringmaster_api::{keys, node_conditions as cond};
+use ringmaster_api::node_conditions as cond;
 use ringmaster_e2e::{restart_control_plane_component, wait_for};
 use serde_json::json;
 
@@ -95,15 +95,7 @@ async fn agent_killed_after_raise_keeps_original_and_restores_it() {
     let sc = f
         .create_cluster("sysctl: {aioMaxNr: 300000, restoreOnDelete: true}")
         .await;
-    // Stand in for the operator's finalizer, so deletion waits for the agent.
-    f.clusters()
-        .patch(
-            CLUSTER,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"finalizers": [keys::FINALIZER]}})),
-        )
-        .await
-        .unwrap();
+    f.hold_finalizer().await;
     f.start_all();
     // SIGKILL the moment the tuner's state file appears (it is written before the sysctl):
     // the agent dies between recording the original and raising, or just after raising.

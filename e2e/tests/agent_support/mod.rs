@@ -507,6 +507,19 @@ impl Fleet {
             .expect("creating the StorageCluster")
     }
 
+    /// Puts the operator's finalizer on the StorageCluster, standing in for the operator,
+    /// so a deletion waits for the agent's cleanup.
+    pub async fn hold_finalizer(&self) {
+        self.clusters()
+            .patch(
+                CLUSTER,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"finalizers": [keys::FINALIZER]}})),
+            )
+            .await
+            .expect("adding the finalizer to the StorageCluster");
+    }
+
     pub async fn patch_cluster(&self, spec_patch: serde_json::Value) -> StorageCluster {
         self.clusters()
             .patch(
