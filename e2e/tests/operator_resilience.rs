@@ -28,17 +28,7 @@ async fn killed_mid_reconcile_then_restarted_converges() {
     let ns = TestNamespace::create(&c, "op-kill").await;
     let n = ns.name().to_string();
     let id = OperatorIdentity::create(&ns);
-    let pool = unique_name("pool");
-    let names: Vec<String> = (1..=2).map(|i| unique_name(&format!("kill{i}"))).collect();
-    let mut handles = Vec::new();
-    for name in &names {
-        handles.push(
-            FakeNode::new(name)
-                .label("ringmaster-e2e/pool", &pool)
-                .create(&c)
-                .await,
-        );
-    }
+    let (pool, names, handles) = pool_nodes(&c, "kill", 2).await;
     let nodes: Vec<&str> = names.iter().map(String::as_str).collect();
 
     let mut first = start_operator(&id, "kill-op-1", &[]);
@@ -192,17 +182,7 @@ async fn later_cluster_on_the_same_nodes_is_degraded_node_conflict() {
     let ns = TestNamespace::create(&c, "op-conflict").await;
     let n = ns.name().to_string();
     let id = OperatorIdentity::create(&ns);
-    let pool = unique_name("pool");
-    let names: Vec<String> = (1..=2).map(|i| unique_name(&format!("cf{i}"))).collect();
-    let mut handles = Vec::new();
-    for name in &names {
-        handles.push(
-            FakeNode::new(name)
-                .label("ringmaster-e2e/pool", &pool)
-                .create(&c)
-                .await,
-        );
-    }
+    let (pool, names, handles) = pool_nodes(&c, "cf", 2).await;
     let _op = start_operator(&id, "conflict-op", &["--cleanup-timeout", "1"]);
     create_cluster(&c, cluster_manifest(&n, "first", &pool, json!({}))).await;
     wait_status(&c, &n, "first", "first selects 2", T, |sc| {

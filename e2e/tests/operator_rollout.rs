@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use operator_support::*;
 use ringmaster_api::{cluster_conditions as cc, keys};
-use ringmaster_e2e::{client, install_crds, unique_name, wait_for, FakeNode, TestNamespace};
+use ringmaster_e2e::{client, install_crds, wait_for, TestNamespace};
 use serde_json::json;
 
 const T: Duration = Duration::from_secs(90);
@@ -85,17 +85,7 @@ async fn steady_cluster_writes_nothing_and_only_pod_changes_roll_pods() {
     let ns = TestNamespace::create(&c, "op-roll").await;
     let n = ns.name().to_string();
     let id = OperatorIdentity::create(&ns);
-    let pool = unique_name("pool");
-    let names: Vec<String> = (1..=3).map(|i| unique_name(&format!("roll{i}"))).collect();
-    let mut handles = Vec::new();
-    for name in &names {
-        handles.push(
-            FakeNode::new(name)
-                .label("ringmaster-e2e/pool", &pool)
-                .create(&c)
-                .await,
-        );
-    }
+    let (pool, names, handles) = pool_nodes(&c, "roll", 3).await;
     let nodes: Vec<&str> = names.iter().map(String::as_str).collect();
     let mut op = start_operator(&id, "roll-op", &["--resync", "10"]);
     create_cluster(&c, cluster_manifest(&n, "roll", &pool, json!({}))).await;

@@ -19,8 +19,8 @@ use ringmaster_api::{
     keys, node_conditions as nc, IoUringReport, StorageCluster, StorageNode, StorageNodeStatus,
 };
 use ringmaster_e2e::{
-    kubectl, kubectl_ok, pod_token, repo_root, spawn_bin, wait_for, write_token_kubeconfig,
-    Process, TestNamespace, KWOK_TAINT_KEY,
+    kubectl, kubectl_ok, pod_token, repo_root, spawn_bin, unique_name, wait_for,
+    write_token_kubeconfig, FakeNode, FakeNodeHandle, Process, TestNamespace, KWOK_TAINT_KEY,
 };
 use serde_json::json;
 
@@ -97,6 +97,30 @@ impl Drop for OperatorIdentity {
 }
 
 /// A free TCP port on 127.0.0.1.
+/// Creates `count` fake nodes named `<prefix><i>-…`, all labelled with one fresh
+/// `ringmaster-e2e/pool` value (what the test's StorageCluster selects).
+/// Returns the pool value, the node names and the handles that delete the nodes on drop.
+pub async fn pool_nodes(
+    client: &Client,
+    prefix: &str,
+    count: usize,
+) -> (String, Vec<String>, Vec<FakeNodeHandle>) {
+    let pool = unique_name("pool");
+    let names: Vec<String> = (1..=count)
+        .map(|i| unique_name(&format!("{prefix}{i}")))
+        .collect();
+    let mut handles = Vec::new();
+    for name in &names {
+        handles.push(
+            FakeNode::new(name)
+                .label("ringmaster-e2e/pool", &pool)
+                .create(client)
+                .await,
+        );
+    }
+    (pool, names, handles)
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
