@@ -318,3 +318,154 @@ fn range_reads_under_load_survive_a_broken_ring() {
     );
     assert_still_serving(&mut server, addr, fds_before, &data, &[]);
 }
+
+/// `ringmaster_connections_open` from /metrics (counts the connection asking, too).
+fn connections_open(addr: SocketAddr) -> u64 {
+    let m = http_get(addr, "/metrics", &[]).unwrap().text();
+    m.lines()
+        .find_map(|l| l.strip_prefix("ringmaster_connections_open "))
+        .unwrap_or_else(|| panic!("no ringmaster_connections_open in /metrics:\n{m}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Wait until the server closes `s` (EOF or reset); what it sent first, or a panic naming
+/// `what` if it is still open after 30 s.
+fn wait_closed_by_server(mut s: std::net::TcpStream, what: &str) -> Vec<u8> {
+    use std::io::Read;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return got,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return got,
+            Err(e) => panic!("{what}: still open after 30 s ({e})"),
+        }
+    }
+}
+
+#[test]
+fn slow_clients_and_connection_floods_stay_bounded() {
+    // SILENT clients send half a request head and stall; TRICKLE clients send a byte every
+    // 300 ms (slowloris). The server holds at most 64 connections (the rest wait in the
+    // listen backlog, costing it no fd) and closes any that has not sent a complete head
+    // within 2 s. Meanwhile ordinary clients must all be served, the server's fds must stay
+    // under the cap, and every slow connection must be closed by the server.
+    const SILENT: usize = 300;
+    const TRICKLE: usize = 20;
+    const NORMAL: u64 = 400;
+    const MAX_CONN: usize = 64;
+    let (dir, data) = data_dir("serve-slow");
+    let (mut server, addr) = start_serve(
+        dir.path(),
+        &[
+            "--max-connections",
+            &MAX_CONN.to_string(),
+            "--header-read-timeout-secs",
+            "2",
+        ],
+        &[],
+    );
+    let pid = server.0.id();
+    let fds_before = open_fds(pid);
+    let sampling = AtomicBool::new(true);
+    let fds_max = AtomicU64::new(fds_before as u64);
+    let started = std::time::Instant::now();
+    let next = AtomicU64::new(0);
+    let ok = AtomicU64::new(0);
+    let (trickle_closed_after, normal_ok) = std::thread::scope(|s| {
+        s.spawn(|| {
+            while sampling.load(Ordering::SeqCst) {
+                fds_max.fetch_max(open_fds(pid) as u64, Ordering::SeqCst);
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        });
+        let trickles: Vec<_> = (0..TRICKLE)
+            .map(|_| {
+                s.spawn(move || {
+                    use std::io::Write;
+                    let mut c = std::net::TcpStream::connect(addr).unwrap();
+                    let t0 = std::time::Instant::now();
+                    let head = b"GET /v1/files/d/f0 HTTP/1.1\r\nHost: slow\r\nX-Padding: ";
+                    for b in head.iter().chain(std::iter::repeat(&b'a')) {
+                        if c.write_all(&[*b]).is_err() {
+                            return t0.elapsed();
+                        }
+                        if t0.elapsed() > std::time::Duration::from_secs(60) {
+                            panic!("a trickling client was never cut off");
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(300));
+                    }
+                    unreachable!()
+                })
+            })
+            .collect();
+        let silent: Vec<std::net::TcpStream> = (0..SILENT)
+            .map(|_| {
+                use std::io::Write;
+                let mut c = std::net::TcpStream::connect(addr).unwrap();
+                c.write_all(b"GET /v1/files/d/f1 HTTP/1.1\r\nHost: slow\r\n")
+                    .unwrap();
+                c
+            })
+            .collect();
+        let normals: Vec<_> = (0..8)
+            .map(|c| {
+                let (next, ok, data) = (&next, &ok, &data);
+                s.spawn(move || {
+                    let mut rng = Rng(99 + c);
+                    while next.fetch_add(1, Ordering::SeqCst) < NORMAL {
+                        let f = rng.below(FILES as u64) as usize;
+                        let a = rng.below(SIZE as u64) as usize;
+                        let b = (a + rng.below(16 * 1024) as usize).min(SIZE - 1);
+                        let r = http_get(
+                            addr,
+                            &format!("/v1/files/d/f{f}"),
+                            &[("Range", &format!("bytes={a}-{b}"))],
+                        )
+                        .expect("an ordinary client was not served");
+                        assert_eq!(r.status, 206, "{}", r.text());
+                        assert!(r.body == data[f][a..=b], "wrong bytes for f{f} {a}-{b}");
+                        ok.fetch_add(1, Ordering::SeqCst);
+                    }
+                })
+            })
+            .collect();
+        for (i, c) in silent.into_iter().enumerate() {
+            let sent = wait_closed_by_server(c, &format!("silent client {i}"));
+            assert!(
+                !String::from_utf8_lossy(&sent).starts_with("HTTP/1.1 2"),
+                "an incomplete request was answered with success"
+            );
+        }
+        for n in normals {
+            n.join().unwrap();
+        }
+        let closed: Vec<_> = trickles.into_iter().map(|t| t.join().unwrap()).collect();
+        sampling.store(false, Ordering::SeqCst);
+        (closed, ok.load(Ordering::SeqCst))
+    });
+    let fds_max = fds_max.load(Ordering::SeqCst) as usize;
+    let longest = trickle_closed_after.iter().max().unwrap();
+    eprintln!(
+        "serve_load: {SILENT} silent + {TRICKLE} trickling clients, {NORMAL} ordinary requests \
+         ({normal_ok} served right) in {:.1} s; server fds {fds_before} before, at most {fds_max} \
+         during (cap {MAX_CONN} connections); trickling clients cut off after at most {:.1} s; \
+         VmRSS {} kB",
+        started.elapsed().as_secs_f64(),
+        longest.as_secs_f64(),
+        rss_kb(pid)
+    );
+    assert_eq!(normal_ok, NORMAL);
+    // Open connections ≤ the cap, plus a file or two opened by reads in progress.
+    assert!(
+        fds_max <= fds_before + MAX_CONN + 16,
+        "server fds grew past the connection cap: {fds_before} -> {fds_max}"
+    );
+    assert!(connections_open(addr) <= 1, "connections left open");
+    assert_still_serving(&mut server, addr, fds_before, &data, &[]);
+}

@@ -19,6 +19,8 @@ pub struct Metrics {
     pub in_flight: Gauge,
     /// Reads queued or in flight in the worker pool (sampled at scrape).
     pub pool_in_flight: Gauge,
+    /// HTTP connections open.
+    pub connections: Gauge,
     /// io_uring rings replaced after a fatal `io_uring_enter` error (synced at scrape).
     pub ring_replacements: Counter,
     /// Counters of the usual statuses, resolved once (no label allocation per request).
@@ -51,6 +53,12 @@ impl Metrics {
             "pool_reads_in_flight",
             "Reads queued or in flight in the worker pool",
             pool_in_flight.clone(),
+        );
+        let connections = Gauge::default();
+        registry.register(
+            "connections_open",
+            "HTTP connections open (at most --max-connections)",
+            connections.clone(),
         );
         let ring_replacements = Counter::default();
         registry.register(
@@ -94,6 +102,7 @@ impl Metrics {
             in_flight,
             pool_in_flight,
             ring_replacements,
+            connections,
         }
     }
 

@@ -5,6 +5,7 @@
 //! named data dir. `/metrics` (Prometheus), `/healthz`, `/readyz`. Every response carries
 //! `X-Ringmaster-Worker-Mode: io_uring|pread`.
 
+mod conn;
 pub mod metrics;
 pub mod paths;
 pub mod range;
@@ -38,6 +39,8 @@ pub const MODE_HEADER: &str = "x-ringmaster-worker-mode";
 
 pub const DEFAULT_MAX_RANGE_BYTES: u64 = 16 << 20;
 pub const DEFAULT_MAX_CONCURRENT: u32 = 256;
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 1024;
+pub const DEFAULT_HEADER_READ_TIMEOUT_SECS: u64 = 30;
 
 /// What the read service serves and how.
 #[derive(Clone, Debug)]
@@ -52,6 +55,11 @@ pub struct ServeConfig {
     pub max_range_bytes: u64,
     /// Requests served at once (more get 503).
     pub max_concurrent: u32,
+    /// Connections open at once; more wait in the listen backlog.
+    pub max_connections: u32,
+    /// Time a client has to send a complete request head (and most a keep-alive
+    /// connection may sit idle) before it is closed.
+    pub header_read_timeout: std::time::Duration,
     /// Try the page cache before queueing a read to the workers.
     pub cache_fast_path: bool,
     /// Fault injection for tests (`RINGMASTER_FAULT_BREAK_RING_AFTER`): see `PoolConfig`.
@@ -86,6 +94,8 @@ impl ServeConfig {
             policy: Policy::Preferred,
             max_range_bytes: DEFAULT_MAX_RANGE_BYTES,
             max_concurrent: DEFAULT_MAX_CONCURRENT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            header_read_timeout: std::time::Duration::from_secs(DEFAULT_HEADER_READ_TIMEOUT_SECS),
             cache_fast_path: true,
             break_ring_after: None,
         }
@@ -149,6 +159,12 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<ServeHandle> {
     if cfg.max_concurrent == 0 {
         anyhow::bail!("--max-concurrent must be at least 1");
     }
+    if cfg.max_connections == 0 {
+        anyhow::bail!("--max-connections must be at least 1");
+    }
+    if cfg.header_read_timeout.is_zero() {
+        anyhow::bail!("--header-read-timeout-secs must be at least 1");
+    }
     if cfg.max_range_bytes == 0 || cfg.max_range_bytes > (1 << 30) {
         anyhow::bail!("--max-range-bytes must be between 1 and 1073741824");
     }
@@ -187,10 +203,6 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<ServeHandle> {
         .await
         .with_context(|| format!("cannot listen on {}", cfg.bind))?;
     let addr = listener.local_addr()?;
-    // Small range responses must not wait for Nagle + delayed ACK (nginx sets it too).
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
     let state = Arc::new(AppState {
         dirs,
         pool: Arc::new(pool),
@@ -215,13 +227,12 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<ServeHandle> {
         ))
         .with_state(state.clone());
     let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .await
-    });
+    let limits = conn::ConnLimits {
+        max_connections: cfg.max_connections as usize,
+        header_read_timeout: cfg.header_read_timeout,
+    };
+    let open = state.metrics.connections.clone();
+    let server = tokio::spawn(conn::serve(listener, app, limits, open, stopped));
     tracing::info!(%addr, mode = %mode, reason = %reason, "read service listening");
     Ok(ServeHandle {
         addr,
@@ -516,6 +527,13 @@ pub struct ServeArgs {
     /// Requests served at once (more get 503).
     #[arg(long, default_value_t = DEFAULT_MAX_CONCURRENT)]
     pub max_concurrent: u32,
+    /// Connections open at once; more wait in the kernel's listen backlog.
+    #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: u32,
+    /// Seconds a client has to send a complete request head before its connection is
+    /// closed (slow clients); also the longest a keep-alive connection may sit idle.
+    #[arg(long, default_value_t = DEFAULT_HEADER_READ_TIMEOUT_SECS)]
+    pub header_read_timeout_secs: u64,
     /// Always queue reads to the workers, skipping the page-cache attempt
     /// (preadv2 RWF_NOWAIT) first: measures or exercises the rings alone.
     #[arg(long)]
@@ -544,6 +562,8 @@ pub fn run(a: ServeArgs) -> i32 {
             policy: a.io_uring,
             max_range_bytes: a.max_range_bytes,
             max_concurrent: a.max_concurrent,
+            max_connections: a.max_connections,
+            header_read_timeout: std::time::Duration::from_secs(a.header_read_timeout_secs),
             cache_fast_path: !a.no_cache_fast_path,
             break_ring_after: match break_ring_after_from_env() {
                 Ok(n) => n,
