@@ -401,8 +401,9 @@ impl Observation<'_> {
             .join("; ");
         msg.push_str(&match served {
             0 => format!(" (no data dir is served; the reader checks again every {every}s)"),
+            1 => format!(" (1 data dir is still served; the reader checks again every {every}s)"),
             n => {
-                format!(" ({n} other data dirs are served; the reader checks again every {every}s)")
+                format!(" ({n} data dirs are still served; the reader checks again every {every}s)")
             }
         });
         msg
@@ -745,7 +746,7 @@ mod tests {
             c.message
         );
         assert!(
-            c.message.contains("1 other data dirs are served"),
+            c.message.contains("1 data dir is still served"),
             "{}",
             c.message
         );
