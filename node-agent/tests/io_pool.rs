@@ -463,3 +463,93 @@ fn completions_that_submit_again_keep_running_on_both_pools() {
         pool.shutdown();
     }
 }
+
+/// A pipe with its writer kept open: a read of it stays in the kernel until data arrives.
+fn stuck_pipe_read(pool: &Pool) -> (File, mpsc::Receiver<ReadOutcome>) {
+    let mut fds = [0; 2];
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    let (rd, wr) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
+    let (tx, rx) = mpsc::channel();
+    let job = ReadJob::new(
+        Arc::new(rd),
+        0,
+        4096,
+        AlignedBuf::new(4096),
+        false,
+        Box::new(move |o| tx.send(o).unwrap()),
+    );
+    assert!(pool.submit(job).is_ok());
+    (wr, rx)
+}
+
+#[test]
+fn a_broken_ring_is_replaced_and_only_the_read_it_held_fails() {
+    // Fault injected for real: once the ring has taken its 2nd read, the worker's ring fd
+    // becomes /dev/null, so the kernel fails the next io_uring_enter (EOPNOTSUPP). The read
+    // the old ring holds forever (a pipe with no data) fails alone, with that errno, after
+    // the bounded drain; every other read completes with the right bytes on the new ring.
+    let mut cfg = PoolConfig::new(1, 8, Policy::Required);
+    cfg.break_ring_after = Some(2);
+    let pool = Pool::start(&cfg).unwrap();
+    let (_writer, stuck) = stuck_pipe_read(&pool);
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(stuck.try_recv().is_err(), "the pipe read should be waiting");
+
+    let dir = TempDir::new("io-broken-ring");
+    let (p, data) = data_file(&dir, "f", SIZE, 21);
+    let file = Arc::new(File::open(&p).unwrap());
+    let mut rng = Rng(0xfeed);
+    let reqs: Vec<(u64, usize)> = (0..500)
+        .map(|_| (rng.below(SIZE as u64), 1 + rng.below(65_536) as usize))
+        .collect();
+    let outs = read_many(&pool, &file, &reqs, false, false);
+    check(&data, &reqs, &outs, "reads around the ring replacement");
+    assert_eq!(
+        pool.ring_replacements(),
+        1,
+        "the broken ring was not replaced"
+    );
+
+    let o = stuck
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the read held by the broken ring never failed");
+    let e = o
+        .result
+        .expect_err("the read held by the broken ring cannot succeed");
+    assert_eq!(e.raw_os_error(), Some(libc::EOPNOTSUPP), "{e}");
+    assert_eq!(pool.in_flight(), 0);
+
+    // The new ring keeps working, including for reads the kernel must wait for.
+    let (mut writer, rx) = stuck_pipe_read(&pool);
+    writer.write_all(&data[..4096]).unwrap();
+    let o = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert!(o.buf.as_slice() == &data[..4096]);
+    let outs = read_many(&pool, &file, &reqs[..50], false, false);
+    check(&data, &reqs[..50], &outs, "after the replacement");
+    assert_eq!(pool.ring_replacements(), 1);
+}
+
+#[test]
+fn direct_reads_in_flight_survive_a_broken_ring() {
+    // O_DIRECT reads are in the kernel (waiting for the device) when the ring breaks: the
+    // worker waits for them in the completion queue, retries what the kernel never took on
+    // a new ring, and nothing fails.
+    let dir = TempDir::new("io-broken-ring-direct");
+    let (p, data) = data_file(&dir, "f", 4 << 20, 22);
+    let file = Arc::new(open_direct(&p));
+    let mut rng = Rng(0xd1ec);
+    let reqs: Vec<(u64, usize)> = (0..3000)
+        .map(|_| (rng.below(1024) * 4096, 4096 * (1 + rng.below(16) as usize)))
+        .collect();
+    let mut cfg = PoolConfig::new(2, 32, Policy::Required);
+    cfg.break_ring_after = Some(700);
+    let pool = Pool::start(&cfg).unwrap();
+    let outs = read_many(&pool, &file, &reqs, true, false);
+    check(
+        &data,
+        &reqs,
+        &outs,
+        "O_DIRECT reads around the ring replacement",
+    );
+    assert_eq!(pool.ring_replacements(), 1);
+}

@@ -193,6 +193,11 @@ pub struct PoolConfig {
     /// Bounded job queue per worker (io_uring) or for the pool (pread).
     pub queue_depth: usize,
     pub ring_flags: RingFlags,
+    /// Try the page cache (preadv2 RWF_NOWAIT) before queueing a buffered read.
+    pub cache_fast_path: bool,
+    /// Fault injection for tests: after this many reads reached the rings, one worker turns
+    /// its ring fd into /dev/null so `io_uring_enter` really fails (see `uring.rs`).
+    pub break_ring_after: Option<u64>,
 }
 
 impl PoolConfig {
@@ -203,6 +208,8 @@ impl PoolConfig {
             policy,
             queue_depth: (max_events as usize * 4).max(64),
             ring_flags: RingFlags::default(),
+            cache_fast_path: true,
+            break_ring_after: None,
         }
     }
 }
@@ -216,6 +223,7 @@ enum Inner {
 pub struct Pool {
     inner: Inner,
     reason: String,
+    cache_fast_path: bool,
 }
 
 impl Pool {
@@ -232,13 +240,16 @@ impl Pool {
                 cfg.max_events
             );
         }
+        let cache_fast_path = cfg.cache_fast_path;
         match cfg.policy {
             Policy::Disabled => Ok(Pool {
+                cache_fast_path,
                 inner: Inner::Pread(pread::PreadPool::start(cfg)?),
                 reason: "io_uring disabled by policy (--io-uring disabled)".into(),
             }),
             Policy::Preferred | Policy::Required => match uring::UringPool::start(cfg) {
                 Ok(p) => Ok(Pool {
+                    cache_fast_path,
                     inner: Inner::Uring(p),
                     reason: format!(
                         "io_uring rings set up: {} x {} entries",
@@ -252,6 +263,7 @@ impl Pool {
                     describe_errno(&e)
                 )),
                 Err(e) => Ok(Pool {
+                    cache_fast_path,
                     inner: Inner::Pread(pread::PreadPool::start(cfg)?),
                     reason: format!(
                         "io_uring_setup failed with {}; using the pread pool",
@@ -282,6 +294,14 @@ impl Pool {
         }
     }
 
+    /// io_uring rings replaced after a fatal `io_uring_enter` error (0 in pread mode).
+    pub fn ring_replacements(&self) -> u64 {
+        match &self.inner {
+            Inner::Uring(p) => p.ring_replacements(),
+            Inner::Pread(_) => 0,
+        }
+    }
+
     /// Reads queued or in flight in the pool.
     pub fn in_flight(&self) -> u64 {
         match &self.inner {
@@ -300,7 +320,7 @@ impl Pool {
 
     /// Page-cache fast path first for buffered files (completes inline on a hit), then the queue.
     pub fn read(&self, mut job: ReadJob) -> Result<(), SubmitError> {
-        if !job.direct() && self.mode() == WorkerMode::IoUring {
+        if self.cache_fast_path && !job.direct() && self.mode() == WorkerMode::IoUring {
             if let Some(r) = cached::try_read_cached(&mut job) {
                 job.finish(r);
                 return Ok(());

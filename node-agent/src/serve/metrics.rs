@@ -19,6 +19,8 @@ pub struct Metrics {
     pub in_flight: Gauge,
     /// Reads queued or in flight in the worker pool (sampled at scrape).
     pub pool_in_flight: Gauge,
+    /// io_uring rings replaced after a fatal `io_uring_enter` error (synced at scrape).
+    pub ring_replacements: Counter,
     /// Counters of the usual statuses, resolved once (no label allocation per request).
     common: Vec<(u16, Counter)>,
 }
@@ -49,6 +51,12 @@ impl Metrics {
             "pool_reads_in_flight",
             "Reads queued or in flight in the worker pool",
             pool_in_flight.clone(),
+        );
+        let ring_replacements = Counter::default();
+        registry.register(
+            "ring_replacements",
+            "io_uring rings replaced after io_uring_enter failed for good (reads retried on the new ring)",
+            ring_replacements.clone(),
         );
         let ring_entries_g = Gauge::<i64>::default();
         ring_entries_g.set(ring_entries as i64);
@@ -85,6 +93,7 @@ impl Metrics {
             latency,
             in_flight,
             pool_in_flight,
+            ring_replacements,
         }
     }
 

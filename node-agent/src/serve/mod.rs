@@ -52,6 +52,28 @@ pub struct ServeConfig {
     pub max_range_bytes: u64,
     /// Requests served at once (more get 503).
     pub max_concurrent: u32,
+    /// Try the page cache before queueing a read to the workers.
+    pub cache_fast_path: bool,
+    /// Fault injection for tests (`RINGMASTER_FAULT_BREAK_RING_AFTER`): see `PoolConfig`.
+    pub break_ring_after: Option<u64>,
+}
+
+/// Environment variable that arms the ring fault hook of `serve` (tests only): after N reads
+/// reached the rings, one worker's ring fd becomes /dev/null and the kernel fails its next
+/// `io_uring_enter`; the worker must replace the ring without losing reads.
+pub const FAULT_BREAK_RING_ENV: &str = "RINGMASTER_FAULT_BREAK_RING_AFTER";
+
+/// `RINGMASTER_FAULT_BREAK_RING_AFTER` as a read count; a bad value is an error naming it.
+pub fn break_ring_after_from_env() -> anyhow::Result<Option<u64>> {
+    match std::env::var(FAULT_BREAK_RING_ENV) {
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Ok(v) => v.trim().parse::<u64>().map(Some).map_err(|_| {
+            anyhow::anyhow!(
+                "{FAULT_BREAK_RING_ENV}={v:?}: expected a read count (e.g. 5000), or unset it"
+            )
+        }),
+        Err(e) => anyhow::bail!("{FAULT_BREAK_RING_ENV}: {e}"),
+    }
 }
 
 impl ServeConfig {
@@ -64,6 +86,8 @@ impl ServeConfig {
             policy: Policy::Preferred,
             max_range_bytes: DEFAULT_MAX_RANGE_BYTES,
             max_concurrent: DEFAULT_MAX_CONCURRENT,
+            cache_fast_path: true,
+            break_ring_after: None,
         }
     }
 }
@@ -153,6 +177,8 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<ServeHandle> {
     }
     let mut pc = PoolConfig::new(cfg.workers, cfg.max_events, cfg.policy);
     pc.queue_depth = pc.queue_depth.max(cfg.max_concurrent as usize);
+    pc.cache_fast_path = cfg.cache_fast_path;
+    pc.break_ring_after = cfg.break_ring_after;
     let pool = tokio::task::spawn_blocking(move || Pool::start(&pc)).await??;
     let mode = pool.mode().as_str().to_string();
     let reason = pool.reason().to_string();
@@ -214,6 +240,11 @@ async fn add_mode_header(State(st): State<Arc<AppState>>, mut resp: Response) ->
 
 async fn metrics_page(State(st): State<Arc<AppState>>) -> Response {
     st.metrics.pool_in_flight.set(st.pool.in_flight() as i64);
+    let replaced = st.pool.ring_replacements();
+    let shown = st.metrics.ring_replacements.get();
+    if replaced > shown {
+        st.metrics.ring_replacements.inc_by(replaced - shown);
+    }
     (
         [(
             header::CONTENT_TYPE,
@@ -485,6 +516,10 @@ pub struct ServeArgs {
     /// Requests served at once (more get 503).
     #[arg(long, default_value_t = DEFAULT_MAX_CONCURRENT)]
     pub max_concurrent: u32,
+    /// Always queue reads to the workers, skipping the page-cache attempt
+    /// (preadv2 RWF_NOWAIT) first: measures or exercises the rings alone.
+    #[arg(long)]
+    pub no_cache_fast_path: bool,
 }
 
 /// `serve` until SIGINT/SIGTERM. Prints `listening on ADDR worker_mode=MODE reason=...` on stdout.
@@ -509,6 +544,14 @@ pub fn run(a: ServeArgs) -> i32 {
             policy: a.io_uring,
             max_range_bytes: a.max_range_bytes,
             max_concurrent: a.max_concurrent,
+            cache_fast_path: !a.no_cache_fast_path,
+            break_ring_after: match break_ring_after_from_env() {
+                Ok(n) => n,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    return 1;
+                }
+            },
         };
         let h = match start(cfg).await {
             Ok(h) => h,
