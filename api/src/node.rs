@@ -70,7 +70,13 @@ pub struct StorageNodeStatus {
     /// Settings handed to the storage service (also in `/var/lib/ringmaster/aio.toml`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_settings: Option<ServiceSettings>,
-    /// `Tuned`, `IoUringSupported`, `Ready`, `Restored`.
+    /// Each `spec.readService.dataDirs[]` entry as the reader checked it on this node
+    /// (exists, is a directory, the reader may open and search it). Unavailable ones are
+    /// not served; the others are.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub data_dirs: Vec<DataDirReport>,
+    /// `Tuned`, `IoUringSupported`, `DataDirsReady`, `Ready`, `Restored`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
@@ -113,6 +119,36 @@ pub struct IoUringReport {
     pub read_verified: bool,
 }
 
+/// One data dir as the reader found it on this node.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DataDirReport {
+    /// `spec.readService.dataDirs[].name`.
+    pub name: String,
+    /// `spec.readService.dataDirs[].hostPath` the reader checked (the host path, not where
+    /// the pod mounts it).
+    pub host_path: String,
+    /// The reader can open and search it, so it is served.
+    pub available: bool,
+    /// Why not, when unavailable: `NotFound`, `NotADirectory`, `PermissionDenied`, or the
+    /// errno name (`ELOOP`, `EIO`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// What the reader saw, for people (names the host path and the reader's uid/gid).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// [`DataDirReport::reason`] values the reader sets (anything else is an errno name).
+pub mod data_dir_reasons {
+    /// The path does not exist (`ENOENT`).
+    pub const NOT_FOUND: &str = "NotFound";
+    /// The path, or a component of it, is not a directory (`ENOTDIR`).
+    pub const NOT_A_DIRECTORY: &str = "NotADirectory";
+    /// The reader may not open or search it (`EACCES`, `EPERM`).
+    pub const PERMISSION_DENIED: &str = "PermissionDenied";
+}
+
 /// `fs.aio-max-nr` bookkeeping.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -148,6 +184,8 @@ pub struct ServiceSettings {
 pub mod node_conditions {
     pub const TUNED: &str = "Tuned";
     pub const IO_URING_SUPPORTED: &str = "IoUringSupported";
+    /// Every `spec.readService.dataDirs[]` entry is usable by the reader on this node.
+    pub const DATA_DIRS_READY: &str = "DataDirsReady";
     pub const READY: &str = "Ready";
     pub const RESTORED: &str = "Restored";
 }

@@ -8,6 +8,7 @@
 //! every test puts it back).
 
 mod agent_support;
+mod operator_support;
 
 use std::time::Duration;
 
@@ -15,8 +16,8 @@ use agent_support::*;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
-use ringmaster_api::{keys, node_conditions as cond, StorageNodeStatus};
-use ringmaster_e2e::{jwt_claims, wait_for};
+use ringmaster_api::{cluster_conditions as cc, keys, node_conditions as cond, StorageNodeStatus};
+use ringmaster_e2e::{jwt_claims, wait_for, KWOK_TAINT_KEY};
 use serde_json::json;
 
 fn condition<'a>(st: &'a StorageNodeStatus, t: &str) -> (&'a str, &'a str) {
@@ -698,6 +699,202 @@ async fn read_only_proc_sys_is_a_condition_not_a_crash() {
     wait_for(T, "/readyz 503 naming the read-only /proc/sys", || async {
         let (code, body) = http_get(&addr, "/readyz");
         anyhow::ensure!(code == 503 && body.contains("read-only"), "{code} {body}");
+        Ok(())
+    })
+    .await;
+}
+
+/// Issue 8, operator-judged bad input: a `dataDirs[1].hostPath` that does not exist on the
+/// node. The reader checks it as it would use it, serves the other dir, and reports; the
+/// agent says `DataDirsReady=False/DataDirMissing` naming `spec.readService.dataDirs[1].hostPath`,
+/// marks the node not ready and announces it once; the real operator (its own
+/// ServiceAccount) turns it into `Degraded=True/DataDirUnavailable` naming the field and
+/// the node. Creating the dir heals it within the reader's re-check interval, with no
+/// process restarted and no spec change.
+#[tokio::test]
+async fn missing_data_dir_is_a_condition_naming_the_field_and_heals() {
+    let _guard = SysctlGuard::take();
+    let mut f = Fleet::create("agent-datadir", &[Uring::Works]).await;
+    let node = f.agents[0].node.clone();
+    let ns = f.ns().to_string();
+    let id = operator_support::OperatorIdentity::create(&f.ns);
+    let mut op = operator_support::start_operator(&id, "datadir-op", &[]);
+
+    // d0: the fleet's data dir (exists, holds hello.txt). d1: under an existing parent,
+    // not created yet (the parent is removed on drop).
+    let parent = TempDir::new("datadir-parent");
+    let missing = parent.path().join("data1");
+    let missing_s = missing.to_str().unwrap().to_string();
+    let sc = f
+        .create_cluster_spec(json!({
+            "nodeSelector": {FLEET_LABEL: &ns},
+            "tolerations": [{"key": KWOK_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}],
+            "sysctl": {"aioMaxNr": 65536},
+            "readService": {"dataDirs": [
+                {"name": "d0", "hostPath": f.data_dir.path()},
+                {"name": "d1", "hostPath": &missing_s},
+            ]},
+        }))
+        .await;
+    let gen = sc.metadata.generation.unwrap();
+    f.start_all();
+    let sn = f.wait_applied(&node, gen).await;
+    let st = sn.status.unwrap();
+
+    // The node: the field by index, the host path, the node, the fix.
+    let dirs_ready = st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == cond::DATA_DIRS_READY)
+        .unwrap_or_else(|| panic!("no DataDirsReady in {:?}", st.conditions));
+    assert_eq!(
+        (dirs_ready.status.as_str(), dirs_ready.reason.as_str()),
+        ("False", "DataDirMissing"),
+        "{}",
+        dirs_ready.message
+    );
+    let want = format!(
+        "spec.readService.dataDirs[1].hostPath {missing_s:?} (name d1) does not exist on node {node}: \
+         create it (Ringmaster never creates host directories), remove the entry, or narrow spec.nodeSelector"
+    );
+    assert!(
+        dirs_ready.message.starts_with(&want),
+        "DataDirsReady message\n  got: {}\n want: {want}...",
+        dirs_ready.message
+    );
+    assert_eq!(condition(&st, cond::READY), ("False", "DataDirUnavailable"));
+    let by_name = |n: &str| st.data_dirs.iter().find(|d| d.name == n).cloned().unwrap();
+    assert!(by_name("d0").available, "{:?}", st.data_dirs);
+    let d1 = by_name("d1");
+    assert!(!d1.available);
+    assert_eq!(d1.reason.as_deref(), Some("NotFound"));
+    assert_eq!(d1.host_path, missing_s);
+    assert_eq!(
+        ringmaster_labels(&f.node(&node).await)[keys::LABEL_READY],
+        "false"
+    );
+    wait_event(&f.client, &node, "DataDirUnavailable").await;
+
+    // The existing dir still serves a real range read through the reader.
+    let state = f.agents[0].state_dir.path().to_path_buf();
+    let addr = reader_listen_addr(&state).expect("the reader serves d0");
+    let (code, body) = http_range(&addr, "/v1/files/d0/hello.txt", "6-9");
+    assert_eq!((code, body.as_str()), (206, "from"));
+    let (code, _) = http_range(&addr, "/v1/files/d1/x", "0-0");
+    assert_eq!(code, 404, "d1 is not served while missing");
+
+    // The cluster: Degraded names the field and the node; the Degrade event fires.
+    let sc = operator_support::wait_status(
+        &f.client,
+        &ns,
+        CLUSTER,
+        "Degraded=True/DataDirUnavailable",
+        T,
+        |sc| {
+            let d = operator_support::cond(sc, cc::DEGRADED)
+                .ok_or_else(|| anyhow::anyhow!("no Degraded"))?;
+            anyhow::ensure!(
+                d.status == "True" && d.reason == "DataDirUnavailable",
+                "Degraded {} {}",
+                d.status,
+                d.reason
+            );
+            Ok(())
+        },
+    )
+    .await;
+    let deg = operator_support::cond(&sc, cc::DEGRADED)
+        .unwrap()
+        .message
+        .clone();
+    let want = format!(
+        "spec.readService.dataDirs[1].hostPath {missing_s:?} is missing on 1 of 1 nodes: {node}; \
+         create the directory on those nodes or narrow spec.nodeSelector"
+    );
+    assert_eq!(deg, want);
+    let ready = operator_support::cond(&sc, cc::READY).unwrap();
+    assert!(
+        ready.message.contains(&format!(
+            "{node} (spec.readService.dataDirs[1].hostPath missing)"
+        )),
+        "{}",
+        ready.message
+    );
+    operator_support::wait_event(&ns, CLUSTER, "Warning DataDirUnavailable").await;
+
+    // The admin creates the dir: within the reader's re-check interval the node and the
+    // cluster recover, nothing restarted, no spec change.
+    let agent_pid = f.agents[0].agent.as_ref().unwrap().pid();
+    let reader_pid = f.agents[0].reader.as_ref().unwrap().pid();
+    std::fs::create_dir(&missing).unwrap();
+    std::fs::write(missing.join("x.txt"), b"0123456789").unwrap();
+    let t0 = std::time::Instant::now();
+    // Re-check every 10 s, agent poll 0.2 s, then one StorageNode write and one label.
+    let heal = Duration::from_secs(10 + 10);
+    wait_for(
+        heal,
+        "DataDirsReady=True and ringmaster.io/ready=true",
+        || async {
+            let st = f
+                .storage_nodes()
+                .get(&node)
+                .await?
+                .status
+                .unwrap_or_default();
+            let c = st
+                .conditions
+                .iter()
+                .find(|c| c.type_ == cond::DATA_DIRS_READY);
+            anyhow::ensure!(
+                c.is_some_and(|c| c.status == "True" && c.reason == "AllAvailable"),
+                "{c:?}"
+            );
+            anyhow::ensure!(
+                st.data_dirs.iter().all(|d| d.available),
+                "{:?}",
+                st.data_dirs
+            );
+            let labels = ringmaster_labels(&f.node(&node).await);
+            anyhow::ensure!(labels[keys::LABEL_READY] == "true", "{labels:?}");
+            Ok(())
+        },
+    )
+    .await;
+    let healed_after = t0.elapsed();
+    operator_support::wait_status(&f.client, &ns, CLUSTER, "Degraded=False", T, |sc| {
+        let d = operator_support::cond(sc, cc::DEGRADED)
+            .ok_or_else(|| anyhow::anyhow!("no Degraded"))?;
+        anyhow::ensure!(d.status == "False", "Degraded {} {}", d.status, d.reason);
+        Ok(())
+    })
+    .await;
+    wait_event(&f.client, &node, "DataDirsAvailable").await;
+    let addr = reader_listen_addr(&state).expect("the reader serves d0 and d1");
+    assert_eq!(
+        http_range(&addr, "/v1/files/d1/x.txt", "2-4"),
+        (206, "234".to_string())
+    );
+    assert_eq!(
+        http_range(&addr, "/v1/files/d0/hello.txt", "6-9"),
+        (206, "from".to_string())
+    );
+    let a = &mut f.agents[0];
+    a.agent.as_mut().unwrap().assert_running();
+    a.reader.as_mut().unwrap().assert_running();
+    assert_eq!(a.agent.as_ref().unwrap().pid(), agent_pid);
+    assert_eq!(a.reader.as_ref().unwrap().pid(), reader_pid);
+    op.process.assert_running();
+    eprintln!(
+        "figures: missing dataDir created on the host: node Ready again after {healed_after:?}"
+    );
+
+    // Clean up while the operator runs, so its finalizer lets the cluster go.
+    f.delete_cluster().await;
+    wait_for(T, "StorageCluster deleted", || async {
+        anyhow::ensure!(
+            f.clusters().get_opt(CLUSTER).await?.is_none(),
+            "still there"
+        );
         Ok(())
     })
     .await;

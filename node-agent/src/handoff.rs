@@ -70,11 +70,49 @@ pub struct ReaderConfig {
     pub port: u16,
 }
 
+/// One configured data dir as the reader checked it, under its own uid, capabilities
+/// and mount view (reader → agent, in [`ReaderReport::data_dirs`]).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct DataDirCheck {
+    /// `readService.dataDirs[].name`.
+    pub name: String,
+    /// The host path from the config (not where the pod mounts it), for messages.
+    pub path: PathBuf,
+    /// Exists, is a directory, and the reader may open and search it.
+    pub available: bool,
+    /// When unavailable: `NotFound`, `NotADirectory`, `PermissionDenied` or an errno name
+    /// (see `ringmaster_api::data_dir_reasons`).
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// What the reader saw, naming the host path.
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
 impl ReaderReport {
     /// The reader does what the config asks: serving, or deliberately not (worker mode
-    /// `none` under `Required`, or no data dirs configured).
+    /// `none` under `Required`, no data dirs configured, or none of them usable — the
+    /// report says which and why).
     pub fn settled(&self) -> bool {
-        self.serving || self.worker_mode == worker_mode::NONE || !self.service_configured
+        self.serving
+            || self.worker_mode == worker_mode::NONE
+            || !self.service_configured
+            || (!self.data_dirs.is_empty() && self.data_dirs.iter().all(|d| !d.available))
+    }
+
+    /// Every configured data dir is usable (vacuously true without data dirs).
+    pub fn data_dirs_available(&self) -> bool {
+        self.data_dirs.iter().all(|d| d.available)
+    }
+
+    /// Same content, ignoring the probe time (the reader rewrites `reader.json` only
+    /// when this is false, so retries do not turn into StorageNode writes).
+    pub fn same_content(&self, other: &ReaderReport) -> bool {
+        let strip = |r: &ReaderReport| ReaderReport {
+            probed_at: String::new(),
+            ..r.clone()
+        };
+        strip(self) == strip(other)
     }
 
     /// The storage read path can run: workers usable and, when asked for, serving.
@@ -117,6 +155,10 @@ pub struct ReaderReport {
     /// Why the read service is not serving when it should (e.g. bind failed).
     #[serde(default)]
     pub error: Option<String>,
+    /// Each configured data dir as checked before starting the service, in config
+    /// order. Only available ones are served. Empty from readers before this field.
+    #[serde(default)]
+    pub data_dirs: Vec<DataDirCheck>,
     /// RFC 3339 time of the probe.
     pub probed_at: String,
 }
@@ -201,6 +243,7 @@ mod tests {
             service_configured: true,
             listen_addr: None,
             error: None,
+            data_dirs: vec![],
             probed_at: String::new(),
         };
         assert!(c.answered_by(&r));
@@ -209,5 +252,31 @@ mod tests {
         r.config_hash = "abc".into();
         r.generation = 2;
         assert!(!c.answered_by(&r));
+    }
+
+    #[test]
+    fn report_without_data_dirs_field_still_parses() {
+        // A reader.json written before `data_dirs` existed.
+        let old = r#"{"generation":1,"config_hash":"h","host":{},"io_uring":{},
+            "worker_mode":"pread","worker_mode_reason":"","serving":true,"probed_at":"t"}"#;
+        let r: ReaderReport = serde_json::from_str(old).unwrap();
+        assert!(r.data_dirs.is_empty());
+        assert!(r.data_dirs_available());
+        let mut later = r.clone();
+        later.probed_at = "u".into();
+        assert!(r.same_content(&later));
+        later.data_dirs.push(DataDirCheck {
+            name: "d0".into(),
+            path: "/x".into(),
+            available: false,
+            reason: Some("NotFound".into()),
+            message: None,
+        });
+        assert!(!r.same_content(&later));
+        assert!(!later.data_dirs_available());
+        // Configured, nothing usable, not serving: deliberately idle, so settled.
+        later.serving = false;
+        later.service_configured = true;
+        assert!(later.settled());
     }
 }

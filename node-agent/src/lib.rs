@@ -9,6 +9,7 @@
 //! - [`serve`]   HTTP range reads over the pool
 //! - [`bench`]   random-read benchmark
 //! - [`handoff`] files the privileged agent and the unprivileged reader exchange
+//! - [`datadirs`] checks of the data dirs as the reader uses them (exists, dir, searchable)
 //! - [`reader`]  the reader process: config → probe → pool → serve, report back
 //! - [`cluster`] Kubernetes glue: watch StorageCluster, StorageNode, labels, events
 //! - [`settings`] verified aio settings for the storage service (aio.toml, aio.env)
@@ -16,6 +17,7 @@
 pub mod bench;
 pub mod check;
 pub mod cluster;
+pub mod datadirs;
 pub mod handoff;
 pub mod host;
 pub mod io;

@@ -11,7 +11,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::handoff::{self, worker_mode, Policy, ReaderConfig, ReaderReport};
+use crate::datadirs;
+use crate::handoff::{self, worker_mode, DataDirCheck, Policy, ReaderConfig, ReaderReport};
 use crate::host;
 use crate::probe::{self, ProbeParams, UringProbe};
 use crate::serve;
@@ -25,8 +26,10 @@ pub struct ReaderArgs {
     /// Address of the read service (default 0.0.0.0:<readService.port from the config>).
     #[arg(long)]
     pub bind: Option<SocketAddr>,
-    /// Where the pod mounts the data dirs: dir `NAME` is served from `<data-root>/NAME`
-    /// instead of the host path in config.json (the operator mounts them at /data/NAME).
+    /// Where the pod mounts the data dirs' parents: dir `NAME` with host path `/a/b` is
+    /// served from `<data-root>/NAME/b` instead of `/a/b` (the operator mounts the host's
+    /// `/a` read-only at `/data-parents/NAME`, so a missing `b` is reported, not a pod
+    /// that cannot start). Reports and messages keep naming the host path.
     #[arg(long)]
     pub data_root: Option<PathBuf>,
     /// Milliseconds between checks of config.json.
@@ -93,25 +96,30 @@ impl Running {
     }
 }
 
-/// Start the read workers and HTTP service for `cfg`.
+/// Start the read workers and HTTP service for `cfg`, serving `dirs` (the usable ones).
 async fn start_service(
     cfg: &ReaderConfig,
+    dirs: Vec<(String, PathBuf)>,
     bind: SocketAddr,
-    data_root: Option<&Path>,
 ) -> anyhow::Result<serve::ServeHandle> {
-    let dirs = cfg
-        .data_dirs
-        .iter()
-        .map(|(name, host)| {
-            let path = data_root.map_or_else(|| host.clone(), |root| root.join(name));
-            (name.clone(), path)
-        })
-        .collect();
     let mut sc = serve::ServeConfig::new(dirs, bind);
     sc.workers = cfg.workers;
     sc.max_events = cfg.max_events;
     sc.policy = cfg.policy;
     serve::start(sc).await
+}
+
+/// Check the configured data dirs as this process sees them (blocking syscalls: a hung
+/// network mount must not stall the runtime).
+async fn check_data_dirs(
+    cfg: &ReaderConfig,
+    data_root: Option<&Path>,
+) -> (Vec<DataDirCheck>, Vec<(String, PathBuf)>) {
+    let dirs = cfg.data_dirs.clone();
+    let root = data_root.map(Path::to_path_buf);
+    tokio::task::spawn_blocking(move || datadirs::check_all(&dirs, root.as_deref()))
+        .await
+        .unwrap_or_default()
 }
 
 /// Health endpoints only, for a reader that deliberately serves no reads.
@@ -151,9 +159,11 @@ async fn probe(cfg: &ReaderConfig, scratch: &Path) -> (host::HostFacts, UringPro
         .unwrap_or_default()
 }
 
-/// Probe and start what `cfg` asks for; the report says what runs.
+/// Probe, check the data dirs, and start what `cfg` asks for with the usable dirs; the
+/// report says what runs and which dirs are left out, and why.
 async fn apply_config(args: &ReaderArgs, cfg: &ReaderConfig) -> (ReaderReport, Option<Running>) {
     let (facts, uring) = probe(cfg, &args.state_dir).await;
+    let (checks, usable) = check_data_dirs(cfg, args.data_root.as_deref()).await;
     let (mode, mut reason) = decide_mode(cfg.policy, &uring);
     let mut worker_mode = mode.to_string();
     let service_configured = !cfg.data_dirs.is_empty();
@@ -163,8 +173,8 @@ async fn apply_config(args: &ReaderArgs, cfg: &ReaderConfig) -> (ReaderReport, O
     let mut serving = false;
     let mut listen_addr = None;
     let mut error = None;
-    let running = if mode != worker_mode::NONE && service_configured {
-        match start_service(cfg, bind, args.data_root.as_deref()).await {
+    let running = if mode != worker_mode::NONE && !usable.is_empty() {
+        match start_service(cfg, usable, bind).await {
             Ok(h) => {
                 serving = true;
                 listen_addr = Some(h.local_addr().to_string());
@@ -179,7 +189,11 @@ async fn apply_config(args: &ReaderArgs, cfg: &ReaderConfig) -> (ReaderReport, O
         }
     } else {
         if mode != worker_mode::NONE {
-            reason = format!("{reason}; no readService.dataDirs: read service off");
+            reason = if service_configured {
+                format!("{reason}; no data dir is usable: read service off")
+            } else {
+                format!("{reason}; no readService.dataDirs: read service off")
+            };
         }
         match start_idle(bind, reason.clone()).await {
             Ok(r) => Some(r),
@@ -189,6 +203,15 @@ async fn apply_config(args: &ReaderArgs, cfg: &ReaderConfig) -> (ReaderReport, O
             }
         }
     };
+    for c in checks.iter().filter(|c| !c.available) {
+        tracing::warn!(
+            name = %c.name,
+            reason = ?c.reason,
+            message = ?c.message,
+            "data dir unusable: not served (checked again every {}s)",
+            RETRY_AFTER.as_secs()
+        );
+    }
     let report = ReaderReport {
         generation: cfg.generation,
         config_hash: cfg.config_hash.clone(),
@@ -200,6 +223,7 @@ async fn apply_config(args: &ReaderArgs, cfg: &ReaderConfig) -> (ReaderReport, O
         service_configured,
         listen_addr,
         error,
+        data_dirs: checks,
         probed_at: now_rfc3339(),
     };
     (report, running)
@@ -217,8 +241,10 @@ pub fn same_service(a: &ReaderConfig, b: &ReaderConfig) -> bool {
 }
 
 /// After a failed start, try again this much later (not every poll: each attempt is a
-/// new report and so a StorageNode write).
-const RETRY_AFTER: Duration = Duration::from_secs(10);
+/// new report and so a StorageNode write). Also how often the data dirs are checked
+/// again, so a dir created (or a disk mounted) later is served without a config change,
+/// and one that vanished is reported.
+pub const RETRY_AFTER: Duration = Duration::from_secs(10);
 
 async fn reader_loop(args: ReaderArgs) -> anyhow::Result<()> {
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -226,10 +252,14 @@ async fn reader_loop(args: ReaderArgs) -> anyhow::Result<()> {
     let mut last_report: Option<ReaderReport> = None;
     let mut running: Option<Running> = None;
     let mut retry_at: Option<tokio::time::Instant> = None;
+    let mut dirs_check_at: Option<tokio::time::Instant> = None;
     let mut last_error: Option<String> = None;
     let mut waiting_logged = false;
     loop {
-        let next = match handoff::read_json::<ReaderConfig>(&args.state_dir, handoff::CONFIG_FILE) {
+        let mut next = match handoff::read_json::<ReaderConfig>(
+            &args.state_dir,
+            handoff::CONFIG_FILE,
+        ) {
             Ok(None) => {
                 if !waiting_logged {
                     tracing::info!(dir = %args.state_dir.display(), "waiting for config.json from the agent");
@@ -253,9 +283,24 @@ async fn reader_loop(args: ReaderArgs) -> anyhow::Result<()> {
                 (changed || retry).then_some(cfg)
             }
         };
+        // The data dirs again: restart the service when the usable set changed (a dir
+        // created, a disk mounted or gone), without a config change.
+        let mut dirs_changed = false;
+        if next.is_none() && dirs_check_at.is_some_and(|t| tokio::time::Instant::now() >= t) {
+            if let (Some(cfg), Some(last)) = (&current, &last_report) {
+                let (checks, _) = check_data_dirs(cfg, args.data_root.as_deref()).await;
+                if checks != last.data_dirs {
+                    tracing::info!(before = ?last.data_dirs, now = ?checks, "data dirs changed: restarting the read service");
+                    dirs_changed = true;
+                    next = Some(cfg.clone());
+                }
+            }
+            dirs_check_at = Some(tokio::time::Instant::now() + RETRY_AFTER);
+        }
         if let Some(cfg) = next {
-            let unchanged =
-                retry_at.is_none() && current.as_ref().is_some_and(|c| same_service(c, &cfg));
+            let unchanged = !dirs_changed
+                && retry_at.is_none()
+                && current.as_ref().is_some_and(|c| same_service(c, &cfg));
             let report = match last_report.clone().filter(|_| unchanged) {
                 // Only fields the reader does not use changed (e.g. unsupportedNodes):
                 // answer the new generation without re-probing or restarting the workers.
@@ -274,27 +319,39 @@ async fn reader_loop(args: ReaderArgs) -> anyhow::Result<()> {
                         .error
                         .is_some()
                         .then(|| tokio::time::Instant::now() + RETRY_AFTER);
+                    dirs_check_at = (!cfg.data_dirs.is_empty())
+                        .then(|| tokio::time::Instant::now() + RETRY_AFTER);
                     report
                 }
             };
-            tracing::info!(
-                generation = report.generation,
-                supported = report.io_uring.supported,
-                reason = ?report.io_uring.reason,
-                mode = %report.worker_mode,
-                serving = report.serving,
-                error = ?report.error,
-                "reporting to the agent"
-            );
-            match handoff::write_json(&args.state_dir, handoff::READER_FILE, &report) {
-                Ok(()) => {
-                    current = Some(cfg);
-                    last_report = Some(report);
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot write reader.json; retrying");
-                    retry_at = Some(tokio::time::Instant::now() + Duration::from_secs(1));
-                    current = Some(cfg);
+            if last_report
+                .as_ref()
+                .is_some_and(|l| l.same_content(&report))
+            {
+                // A retry that found what the last report says: no new reader.json, so
+                // no StorageNode write either.
+                current = Some(cfg);
+            } else {
+                tracing::info!(
+                    generation = report.generation,
+                    supported = report.io_uring.supported,
+                    reason = ?report.io_uring.reason,
+                    mode = %report.worker_mode,
+                    serving = report.serving,
+                    error = ?report.error,
+                    data_dirs_unusable = report.data_dirs.iter().filter(|d| !d.available).count(),
+                    "reporting to the agent"
+                );
+                match handoff::write_json(&args.state_dir, handoff::READER_FILE, &report) {
+                    Ok(()) => {
+                        current = Some(cfg);
+                        last_report = Some(report);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot write reader.json; retrying");
+                        retry_at = Some(tokio::time::Instant::now() + Duration::from_secs(1));
+                        current = Some(cfg);
+                    }
                 }
             }
         }

@@ -30,8 +30,9 @@ pub const READER_UID: i64 = 65532;
 /// Host directories the privileged agent needs.
 pub const HOST_SYSCTL_DIR: &str = "/etc/sysctl.d";
 pub const HOST_SECCOMP_DIR: &str = "/var/lib/kubelet/seccomp";
-/// Where each data dir appears inside the reader container: `/data/<name>`.
-pub const DATA_MOUNT_ROOT: &str = "/data";
+/// Where the reader container sees each data dir's PARENT: `/data-parents/<name>`, so
+/// dir `<name>` is `/data-parents/<name>/<basename(hostPath)>` (`reader --data-root`).
+pub const DATA_PARENTS_ROOT: &str = "/data-parents";
 
 /// Identity of one StorageCluster as the renderer needs it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -216,6 +217,15 @@ fn env(name: &str, value: &str) -> EnvVar {
     }
 }
 
+/// The host directory mounted for a data dir: its parent (`/` for `/` itself).
+pub fn data_dir_parent(host_path: &str) -> String {
+    let p = std::path::Path::new(host_path);
+    match (p.file_name(), p.parent()) {
+        (Some(_), Some(parent)) => parent.display().to_string(),
+        _ => host_path.to_string(),
+    }
+}
+
 /// Volume name of a data dir (data dir names are DNS labels, so this is one too).
 pub fn data_volume_name(dir: &str) -> String {
     format!("data-{dir}")
@@ -329,9 +339,20 @@ pub fn daemon_set(sc: &StorageCluster, id: &ClusterId) -> DaemonSet {
     ];
     for d in &spec.read_service.data_dirs {
         let vol = data_volume_name(&d.name);
-        // `Directory`: a data dir must exist; we never create directories on the host.
-        volumes.push(host_path_volume(&vol, &d.host_path, "Directory"));
-        reader_mounts.push(mount(&vol, &format!("{DATA_MOUNT_ROOT}/{}", d.name), true));
+        // The data dir's parent, not the dir: a hostPath of type `Directory` that is
+        // missing fails the whole pod (FailedMount) and nothing could report it. The
+        // parent must exist (we never create host directories); a missing data dir under
+        // it becomes the reader's DataDirsReady=False naming the field, the other dirs
+        // keep serving, and HostToContainer propagation shows a dir or disk mounted there
+        // later. Trade-off: the reader sees the parent's other entries, read-only.
+        volumes.push(host_path_volume(
+            &vol,
+            &data_dir_parent(&d.host_path),
+            "Directory",
+        ));
+        let mut m = mount(&vol, &format!("{DATA_PARENTS_ROOT}/{}", d.name), true);
+        m.mount_propagation = Some("HostToContainer".into());
+        reader_mounts.push(m);
     }
 
     let reader = Container {
@@ -340,9 +361,15 @@ pub fn daemon_set(sc: &StorageCluster, id: &ClusterId) -> DaemonSet {
         image_pull_policy: Some("IfNotPresent".into()),
         command: Some(vec!["ringmaster-agent".into()]),
         args: Some(
-            ["reader", "--state-dir", state_dir]
-                .map(String::from)
-                .to_vec(),
+            [
+                "reader",
+                "--state-dir",
+                state_dir,
+                "--data-root",
+                DATA_PARENTS_ROOT,
+            ]
+            .map(String::from)
+            .to_vec(),
         ),
         env: Some(vec![env("RINGMASTER_CLUSTER", &id.key())]),
         ports: Some(vec![ContainerPort {
@@ -559,7 +586,7 @@ mod tests {
         );
         assert_eq!(
             r.args.as_ref().unwrap().join(" "),
-            "reader --state-dir /run/ringmaster"
+            "reader --state-dir /run/ringmaster --data-root /data-parents"
         );
         let probe = r
             .liveness_probe
@@ -572,34 +599,43 @@ mod tests {
     }
 
     #[test]
-    fn data_dirs_become_read_only_host_paths_under_data() {
+    fn data_dirs_mount_their_parents_read_only_under_data_parents() {
         let mut spec = StorageClusterSpec::default();
         spec.read_service.port = 8080;
-        spec.read_service.data_dirs = vec![DataDir {
-            name: "d0".into(),
-            host_path: "/srv/storage/d0".into(),
-        }];
+        spec.read_service.data_dirs = vec![
+            DataDir {
+                name: "d0".into(),
+                host_path: "/srv/storage/d0".into(),
+            },
+            DataDir {
+                name: "root".into(),
+                host_path: "/".into(),
+            },
+        ];
         let ds = daemon_set(&cluster(spec), &id());
         let r = container(&ds, "reader");
-        let m = r
-            .volume_mounts
-            .as_ref()
-            .unwrap()
-            .iter()
-            .find(|m| m.name == "data-d0")
-            .unwrap();
-        assert_eq!(m.mount_path, "/data/d0");
+        let args = r.args.as_ref().unwrap();
+        let i = args.iter().position(|a| a == "--data-root").unwrap();
+        assert_eq!(args[i + 1], "/data-parents");
+        let mounts = r.volume_mounts.as_ref().unwrap();
+        let m = mounts.iter().find(|m| m.name == "data-d0").unwrap();
+        assert_eq!(m.mount_path, "/data-parents/d0");
         assert_eq!(m.read_only, Some(true));
-        let v = pod(&ds)
-            .volumes
-            .as_ref()
-            .unwrap()
-            .iter()
-            .find(|v| v.name == "data-d0")
-            .unwrap();
-        let hp = v.host_path.as_ref().unwrap();
-        assert_eq!(hp.path, "/srv/storage/d0");
-        assert_eq!(hp.type_.as_deref(), Some("Directory"));
+        assert_eq!(m.mount_propagation.as_deref(), Some("HostToContainer"));
+        let vols = pod(&ds).volumes.as_ref().unwrap();
+        let hp = |name: &str| {
+            vols.iter()
+                .find(|v| v.name == name)
+                .unwrap()
+                .host_path
+                .clone()
+                .unwrap()
+        };
+        // The parent, which must exist (type Directory: never created by us); the
+        // reader finds d0 at /data-parents/d0/d0 and reports it if missing.
+        assert_eq!(hp("data-d0").path, "/srv/storage");
+        assert_eq!(hp("data-d0").type_.as_deref(), Some("Directory"));
+        assert_eq!(hp("data-root").path, "/");
         assert_eq!(
             r.ports.as_ref().unwrap()[0].container_port,
             8080,
@@ -613,6 +649,14 @@ mod tests {
             .unwrap()
             .iter()
             .all(|m| !m.name.starts_with("data-")));
+    }
+
+    #[test]
+    fn data_dir_parent_of_paths() {
+        assert_eq!(data_dir_parent("/srv/storage/d0"), "/srv/storage");
+        assert_eq!(data_dir_parent("/srv/storage/d0/"), "/srv/storage");
+        assert_eq!(data_dir_parent("/d0"), "/");
+        assert_eq!(data_dir_parent("/"), "/");
     }
 
     #[test]

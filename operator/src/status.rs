@@ -10,8 +10,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use ringmaster_api::{
-    cluster_conditions as cc, node_conditions as nc, IoUringPolicy, StorageCluster,
-    StorageClusterStatus, StorageNode, SysctlMode, UnsupportedNode, MAX_UNSUPPORTED_LISTED,
+    cluster_conditions as cc, data_dir_reasons, node_conditions as nc, DataDirReport,
+    IoUringPolicy, StorageCluster, StorageClusterStatus, StorageNode, SysctlMode, UnsupportedNode,
+    MAX_UNSUPPORTED_LISTED,
 };
 
 use crate::render;
@@ -153,6 +154,92 @@ pub fn name_list<'a>(names: impl IntoIterator<Item = &'a str>) -> String {
     s
 }
 
+/// Data dirs the agents report unusable, grouped by spec field: a person fixes a field
+/// (or the nodes it names), not one node at a time.
+#[derive(Default)]
+struct DataDirProblems {
+    /// (index in the current spec or `usize::MAX`, name, host path, reason) → nodes.
+    by_field: BTreeMap<(usize, String, String, String), Vec<String>>,
+}
+
+impl DataDirProblems {
+    fn add(&mut self, sc: &StorageCluster, node: &str, d: &DataDirReport) {
+        let index = sc
+            .spec
+            .read_service
+            .data_dirs
+            .iter()
+            .position(|s| s.name == d.name)
+            .unwrap_or(usize::MAX);
+        let reason = d.reason.clone().unwrap_or_else(|| "Unavailable".into());
+        self.by_field
+            .entry((index, d.name.clone(), d.host_path.clone(), reason))
+            .or_default()
+            .push(node.to_string());
+    }
+
+    fn is_empty(&self) -> bool {
+        self.by_field.is_empty()
+    }
+
+    /// `spec.readService.dataDirs[1].hostPath`, or the name once it left the spec.
+    fn field(index: usize, name: &str) -> String {
+        if index == usize::MAX {
+            format!("dataDir {name} (no longer in spec.readService.dataDirs)")
+        } else {
+            format!("spec.readService.dataDirs[{index}].hostPath")
+        }
+    }
+
+    fn what(reason: &str) -> String {
+        match reason {
+            data_dir_reasons::NOT_FOUND => "missing".into(),
+            data_dir_reasons::NOT_A_DIRECTORY => "not a directory".into(),
+            data_dir_reasons::PERMISSION_DENIED => "not readable by the reader".into(),
+            other => format!("unusable ({other})"),
+        }
+    }
+
+    /// `n3 (spec.readService.dataDirs[1].hostPath missing)` for the Ready message.
+    fn on_node(&self, node: &str) -> Option<String> {
+        let parts: Vec<String> = self
+            .by_field
+            .iter()
+            .filter(|(_, nodes)| nodes.iter().any(|n| n == node))
+            .map(|((i, name, _, reason), _)| {
+                format!("{} {}", Self::field(*i, name), Self::what(reason))
+            })
+            .collect();
+        (!parts.is_empty()).then(|| format!("{node} ({})", parts.join(", ")))
+    }
+
+    fn message(&self, desired: i32) -> String {
+        let parts: Vec<String> = self
+            .by_field
+            .iter()
+            .map(|((i, name, host, reason), nodes)| {
+                format!(
+                    "{} {host:?} is {} on {} of {desired} nodes: {}",
+                    Self::field(*i, name),
+                    Self::what(reason),
+                    nodes.len(),
+                    name_list(nodes.iter().map(String::as_str))
+                )
+            })
+            .collect();
+        let all_missing = self
+            .by_field
+            .keys()
+            .all(|k| k.3 == data_dir_reasons::NOT_FOUND);
+        let fix = if all_missing {
+            "create the directory on those nodes or narrow spec.nodeSelector"
+        } else {
+            "create or fix the directories on those nodes (Ringmaster never creates host directories; kubectl get stn <node> -o yaml shows why) or narrow spec.nodeSelector"
+        };
+        format!("{}; {fix}", parts.join("; "))
+    }
+}
+
 /// Everything the aggregation reads.
 pub struct Inputs<'a> {
     pub cluster: &'a StorageCluster,
@@ -242,6 +329,7 @@ pub fn aggregate(i: &Inputs) -> Outcome {
     let mut stale = Vec::new();
     let mut untuned = Vec::new();
     let mut unsupported = Vec::new();
+    let mut dirs = DataDirProblems::default();
     for name in &selected {
         let Some(sn) = i.storage_nodes.get(name) else {
             not_reporting.push(name.as_str());
@@ -267,6 +355,9 @@ pub fn aggregate(i: &Inputs) -> Outcome {
                 });
             }
             None => {}
+        }
+        for d in status.data_dirs.iter().filter(|d| !d.available) {
+            dirs.add(sc, name, d);
         }
         if condition_true(sn, nc::READY) == Some(true) {
             st.ready += 1;
@@ -316,11 +407,13 @@ pub fn aggregate(i: &Inputs) -> Outcome {
     } else {
         let mut why: Vec<String> = Vec::new();
         for n in &not_ready {
-            let r = unsupported_all.iter().find(|u| u.name == *n).map(|u| {
-                format!(
-                    "{n} (io_uring {})",
-                    u.reason.as_deref().unwrap_or("unsupported")
-                )
+            let r = dirs.on_node(n).or_else(|| {
+                unsupported_all.iter().find(|u| u.name == *n).map(|u| {
+                    format!(
+                        "{n} (io_uring {})",
+                        u.reason.as_deref().unwrap_or("unsupported")
+                    )
+                })
             });
             why.push(r.unwrap_or_else(|| n.to_string()));
         }
@@ -470,6 +563,16 @@ pub fn aggregate(i: &Inputs) -> Outcome {
                 st.reporting,
                 name_list(list.iter().map(String::as_str))
             ),
+            generation,
+            i.now,
+        )
+    } else if !dirs.is_empty() {
+        condition(
+            &prev.conditions,
+            cc::DEGRADED,
+            true,
+            "DataDirUnavailable",
+            dirs.message(st.desired),
             generation,
             i.now,
         )
@@ -1114,6 +1217,182 @@ mod tests {
             "{}",
             d.message
         );
+    }
+
+    /// `sn` with data dir `name` at `host` unusable for `reason` (and so not Ready).
+    fn dir_unavailable(mut sn: StorageNode, name: &str, host: &str, reason: &str) -> StorageNode {
+        let st = sn.status.as_mut().unwrap();
+        st.data_dirs.push(DataDirReport {
+            name: name.into(),
+            host_path: host.into(),
+            available: false,
+            reason: Some(reason.into()),
+            message: Some(format!("{host} does not exist")),
+        });
+        for c in &mut st.conditions {
+            if c.type_ == nc::READY {
+                c.status = "False".into();
+                c.reason = "DataDirUnavailable".into();
+            }
+        }
+        sn
+    }
+
+    fn with_dirs(mut sc: StorageCluster, dirs: &[(&str, &str)]) -> StorageCluster {
+        sc.spec.read_service.data_dirs = dirs
+            .iter()
+            .map(|(n, h)| ringmaster_api::DataDir {
+                name: n.to_string(),
+                host_path: h.to_string(),
+            })
+            .collect();
+        sc
+    }
+
+    fn three_selected() -> Vec<Node> {
+        vec![
+            node("n1", &[("tier", "storage")], &[]),
+            node("n2", &[("tier", "storage")], &[]),
+            node("n3", &[("tier", "storage")], &[]),
+        ]
+    }
+
+    #[test]
+    fn one_node_missing_one_data_dir_degrades_naming_the_field() {
+        let sc = with_dirs(
+            cluster("fast", 10, &[("tier", "storage")]),
+            &[("d0", "/storage/data0"), ("d1", "/storage/data1")],
+        );
+        let w = World {
+            nodes: three_selected(),
+            reports: vec![
+                report("n1", None, 3),
+                report("n2", None, 3),
+                dir_unavailable(report("n3", None, 3), "d1", "/storage/data1", "NotFound"),
+            ],
+            clusters: vec![],
+            ds: Some(ds(3, 3, 3)),
+        };
+        let o = w.run(&sc);
+        let d = get(&o, cc::DEGRADED);
+        assert_eq!(
+            (d.status.as_str(), d.reason.as_str()),
+            ("True", "DataDirUnavailable")
+        );
+        assert_eq!(
+            d.message,
+            "spec.readService.dataDirs[1].hostPath \"/storage/data1\" is missing on 1 of 3 nodes: n3; \
+             create the directory on those nodes or narrow spec.nodeSelector"
+        );
+        let r = get(&o, cc::READY);
+        assert!(
+            r.message
+                .contains("not ready: n3 (spec.readService.dataDirs[1].hostPath missing)"),
+            "{}",
+            r.message
+        );
+        // The Degrade event fires once, with the same message.
+        let ev: Vec<_> = o
+            .transitions
+            .iter()
+            .filter(|t| t.reason == "DataDirUnavailable")
+            .collect();
+        assert_eq!(ev.len(), 1);
+        assert!(ev[0].warning && ev[0].note == d.message);
+        let mut written = sc.clone();
+        written.status = Some(o.status.clone());
+        assert!(w.run(&written).transitions.is_empty(), "once, not per pass");
+        // The dir created: Degraded clears, a Recovered event.
+        let healed = World {
+            reports: vec![
+                report("n1", None, 3),
+                report("n2", None, 3),
+                report("n3", None, 3),
+            ],
+            ..w
+        };
+        let o2 = healed.run(&written);
+        assert_eq!(get(&o2, cc::DEGRADED).status, "False");
+        assert!(o2.transitions.iter().any(|t| t.reason == "Recovered"));
+    }
+
+    #[test]
+    fn two_data_dirs_missing_on_different_nodes_are_grouped_by_field() {
+        let sc = with_dirs(
+            cluster("fast", 10, &[("tier", "storage")]),
+            &[("d0", "/storage/data0"), ("d1", "/storage/data1")],
+        );
+        let w = World {
+            nodes: three_selected(),
+            reports: vec![
+                dir_unavailable(report("n1", None, 3), "d0", "/storage/data0", "NotFound"),
+                dir_unavailable(
+                    report("n2", None, 3),
+                    "d1",
+                    "/storage/data1",
+                    "NotADirectory",
+                ),
+                dir_unavailable(report("n3", None, 3), "d0", "/storage/data0", "NotFound"),
+            ],
+            clusters: vec![],
+            ds: Some(ds(3, 3, 3)),
+        };
+        let d = get(&w.run(&sc), cc::DEGRADED).clone();
+        assert_eq!(d.reason, "DataDirUnavailable");
+        assert!(
+            d.message.starts_with(
+                "spec.readService.dataDirs[0].hostPath \"/storage/data0\" is missing on 2 of 3 nodes: n1, n3; \
+                 spec.readService.dataDirs[1].hostPath \"/storage/data1\" is not a directory on 1 of 3 nodes: n2; "
+            ),
+            "{}",
+            d.message
+        );
+        assert!(
+            d.message.contains("create or fix the directories"),
+            "{}",
+            d.message
+        );
+        // A node conflict still comes first; IoUringUnsupported under Required too.
+        let mut req = sc.clone();
+        req.spec.aio.io_uring = IoUringPolicy::Required;
+        let mut w2 = w;
+        w2.reports.push(report("n9", None, 3));
+        w2.nodes.push(node("n9", &[("tier", "storage")], &[]));
+        let last = w2.reports.len() - 1;
+        w2.reports[last] = report("n9", Some(("ENOSYS", 38)), 3);
+        assert_eq!(
+            get(&w2.run(&req), cc::DEGRADED).reason,
+            "IoUringUnsupported"
+        );
+    }
+
+    #[test]
+    fn data_dir_removed_from_the_spec_falls_back_to_its_name() {
+        // The node still reports d1, which the current spec no longer has.
+        let sc = with_dirs(
+            cluster("fast", 10, &[("tier", "storage")]),
+            &[("d0", "/storage/data0")],
+        );
+        let w = World {
+            nodes: three_selected(),
+            reports: vec![
+                report("n1", None, 3),
+                report("n2", None, 3),
+                dir_unavailable(report("n3", None, 2), "d1", "/storage/data1", "NotFound"),
+            ],
+            clusters: vec![],
+            ds: Some(ds(3, 3, 3)),
+        };
+        let o = w.run(&sc);
+        let d = get(&o, cc::DEGRADED);
+        assert!(
+            d.message.starts_with(
+                "dataDir d1 (no longer in spec.readService.dataDirs) \"/storage/data1\" is missing on 1 of 3 nodes: n3"
+            ),
+            "{}",
+            d.message
+        );
+        assert!(!d.message.contains("dataDirs["), "{}", d.message);
     }
 
     #[test]

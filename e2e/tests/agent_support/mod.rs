@@ -252,6 +252,38 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     (code, body)
 }
 
+/// `GET path` with `Range: bytes=<range>` on `addr`: (status code, body).
+pub fn http_range(addr: &str, path: &str, range: &str) -> (u16, String) {
+    let mut s =
+        std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nRange: bytes={range}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let code = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|x| x.1)
+        .unwrap_or("")
+        .to_string();
+    (code, body)
+}
+
+/// The reader's read-service address from its last report (`reader.json`).
+pub fn reader_listen_addr(state_dir: &Path) -> Option<String> {
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state_dir.join("reader.json")).ok()?).ok()?;
+    v["listen_addr"].as_str().map(String::from)
+}
+
 /// The agent's rights as issue 5/6 define them, used only while neither the operator's
 /// RBAC file nor the chart is in the tree.
 const AGENT_CLUSTER_ROLE_YAML: &str = r#"
@@ -494,6 +526,11 @@ impl Fleet {
         let mut spec: serde_json::Value = serde_yaml::from_str(spec_yaml).unwrap();
         spec["readService"] =
             json!({"dataDirs": [{"name": "d0", "hostPath": self.data_dir.path()}]});
+        self.create_cluster_spec(spec).await
+    }
+
+    /// Creates the StorageCluster `main` with exactly `spec`.
+    pub async fn create_cluster_spec(&self, spec: serde_json::Value) -> StorageCluster {
         let sc: StorageCluster = serde_json::from_value(json!({
             "apiVersion": "ringmaster.io/v1alpha1",
             "kind": "StorageCluster",

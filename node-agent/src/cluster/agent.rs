@@ -374,6 +374,16 @@ impl Agent {
             self.announced = Some(Announced {
                 io_uring_supported: prev.and_then(|s| s.io_uring.as_ref()).map(|i| i.supported),
                 tune_error: None,
+                data_dirs_unavailable: prev.map(|s| {
+                    let mut names: Vec<String> = s
+                        .data_dirs
+                        .iter()
+                        .filter(|d| !d.available)
+                        .map(|d| d.name.clone())
+                        .collect();
+                    names.sort();
+                    names
+                }),
             });
             if self.applied.is_none() {
                 self.applied = prev
@@ -401,7 +411,14 @@ impl Agent {
         // Events, metrics, readiness.
         let announced = self.announced.get_or_insert_with(Default::default);
         let message = report.as_ref().and_then(|r| r.io_uring.message.clone());
-        for t in events::transitions(announced, &verdict, message.as_deref(), &tune) {
+        let dirs = obs.data_dirs_verdict();
+        for t in events::transitions(
+            announced,
+            &verdict,
+            message.as_deref(),
+            &tune,
+            dirs.as_ref(),
+        ) {
             self.events.publish(&t).await;
         }
         let m = &self.health.metrics;
@@ -422,6 +439,8 @@ impl Agent {
                 "waiting for the reader to answer generation {}",
                 d.generation
             )
+        } else if let Some(e) = report.as_ref().and_then(|r| r.error.clone()) {
+            e
         } else {
             "the reader is not serving".into()
         };

@@ -1,5 +1,5 @@
 //! Kubernetes Events for the node's transitions (io_uring became unsupported/supported,
-//! fs.aio-max-nr raised, tuning failed, restored), regarding the Node so
+//! fs.aio-max-nr raised, tuning failed, a data dir unusable/usable again, restored), regarding the Node so
 //! `kubectl describe node` shows them. Publishing is best effort: a failed event is logged,
 //! never fatal.
 
@@ -15,6 +15,15 @@ use super::tuning::TuneOutcome;
 pub struct Announced {
     pub io_uring_supported: Option<bool>,
     pub tune_error: Option<String>,
+    /// Names of the data dirs last announced unusable (`None`: nothing announced yet).
+    pub data_dirs_unavailable: Option<Vec<String>>,
+}
+
+/// The data dirs' verdict for [`transitions`]: unusable names (sorted) and the message.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DataDirsVerdict {
+    pub unavailable: Vec<String>,
+    pub message: String,
 }
 
 /// A transition to announce.
@@ -32,8 +41,30 @@ pub fn transitions(
     verdict: &NodeVerdict,
     io_uring_message: Option<&str>,
     tune: &TuneOutcome,
+    data_dirs: Option<&DataDirsVerdict>,
 ) -> Vec<Transition> {
     let mut out = Vec::new();
+    if let Some(d) = data_dirs {
+        let before = announced.data_dirs_unavailable.as_ref();
+        if before != Some(&d.unavailable) {
+            if !d.unavailable.is_empty() {
+                out.push(Transition {
+                    warning: true,
+                    reason: "DataDirUnavailable",
+                    action: "CheckDataDirs",
+                    note: d.message.clone(),
+                });
+            } else if before.is_some_and(|b| !b.is_empty()) {
+                out.push(Transition {
+                    warning: false,
+                    reason: "DataDirsAvailable",
+                    action: "CheckDataDirs",
+                    note: d.message.clone(),
+                });
+            }
+            announced.data_dirs_unavailable = Some(d.unavailable.clone());
+        }
+    }
     if verdict.io_uring_supported.is_some()
         && verdict.io_uring_supported != announced.io_uring_supported
     {
@@ -152,19 +183,19 @@ mod tests {
             ..Default::default()
         };
         let t = TuneOutcome::default();
-        let first = transitions(&mut a, &bad, Some("seccomp"), &t);
+        let first = transitions(&mut a, &bad, Some("seccomp"), &t, None);
         assert_eq!(first.len(), 1);
         assert_eq!(first[0].reason, "IoUringUnsupported");
         assert!(first[0].note.contains("EPERM"));
-        assert!(transitions(&mut a, &bad, Some("seccomp"), &t).is_empty());
+        assert!(transitions(&mut a, &bad, Some("seccomp"), &t, None).is_empty());
         let good = NodeVerdict {
             io_uring_supported: Some(true),
             ..Default::default()
         };
-        let back = transitions(&mut a, &good, None, &t);
+        let back = transitions(&mut a, &good, None, &t, None);
         assert_eq!(back[0].reason, "IoUringSupported");
         // No report: nothing to say.
-        assert!(transitions(&mut a, &NodeVerdict::default(), None, &t).is_empty());
+        assert!(transitions(&mut a, &NodeVerdict::default(), None, &t, None).is_empty());
         let raised = TuneOutcome {
             changed: true,
             current: 10,
@@ -172,7 +203,7 @@ mod tests {
             original: Some(5),
             ..Default::default()
         };
-        let r = transitions(&mut a, &good, None, &raised);
+        let r = transitions(&mut a, &good, None, &raised, None);
         assert_eq!(r[0].reason, "Tuned");
         assert!(r[0].note.contains("original 5"));
         let failed = TuneOutcome {
@@ -180,9 +211,36 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            transitions(&mut a, &good, None, &failed)[0].reason,
+            transitions(&mut a, &good, None, &failed, None)[0].reason,
             "TuneFailed"
         );
-        assert!(transitions(&mut a, &good, None, &failed).is_empty());
+        assert!(transitions(&mut a, &good, None, &failed, None).is_empty());
+    }
+
+    #[test]
+    fn data_dir_transitions_once_each_way() {
+        let mut a = Announced::default();
+        let t = TuneOutcome::default();
+        let v = NodeVerdict::default();
+        let ok = DataDirsVerdict {
+            unavailable: vec![],
+            message: "all 2 data dirs".into(),
+        };
+        // Fine from the start: nothing to say.
+        assert!(transitions(&mut a, &v, None, &t, Some(&ok)).is_empty());
+        let bad = DataDirsVerdict {
+            unavailable: vec!["d1".into()],
+            message: "spec.readService.dataDirs[1].hostPath ... does not exist".into(),
+        };
+        let w = transitions(&mut a, &v, None, &t, Some(&bad));
+        assert_eq!(w.len(), 1);
+        assert!(w[0].warning && w[0].reason == "DataDirUnavailable");
+        assert!(w[0].note.contains("dataDirs[1]"));
+        assert!(transitions(&mut a, &v, None, &t, Some(&bad)).is_empty());
+        // No report this pass: no change either way.
+        assert!(transitions(&mut a, &v, None, &t, None).is_empty());
+        let back = transitions(&mut a, &v, None, &t, Some(&ok));
+        assert_eq!(back.len(), 1);
+        assert!(!back[0].warning && back[0].reason == "DataDirsAvailable");
     }
 }

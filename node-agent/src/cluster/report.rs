@@ -4,9 +4,13 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use ringmaster_api::node_conditions as cond;
-use ringmaster_api::{AioReport, IoUringReport, StorageNodeStatus, UnsupportedNodesPolicy};
+use ringmaster_api::{
+    data_dir_reasons, AioReport, DataDirReport, IoUringReport, StorageNodeStatus,
+    UnsupportedNodesPolicy,
+};
 
 use super::desired::Desired;
+use super::events::DataDirsVerdict;
 use super::labels::NodeVerdict;
 use super::tuning::TuneOutcome;
 use crate::handoff::{worker_mode, ReaderReport};
@@ -45,9 +49,94 @@ impl Observation<'_> {
         }
     }
 
-    /// The node can run the storage service: tuned, probed, and the reader serving.
+    /// The node can run the storage service: tuned, probed, the reader serving, and
+    /// every configured data dir usable.
     pub fn node_ready(&self) -> bool {
-        self.tune.tuned && self.report.is_some_and(|r| r.usable())
+        self.tune.tuned
+            && self
+                .report
+                .is_some_and(|r| r.usable() && r.data_dirs_available())
+    }
+
+    /// Where data dir `name` is in the current spec, as a field path.
+    fn data_dir_field(&self, name: &str) -> String {
+        match self
+            .desired
+            .reader
+            .data_dirs
+            .iter()
+            .position(|(n, _)| n == name)
+        {
+            Some(i) => format!("spec.readService.dataDirs[{i}].hostPath"),
+            None => "spec.readService.dataDirs[] (an entry no longer in the spec)".into(),
+        }
+    }
+
+    /// What to announce about the data dirs (`None` until the reader checked them).
+    pub fn data_dirs_verdict(&self) -> Option<DataDirsVerdict> {
+        let r = self.report?;
+        if r.data_dirs.is_empty() && !self.desired.reader.data_dirs.is_empty() {
+            return None;
+        }
+        let c = self.data_dirs_condition();
+        let mut unavailable: Vec<String> =
+            self.data_dir_problems().into_iter().map(|p| p.0).collect();
+        unavailable.sort();
+        Some(DataDirsVerdict {
+            unavailable,
+            message: c.message,
+        })
+    }
+
+    /// The unusable data dirs: (name, condition reason, message naming the field).
+    pub fn data_dir_problems(&self) -> Vec<(String, &'static str, String)> {
+        let Some(r) = self.report else {
+            return Vec::new();
+        };
+        let node = self.node;
+        r.data_dirs
+            .iter()
+            .filter(|d| !d.available)
+            .map(|d| {
+                let at = format!(
+                    "{} {:?} (name {})",
+                    self.data_dir_field(&d.name),
+                    d.path.display().to_string(),
+                    d.name
+                );
+                let fix = "remove the entry, or narrow spec.nodeSelector";
+                let (reason, msg) = match d.reason.as_deref() {
+                    Some(data_dir_reasons::NOT_FOUND) => (
+                        "DataDirMissing",
+                        format!(
+                            "{at} does not exist on node {node}: create it (Ringmaster never creates host directories), {fix}"
+                        ),
+                    ),
+                    Some(data_dir_reasons::NOT_A_DIRECTORY) => (
+                        "DataDirNotADirectory",
+                        format!(
+                            "{at} is not a directory on node {node}: make it one, {fix}"
+                        ),
+                    ),
+                    Some(data_dir_reasons::PERMISSION_DENIED) => (
+                        "DataDirPermissionDenied",
+                        format!(
+                            "{at} cannot be opened by the reader on node {node} ({}): let the reader's uid/gid read and search it, {fix}",
+                            d.message.as_deref().unwrap_or("permission denied")
+                        ),
+                    ),
+                    other => (
+                        "DataDirUnavailable",
+                        format!(
+                            "{at} is unusable on node {node} ({}: {}): fix it on the node, {fix}",
+                            other.unwrap_or("unknown"),
+                            d.message.as_deref().unwrap_or("no detail")
+                        ),
+                    ),
+                };
+                (d.name.clone(), reason, msg)
+            })
+            .collect()
     }
 
     /// The agent did its job (`/readyz`): tuning pass done (tuned, or only verified),
@@ -96,6 +185,7 @@ impl Observation<'_> {
         let mut conditions = vec![
             self.tuned_condition(),
             self.io_uring_condition(),
+            self.data_dirs_condition(),
             self.ready_condition(),
         ];
         let prev = previous.map(|p| p.conditions.as_slice()).unwrap_or(&[]);
@@ -144,6 +234,20 @@ impl Observation<'_> {
             applied_generation: applied.map(|a| a.0),
             applied_config_hash: applied.map(|a| a.1.clone()),
             service_settings: self.settings().map(|s| s.service_settings()),
+            data_dirs: r
+                .map(|r| {
+                    r.data_dirs
+                        .iter()
+                        .map(|d| DataDirReport {
+                            name: d.name.clone(),
+                            host_path: d.path.display().to_string(),
+                            available: d.available,
+                            reason: d.reason.clone(),
+                            message: d.message.clone(),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
             conditions,
             last_probe_time: r
                 .and_then(|r| r.probed_at.parse::<Timestamp>().ok())
@@ -223,6 +327,88 @@ impl Observation<'_> {
         }
     }
 
+    fn data_dirs_condition(&self) -> Condition {
+        let unknown = |reason: &str, message: String| Condition {
+            status: "Unknown".into(),
+            ..condition(cond::DATA_DIRS_READY, false, reason, message)
+        };
+        let configured = self.desired.reader.data_dirs.len();
+        let Some(r) = self.report else {
+            return unknown(
+                "WaitingForReader",
+                "the reader container has not checked the data dirs yet".into(),
+            );
+        };
+        if configured == 0 {
+            return condition(
+                cond::DATA_DIRS_READY,
+                true,
+                "NoDataDirs",
+                "spec.readService.dataDirs is empty: nothing to serve".into(),
+            );
+        }
+        if r.data_dirs.is_empty() {
+            return unknown(
+                "WaitingForReader",
+                format!(
+                    "the reader has not checked the {configured} data dirs of generation {} yet",
+                    self.desired.generation
+                ),
+            );
+        }
+        let problems = self.data_dir_problems();
+        if problems.is_empty() {
+            let list: Vec<String> = r
+                .data_dirs
+                .iter()
+                .map(|d| format!("{} ({})", d.name, d.path.display()))
+                .collect();
+            return condition(
+                cond::DATA_DIRS_READY,
+                true,
+                "AllAvailable",
+                format!(
+                    "all {} data dirs exist and the reader can open them: {}",
+                    list.len(),
+                    list.join(", ")
+                ),
+            );
+        }
+        let first = problems[0].1;
+        let reason = if problems.iter().all(|p| p.1 == first) {
+            first
+        } else {
+            "DataDirUnavailable"
+        };
+        condition(
+            cond::DATA_DIRS_READY,
+            false,
+            reason,
+            self.data_dirs_message(&problems),
+        )
+    }
+
+    /// The problems in one message; the other dirs are still served.
+    fn data_dirs_message(&self, problems: &[(String, &'static str, String)]) -> String {
+        let served = self
+            .report
+            .map_or(0, |r| r.data_dirs.iter().filter(|d| d.available).count());
+        let every = crate::reader::RETRY_AFTER.as_secs();
+        let mut msg = problems
+            .iter()
+            .map(|p| p.2.as_str())
+            .collect::<Vec<_>>()
+            .join("; ");
+        msg.push_str(&match served {
+            0 => format!(" (no data dir is served; the reader checks again every {every}s)"),
+            1 => format!(" (1 data dir is still served; the reader checks again every {every}s)"),
+            n => {
+                format!(" ({n} data dirs are still served; the reader checks again every {every}s)")
+            }
+        });
+        msg
+    }
+
     fn ready_condition(&self) -> Condition {
         if !self.tune.tuned {
             return condition(
@@ -238,6 +424,12 @@ impl Observation<'_> {
                 false,
                 "WaitingForReader",
                 "the reader container has not reported yet".into(),
+            ),
+            Some(r) if r.worker_mode != worker_mode::NONE && !r.data_dirs_available() => condition(
+                cond::READY,
+                false,
+                "DataDirUnavailable",
+                self.data_dirs_message(&self.data_dir_problems()),
             ),
             Some(r) if r.usable() => condition(
                 cond::READY,
@@ -319,6 +511,7 @@ pub fn restored_condition(message: String, now: Timestamp) -> Condition {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::handoff::DataDirCheck;
     use crate::host::HostFacts;
     use crate::probe::UringProbe;
     use ringmaster_api::StorageCluster;
@@ -356,6 +549,18 @@ mod tests {
             service_configured: true,
             listen_addr: None,
             error: None,
+            data_dirs: d
+                .reader
+                .data_dirs
+                .iter()
+                .map(|(name, path)| DataDirCheck {
+                    name: name.clone(),
+                    path: path.clone(),
+                    available: true,
+                    reason: None,
+                    message: None,
+                })
+                .collect(),
             probed_at: "2026-01-02T03:04:05.678Z".into(),
         }
     }
@@ -496,6 +701,116 @@ mod tests {
             .find(|c| c.type_ == "IoUringSupported")
             .unwrap();
         assert_eq!(ic.last_transition_time.0.as_second(), 1_000_000);
+    }
+
+    fn with_dirs() -> Desired {
+        let mut sc = StorageCluster::new(
+            "main",
+            serde_yaml::from_str(
+                "readService: {dataDirs: [{name: d0, hostPath: /storage/data0}, {name: d1, hostPath: /storage/data1}]}",
+            )
+            .unwrap(),
+        );
+        sc.metadata.namespace = Some("ns".into());
+        sc.metadata.generation = Some(4);
+        Desired::from_cluster(&sc)
+    }
+
+    fn get<'a>(st: &'a StorageNodeStatus, t: &str) -> &'a Condition {
+        st.conditions.iter().find(|c| c.type_ == t).unwrap()
+    }
+
+    #[test]
+    fn missing_data_dir_names_the_field_and_makes_the_node_not_ready() {
+        let d = with_dirs();
+        let t = tuned();
+        let mut r = report(&d, true, worker_mode::IO_URING, true);
+        r.data_dirs[1].available = false;
+        r.data_dirs[1].reason = Some("NotFound".into());
+        r.data_dirs[1].message = Some("/storage/data1 does not exist".into());
+        let o = obs(&d, &t, Some(&r));
+        assert!(!o.node_ready());
+        assert!(!o.verdict().ready, "label ringmaster.io/ready=false");
+        assert!(o.agent_ready(), "the agent did its job: it reports the dir");
+        let st = o.status(None, None, Timestamp::now());
+        let c = get(&st, "DataDirsReady");
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "DataDirMissing")
+        );
+        assert!(
+            c.message.starts_with(
+                "spec.readService.dataDirs[1].hostPath \"/storage/data1\" (name d1) does not exist on node n1: create it (Ringmaster never creates host directories), remove the entry, or narrow spec.nodeSelector"
+            ),
+            "{}",
+            c.message
+        );
+        assert!(
+            c.message.contains("1 data dir is still served"),
+            "{}",
+            c.message
+        );
+        let ready = get(&st, "Ready");
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "DataDirUnavailable")
+        );
+        assert_eq!(ready.message, c.message);
+        assert_eq!(st.data_dirs.len(), 2);
+        assert!(st.data_dirs[0].available && !st.data_dirs[1].available);
+        assert_eq!(st.data_dirs[1].host_path, "/storage/data1");
+        assert_eq!(st.data_dirs[1].reason.as_deref(), Some("NotFound"));
+        let v = o.data_dirs_verdict().unwrap();
+        assert_eq!(v.unavailable, vec!["d1".to_string()]);
+
+        // Other reasons, and an entry that left the spec (index unknown).
+        r.data_dirs[0].available = false;
+        r.data_dirs[0].reason = Some("PermissionDenied".into());
+        r.data_dirs[0].message = Some("the reader (uid 65532, gid 65532) may not".into());
+        let o = obs(&d, &t, Some(&r));
+        let c = get(&o.status(None, None, Timestamp::now()), "DataDirsReady").clone();
+        assert_eq!(c.reason, "DataDirUnavailable", "mixed reasons");
+        assert!(
+            c.message.contains("spec.readService.dataDirs[0].hostPath"),
+            "{}",
+            c.message
+        );
+        assert!(c.message.contains("uid 65532"), "{}", c.message);
+        assert!(c.message.contains("no data dir is served"), "{}", c.message);
+        r.data_dirs[0].available = true;
+        r.data_dirs[1].name = "gone".into();
+        let o = obs(&d, &t, Some(&r));
+        let c = get(&o.status(None, None, Timestamp::now()), "DataDirsReady").clone();
+        assert!(c.message.contains("no longer in the spec"), "{}", c.message);
+    }
+
+    #[test]
+    fn data_dirs_ready_when_all_available_or_none_configured() {
+        let d = with_dirs();
+        let t = tuned();
+        let r = report(&d, true, worker_mode::IO_URING, true);
+        let o = obs(&d, &t, Some(&r));
+        assert!(o.node_ready());
+        let st = o.status(None, None, Timestamp::now());
+        let c = get(&st, "DataDirsReady");
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", "AllAvailable")
+        );
+        assert_eq!(get(&st, "Ready").status, "True");
+        assert_eq!(o.data_dirs_verdict().unwrap().unavailable.len(), 0);
+
+        let none = desired("Label");
+        let r = report(&none, true, worker_mode::IO_URING, true);
+        let st = obs(&none, &t, Some(&r)).status(None, None, Timestamp::now());
+        assert_eq!(get(&st, "DataDirsReady").reason, "NoDataDirs");
+        // A reader that predates the check: Unknown, not a failure.
+        let mut old = report(&d, true, worker_mode::IO_URING, true);
+        old.data_dirs.clear();
+        let o = obs(&d, &t, Some(&old));
+        let c = get(&o.status(None, None, Timestamp::now()), "DataDirsReady").clone();
+        assert_eq!(c.status, "Unknown");
+        assert!(o.data_dirs_verdict().is_none());
     }
 
     #[test]
