@@ -835,12 +835,7 @@ async fn missing_data_dir_is_a_condition_naming_the_field_and_heals() {
         heal,
         "DataDirsReady=True and ringmaster.io/ready=true",
         || async {
-            let st = f
-                .storage_nodes()
-                .get(&node)
-                .await?
-                .status
-                .unwrap_or_default();
+            let st = f.node_status(&node).await?;
             let c = st
                 .conditions
                 .iter()

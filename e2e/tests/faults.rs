@@ -131,12 +131,7 @@ async fn agent_killed_after_raise_keeps_original_and_restores_it() {
 
     f.delete_cluster().await;
     wait_for(T, "StorageNode Restored=True", || async {
-        let st = f
-            .storage_nodes()
-            .get(&node)
-            .await?
-            .status
-            .unwrap_or_default();
+        let st = f.node_status(&node).await?;
         let c = st.conditions.iter().find(|c| c.type_ == cond::RESTORED);
         anyhow::ensure!(c.is_some_and(|c| c.status == "True"), "{:?}", st.conditions);
         Ok(())

@@ -17,7 +17,7 @@ use k8s_openapi::api::core::v1::{Node, Pod, ServiceAccount};
 use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
-use ringmaster_api::{keys, StorageCluster, StorageNode};
+use ringmaster_api::{keys, StorageCluster, StorageNode, StorageNodeStatus};
 use ringmaster_e2e::{
     bin_dir, client, install_crds, kubectl, kubectl_stdin, log_dir, pod_token, repo_root,
     spawn_bin, unique_name, wait_for, write_token_kubeconfig, FakeNode, FakeNodeHandle, Process,
@@ -233,35 +233,28 @@ impl NodeAgent {
 
 /// `GET path` on `addr`: (status code, body).
 pub fn http_get(addr: &str, path: &str) -> (u16, String) {
-    let mut s =
-        std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let code = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|x| x.1)
-        .unwrap_or("")
-        .to_string();
-    (code, body)
+    http_exchange(
+        addr,
+        &format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n"),
+    )
 }
 
 /// `GET path` with `Range: bytes=<range>` on `addr`: (status code, body).
 pub fn http_range(addr: &str, path: &str, range: &str) -> (u16, String) {
+    http_exchange(
+        addr,
+        &format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nRange: bytes={range}\r\nConnection: close\r\n\r\n"
+        ),
+    )
+}
+
+/// Send `request` to `addr`, read until the server closes: (status code, body).
+fn http_exchange(addr: &str, request: &str) -> (u16, String) {
     let mut s =
         std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nRange: bytes={range}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
+    s.write_all(request.as_bytes()).unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     let code = out
@@ -599,6 +592,16 @@ impl Fleet {
             },
         )
         .await
+    }
+
+    /// The StorageNode status of `node` now (empty when it has none yet).
+    pub async fn node_status(&self, node: &str) -> anyhow::Result<StorageNodeStatus> {
+        Ok(self
+            .storage_nodes()
+            .get(node)
+            .await?
+            .status
+            .unwrap_or_default())
     }
 
     pub async fn node(&self, name: &str) -> Node {
