@@ -38,6 +38,39 @@ where
     .await
 }
 
+/// Nothing Ringmaster's agent put on `node` is left (its labels, annotations, taint), and
+/// what others put there is (the test's `ringmaster.io/not-ours` and `team` labels, kwok's taint).
+fn assert_only_foreign_marks_left(node: &Node) {
+    let name = node.name_any();
+    let labels = node.labels();
+    for k in keys::AGENT_LABELS {
+        assert!(
+            !labels.contains_key(k),
+            "{name}: {k} left behind: {labels:?}"
+        );
+    }
+    assert_eq!(
+        labels.get("ringmaster.io/not-ours").map(String::as_str),
+        Some("kept"),
+        "{name}: a label nobody recorded as owned is kept"
+    );
+    assert_eq!(labels.get("team").map(String::as_str), Some("storage"));
+    for a in [keys::OWNED_LABELS_ANNOTATION, keys::CLUSTER_ANNOTATION] {
+        assert!(!node.annotations().contains_key(a), "{name}: {a} left");
+    }
+    let taints = node.spec.clone().unwrap().taints.unwrap_or_default();
+    assert!(
+        taints
+            .iter()
+            .all(|t| t.key != keys::TAINT_IO_URING_UNSUPPORTED),
+        "{name}: taint left"
+    );
+    assert!(
+        taints.iter().any(|t| t.key == "kwok.x-k8s.io/node"),
+        "{name}: foreign taint kept"
+    );
+}
+
 #[tokio::test]
 async fn delete_waits_for_agents_then_cleans_leftovers_and_releases() {
     let c = client().await;
@@ -187,34 +220,7 @@ async fn delete_waits_for_agents_then_cleans_leftovers_and_releases() {
     );
     let admin_nodes: Api<Node> = Api::all(c.clone());
     for name in &nodes {
-        let node = admin_nodes.get(name).await.unwrap();
-        let labels = node.labels();
-        for k in keys::AGENT_LABELS {
-            assert!(
-                !labels.contains_key(k),
-                "{name}: {k} left behind: {labels:?}"
-            );
-        }
-        assert_eq!(
-            labels.get("ringmaster.io/not-ours").map(String::as_str),
-            Some("kept"),
-            "{name}: a label nobody recorded as owned is kept"
-        );
-        assert_eq!(labels.get("team").map(String::as_str), Some("storage"));
-        assert!(!node
-            .annotations()
-            .contains_key(keys::OWNED_LABELS_ANNOTATION));
-        let taints = node.spec.unwrap().taints.unwrap_or_default();
-        assert!(
-            taints
-                .iter()
-                .all(|t| t.key != keys::TAINT_IO_URING_UNSUPPORTED),
-            "{name}: taint left"
-        );
-        assert!(
-            taints.iter().any(|t| t.key == "kwok.x-k8s.io/node"),
-            "{name}: foreign taint kept"
-        );
+        assert_only_foreign_marks_left(&admin_nodes.get(name).await.unwrap());
     }
     let sns: Api<StorageNode> = Api::all(c.clone());
     for name in &nodes {
@@ -296,4 +302,111 @@ async fn delete_with_every_agent_restored_releases_at_once() {
     );
     let ev = wait_event(&n, "quick", "CleanupComplete").await;
     assert!(ev.contains("1 of 1 agents restored their nodes"), "{ev}");
+}
+
+#[tokio::test]
+async fn a_node_leaving_the_node_selector_is_released() {
+    // The admin takes a node out of the storage pool. The DaemonSet controller deletes its
+    // agent pod, and a SIGTERMed agent restores nothing (a rolling update must not strip
+    // labels), so the operator removes what the agent left there: above all the NoSchedule
+    // taint, which would otherwise keep every pod off a node that is no longer storage.
+    let c = client().await;
+    install_crds(&c).await;
+    let ns = TestNamespace::create(&c, "op-leave").await;
+    let n = ns.name().to_string();
+    let id = OperatorIdentity::create(&ns);
+    let pool = unique_name("pool");
+    let (stay, leave) = (unique_name("stay"), unique_name("leave"));
+    let mut handles = Vec::new();
+    for name in [&stay, &leave] {
+        handles.push(
+            FakeNode::new(name)
+                .label("ringmaster-e2e/pool", &pool)
+                .label("ringmaster.io/not-ours", "kept")
+                .label("team", "storage")
+                .create(&c)
+                .await,
+        );
+    }
+    let _op = start_operator(&id, "leave-op", &[]);
+    create_cluster(
+        &c,
+        cluster_manifest(&n, "shrink", &pool, json!({"unsupportedNodes": "Taint"})),
+    )
+    .await;
+    let pods = wait_agent_pods(&c, &n, "shrink", &[&stay, &leave]).await;
+    for (node, failing) in [(&stay, false), (&leave, true)] {
+        let a = agent_client(&n, "shrink", &pods[node.as_str()]).await;
+        let r = if failing {
+            Report::failing(1, "EPERM", 1)
+        } else {
+            Report::ok(1)
+        };
+        report(&a, &n, "shrink", node, &r).await;
+        agent_label_node(&a, &n, "shrink", node, failing).await;
+    }
+    wait_status(&c, &n, "shrink", "2 reporting", T, |sc| {
+        anyhow::ensure!(counts(sc).1 == 2, "counts {:?}", counts(sc));
+        Ok(())
+    })
+    .await;
+
+    let admin_nodes: Api<Node> = Api::all(c.clone());
+    admin_nodes
+        .patch(
+            &leave,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"ringmaster-e2e/pool": null}}})),
+        )
+        .await
+        .unwrap();
+    wait_agent_pods(&c, &n, "shrink", &[&stay]).await;
+    let sns: Api<StorageNode> = Api::all(c.clone());
+    wait_for(T, "the departed node released", || async {
+        let node = admin_nodes.get(&leave).await?;
+        let taints = node
+            .spec
+            .clone()
+            .unwrap_or_default()
+            .taints
+            .unwrap_or_default();
+        anyhow::ensure!(
+            taints
+                .iter()
+                .all(|t| t.key != keys::TAINT_IO_URING_UNSUPPORTED),
+            "taint still there"
+        );
+        anyhow::ensure!(
+            !node.labels().contains_key(keys::LABEL_IO_URING),
+            "labels still there"
+        );
+        anyhow::ensure!(
+            sns.get_opt(&leave).await?.is_none(),
+            "StorageNode still there"
+        );
+        Ok(())
+    })
+    .await;
+    assert_only_foreign_marks_left(&admin_nodes.get(&leave).await.unwrap());
+    let ev = wait_event(&n, "shrink", "NodeReleased").await;
+    assert!(
+        ev.contains(&leave) && ev.contains("spec.nodeSelector"),
+        "{ev}"
+    );
+
+    // The node that stays keeps everything; the status counts one node.
+    let kept = admin_nodes.get(&stay).await.unwrap();
+    assert_eq!(
+        kept.labels().get(keys::LABEL_READY).map(String::as_str),
+        Some("true")
+    );
+    assert!(kept.annotations().contains_key(keys::CLUSTER_ANNOTATION));
+    assert!(sns.get_opt(&stay).await.unwrap().is_some());
+    wait_status(&c, &n, "shrink", "1 desired, 1 reporting", T, |sc| {
+        let k = counts(sc);
+        anyhow::ensure!((k.0, k.1) == (1, 1), "counts {k:?}");
+        Ok(())
+    })
+    .await;
+    drop(handles);
 }

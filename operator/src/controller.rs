@@ -294,6 +294,8 @@ async fn apply(sc: &StorageCluster, id: &ClusterId, ctx: &Context) -> Result<Act
     }
     ctx.metrics.set_fleet(&id.key(), &out.status);
 
+    release_departed(sc, id, ctx, &sns).await?;
+
     let changed = {
         let mut sel = ctx.selections.lock().unwrap();
         let prev = sel.insert(me.clone(), out.selected.clone());
@@ -303,6 +305,78 @@ async fn apply(sc: &StorageCluster, id: &ClusterId, ctx: &Context) -> Result<Act
         ctx.requeue_others(&me);
     }
     Ok(Action::requeue(ctx.settings.resync))
+}
+
+/// Nodes that left `spec.nodeSelector` lose their agent pod, and a SIGTERMed agent restores
+/// nothing (a rolling update must not strip labels): remove the labels, annotations and
+/// taint it left on them (a NoSchedule taint would otherwise keep every pod off a node that
+/// is no longer a storage node) and delete their StorageNode. The raised sysctl stays, as
+/// on any agent restart; its original is still on the node for a later restore.
+async fn release_departed(
+    sc: &StorageCluster,
+    id: &ClusterId,
+    ctx: &Context,
+    sns: &[Arc<StorageNode>],
+) -> Result<()> {
+    let key = id.key();
+    let reported: BTreeSet<String> = sns.iter().map(|s| s.spec.node_name.clone()).collect();
+    let nodes = ctx.nodes.state();
+    let departed = status::departed(sc, &key, nodes.iter().map(|n| n.as_ref()), &reported);
+    if departed.is_empty() {
+        return Ok(());
+    }
+    let nodes_api: Api<Node> = Api::all(ctx.client.clone());
+    let sn_api: Api<StorageNode> = Api::all(ctx.client.clone());
+    for name in departed {
+        let Some(node) = nodes.iter().find(|n| n.name_any() == name) else {
+            continue;
+        };
+        let cleaned = match finalizer::node_cleanup_patch(node, &key) {
+            Some(p) => {
+                // Guarded by resourceVersion: a conflict fails this reconcile and it retries.
+                nodes_api
+                    .patch(
+                        &name,
+                        &PatchParams::default(),
+                        &Patch::Json::<()>(serde_json::from_value(p)?),
+                    )
+                    .await?;
+                true
+            }
+            None => false,
+        };
+        let deleted = if reported.contains(&name) {
+            match sn_api.delete(&name, &DeleteParams::default()).await {
+                Ok(_) => true,
+                Err(kube::Error::Api(s)) if s.code == 404 => false,
+                Err(e) => return Err(e.into()),
+            }
+        } else {
+            false
+        };
+        if !(cleaned || deleted) {
+            continue;
+        }
+        let note = format!(
+            "node {name} no longer matches spec.nodeSelector: its agent is gone, so the operator removed {}{}{}",
+            if cleaned { "the Ringmaster labels, annotations and taint" } else { "" },
+            if cleaned && deleted { " and " } else { "" },
+            if deleted { "its StorageNode" } else { "" },
+        );
+        info!(cluster = %key, node = %name, "{note}");
+        ctx.publish(
+            sc,
+            &status::Transition {
+                warning: false,
+                reason: "NodeReleased".into(),
+                action: "Release",
+                node: Some(name.clone()),
+                note,
+            },
+        )
+        .await;
+    }
+    Ok(())
 }
 
 /// Deletion path: wait (bounded) for the agents to restore their nodes, clean what is

@@ -44,13 +44,7 @@ pub fn tolerates(t: &Toleration, taint: &Taint) -> bool {
 /// tolerated by every DaemonSet pod automatically). This is the DaemonSet's own
 /// "desired" rule, so `status.desired` equals its `desiredNumberScheduled`.
 pub fn selects(sc: &StorageCluster, node: &Node) -> bool {
-    let labels = node.labels();
-    if !sc
-        .spec
-        .node_selector
-        .iter()
-        .all(|(k, v)| labels.get(k) == Some(v))
-    {
+    if !matches_node_selector(sc, node) {
         return false;
     }
     let tolerations = render::tolerations(sc);
@@ -64,6 +58,38 @@ pub fn selects(sc: &StorageCluster, node: &Node) -> bool {
         .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
         .filter(|t| !t.key.starts_with("node.kubernetes.io/"))
         .all(|t| tolerations.iter().any(|tol| tolerates(tol, t)))
+}
+
+/// The node's labels match `spec.nodeSelector`. A node that stops matching loses its agent
+/// pod (the DaemonSet controller deletes it); a new NoSchedule taint does not evict one.
+pub fn matches_node_selector(sc: &StorageCluster, node: &Node) -> bool {
+    let labels = node.labels();
+    sc.spec
+        .node_selector
+        .iter()
+        .all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// Nodes this cluster's agent left its mark on (the cluster annotation, or a StorageNode
+/// in `reported`) whose labels no longer match `spec.nodeSelector`: their agent pod is
+/// gone and SIGTERM restores nothing, so the operator must remove what it left there.
+pub fn departed<'a>(
+    sc: &StorageCluster,
+    cluster_key: &str,
+    nodes: impl IntoIterator<Item = &'a Node>,
+    reported: &BTreeSet<String>,
+) -> Vec<String> {
+    nodes
+        .into_iter()
+        .filter(|n| !matches_node_selector(sc, n))
+        .filter(|n| {
+            n.annotations()
+                .get(ringmaster_api::keys::CLUSTER_ANNOTATION)
+                == Some(&cluster_key.to_string())
+                || reported.contains(&n.name_any())
+        })
+        .map(|n| n.name_any())
+        .collect()
 }
 
 /// Names of the nodes a cluster selects.
@@ -872,6 +898,40 @@ mod tests {
             node("n3", &[("tier", "storage")], &fake),
             node("other", &[("tier", "web")], &[]),
         ]
+    }
+
+    #[test]
+    fn departed_nodes_are_ours_and_off_the_node_selector_only() {
+        let sc = cluster("fast", 10, &[("tier", "storage")]);
+        let key = "storage/fast";
+        let tagged = |mut n: Node, cluster: &str| {
+            n.metadata.annotations =
+                Some([(keys::CLUSTER_ANNOTATION.to_string(), cluster.to_string())].into());
+            n
+        };
+        let nodes = [
+            // Still selected (a NoSchedule taint does not evict a running agent pod).
+            tagged(
+                node("in", &[("tier", "storage")], &[("x", "NoSchedule")]),
+                key,
+            ),
+            // Left the selector, tagged by us: departed.
+            tagged(node("left", &[("tier", "web")], &[]), key),
+            // Left, tagged by another cluster, no report of ours: not ours to clean.
+            tagged(node("other", &[], &[]), "storage/slow"),
+            // Left, untagged, but it has our StorageNode: departed.
+            node("reported", &[], &[]),
+            // Never ours.
+            node("never", &[], &[]),
+        ];
+        let reported = BTreeSet::from(["reported".to_string(), "in".to_string()]);
+        assert_eq!(
+            departed(&sc, key, &nodes, &reported),
+            vec!["left".to_string(), "reported".to_string()]
+        );
+        // An empty nodeSelector selects every node: nothing departs.
+        let all = cluster("fast", 10, &[]);
+        assert!(departed(&all, key, &nodes, &reported).is_empty());
     }
 
     #[test]
