@@ -15,7 +15,9 @@ use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use operator_support::*;
 use ringmaster_api::{cluster_conditions as cc, keys, StorageCluster, StorageNode};
-use ringmaster_e2e::{client, install_crds, unique_name, wait_for, FakeNode, TestNamespace};
+use ringmaster_e2e::{
+    client, install_crds, unique_name, wait_for, FakeNode, FakeNodeHandle, TestNamespace,
+};
 use serde_json::json;
 
 const T: Duration = Duration::from_secs(60);
@@ -36,6 +38,17 @@ where
         },
     )
     .await
+}
+
+/// A kwok node in `pool` carrying marks that are not the agent's (checked by
+/// [`assert_only_foreign_marks_left`]).
+async fn pool_node_with_foreign_marks(c: &kube::Client, name: &str, pool: &str) -> FakeNodeHandle {
+    FakeNode::new(name)
+        .label("ringmaster-e2e/pool", pool)
+        .label("ringmaster.io/not-ours", "kept")
+        .label("team", "storage")
+        .create(c)
+        .await
 }
 
 /// Nothing Ringmaster's agent put on `node` is left (its labels, annotations, taint), and
@@ -82,14 +95,7 @@ async fn delete_waits_for_agents_then_cleans_leftovers_and_releases() {
     let names: Vec<String> = (1..=3).map(|i| unique_name(&format!("fin{i}"))).collect();
     let mut handles = Vec::new();
     for name in &names {
-        handles.push(
-            FakeNode::new(name)
-                .label("ringmaster-e2e/pool", &pool)
-                .label("ringmaster.io/not-ours", "kept")
-                .label("team", "storage")
-                .create(&c)
-                .await,
-        );
+        handles.push(pool_node_with_foreign_marks(&c, name, &pool).await);
     }
     let nodes: Vec<&str> = names.iter().map(String::as_str).collect();
     let timeout = CLEANUP_TIMEOUT.to_string();
@@ -319,14 +325,7 @@ async fn a_node_leaving_the_node_selector_is_released() {
     let (stay, leave) = (unique_name("stay"), unique_name("leave"));
     let mut handles = Vec::new();
     for name in [&stay, &leave] {
-        handles.push(
-            FakeNode::new(name)
-                .label("ringmaster-e2e/pool", &pool)
-                .label("ringmaster.io/not-ours", "kept")
-                .label("team", "storage")
-                .create(&c)
-                .await,
-        );
+        handles.push(pool_node_with_foreign_marks(&c, name, &pool).await);
     }
     let _op = start_operator(&id, "leave-op", &[]);
     create_cluster(

@@ -307,6 +307,23 @@ async fn apply(sc: &StorageCluster, id: &ClusterId, ctx: &Context) -> Result<Act
     Ok(Action::requeue(ctx.settings.resync))
 }
 
+/// Remove what the cluster `key`'s agent left on `node` (owned labels, annotations, our
+/// taint); false when there was nothing. The patch is guarded by the resourceVersion: a
+/// concurrent change fails this reconcile, which retries.
+async fn remove_agent_marks(nodes_api: &Api<Node>, node: &Node, key: &str) -> Result<bool> {
+    let Some(p) = finalizer::node_cleanup_patch(node, key) else {
+        return Ok(false);
+    };
+    nodes_api
+        .patch(
+            &node.name_any(),
+            &PatchParams::default(),
+            &Patch::Json::<()>(serde_json::from_value(p)?),
+        )
+        .await?;
+    Ok(true)
+}
+
 /// Nodes that left `spec.nodeSelector` lose their agent pod, and a SIGTERMed agent restores
 /// nothing (a rolling update must not strip labels): remove the labels, annotations and
 /// taint it left on them (a NoSchedule taint would otherwise keep every pod off a node that
@@ -331,20 +348,7 @@ async fn release_departed(
         let Some(node) = nodes.iter().find(|n| n.name_any() == name) else {
             continue;
         };
-        let cleaned = match finalizer::node_cleanup_patch(node, &key) {
-            Some(p) => {
-                // Guarded by resourceVersion: a conflict fails this reconcile and it retries.
-                nodes_api
-                    .patch(
-                        &name,
-                        &PatchParams::default(),
-                        &Patch::Json::<()>(serde_json::from_value(p)?),
-                    )
-                    .await?;
-                true
-            }
-            None => false,
-        };
+        let cleaned = remove_agent_marks(&nodes_api, node, &key).await?;
         let deleted = if reported.contains(&name) {
             match sn_api.delete(&name, &DeleteParams::default()).await {
                 Ok(_) => true,
@@ -453,14 +457,7 @@ async fn cleanup(sc: &StorageCluster, id: &ClusterId, ctx: &Context) -> Result<A
         if !(tagged || ours.contains(name.as_str()) || selected.contains(&name)) {
             continue;
         }
-        if let Some(p) = finalizer::node_cleanup_patch(&node, &key) {
-            nodes_api
-                .patch(
-                    &name,
-                    &PatchParams::default(),
-                    &Patch::Json::<()>(serde_json::from_value(p)?),
-                )
-                .await?;
+        if remove_agent_marks(&nodes_api, &node, &key).await? {
             cleaned.push(name);
         }
     }
