@@ -28,6 +28,22 @@ pub mod settings;
 pub mod tune;
 
 /// Initialise tracing from `RUST_LOG` (default `info`), text or JSON (`RINGMASTER_LOG_FORMAT=json`).
+/// A multi-threaded tokio runtime (`worker_threads`: tokio's default when `None`), or
+/// `None` after printing why it could not start; the caller exits with its own code.
+pub fn async_runtime(worker_threads: Option<usize>) -> Option<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = worker_threads {
+        b.worker_threads(n);
+    }
+    match b.enable_all().build() {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            None
+        }
+    }
+}
+
 pub fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));

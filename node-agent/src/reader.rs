@@ -377,15 +377,8 @@ pub fn run(args: ReaderArgs) -> i32 {
         );
         return 1;
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return 1;
-        }
+    let Some(rt) = crate::async_runtime(None) else {
+        return 1;
     };
     match rt.block_on(reader_loop(args)) {
         Ok(()) => 0,

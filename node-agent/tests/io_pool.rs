@@ -194,26 +194,33 @@ fn many_concurrent_readers_get_their_own_bytes() {
     }
 }
 
+/// A pipe holding `first`, its writer kept open, and a `len`-byte read of it submitted to
+/// `pool`: the read waits in the kernel until `len` bytes or EOF arrive.
+fn pipe_read(pool: &Pool, len: usize, first: &[u8]) -> (File, mpsc::Receiver<ReadOutcome>) {
+    let mut fds = [0; 2];
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    let (rd, mut wr) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
+    wr.write_all(first).unwrap();
+    let (tx, rx) = mpsc::channel();
+    let job = ReadJob::new(
+        Arc::new(rd),
+        0,
+        len,
+        AlignedBuf::new(len),
+        false,
+        Box::new(move |o| tx.send(o).unwrap()),
+    );
+    assert!(pool.submit(job).is_ok());
+    (wr, rx)
+}
+
 #[test]
 fn short_reads_from_a_pipe_are_resubmitted_until_full() {
     // A pipe returns what has arrived: the first read completes short (1000 of 8192 bytes) and
     // the ring worker must read again for the rest, which arrives 200 ms later.
     let pool = Pool::start(&PoolConfig::new(1, 8, Policy::Required)).unwrap();
-    let mut fds = [0; 2];
-    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-    let (rd, mut wr) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
     let data = pattern(8192, 3);
-    wr.write_all(&data[..1000]).unwrap();
-    let (tx, rx) = mpsc::channel();
-    let job = ReadJob::new(
-        Arc::new(rd),
-        0,
-        8192,
-        AlignedBuf::new(8192),
-        false,
-        Box::new(move |o| tx.send(o).unwrap()),
-    );
-    assert!(pool.submit(job).is_ok());
+    let (mut wr, rx) = pipe_read(&pool, 8192, &data[..1000]);
     std::thread::sleep(Duration::from_millis(200));
     assert!(
         rx.try_recv().is_err(),
@@ -227,20 +234,7 @@ fn short_reads_from_a_pipe_are_resubmitted_until_full() {
     assert!(o.buf.as_slice() == &data[..]);
 
     // A writer closing early is EOF: the read ends with what arrived.
-    let mut fds = [0; 2];
-    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-    let (rd, mut wr) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
-    wr.write_all(&data[..300]).unwrap();
-    let (tx, rx) = mpsc::channel();
-    let job = ReadJob::new(
-        Arc::new(rd),
-        0,
-        8192,
-        AlignedBuf::new(8192),
-        false,
-        Box::new(move |o| tx.send(o).unwrap()),
-    );
-    assert!(pool.submit(job).is_ok());
+    let (wr, rx) = pipe_read(&pool, 8192, &data[..300]);
     std::thread::sleep(Duration::from_millis(100));
     drop(wr);
     let o = rx
@@ -464,24 +458,6 @@ fn completions_that_submit_again_keep_running_on_both_pools() {
     }
 }
 
-/// A pipe with its writer kept open: a read of it stays in the kernel until data arrives.
-fn stuck_pipe_read(pool: &Pool) -> (File, mpsc::Receiver<ReadOutcome>) {
-    let mut fds = [0; 2];
-    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-    let (rd, wr) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
-    let (tx, rx) = mpsc::channel();
-    let job = ReadJob::new(
-        Arc::new(rd),
-        0,
-        4096,
-        AlignedBuf::new(4096),
-        false,
-        Box::new(move |o| tx.send(o).unwrap()),
-    );
-    assert!(pool.submit(job).is_ok());
-    (wr, rx)
-}
-
 #[test]
 fn a_broken_ring_is_replaced_and_only_the_read_it_held_fails() {
     // Fault injected for real: once the ring has taken its 2nd read, the worker's ring fd
@@ -491,7 +467,7 @@ fn a_broken_ring_is_replaced_and_only_the_read_it_held_fails() {
     let mut cfg = PoolConfig::new(1, 8, Policy::Required);
     cfg.break_ring_after = Some(2);
     let pool = Pool::start(&cfg).unwrap();
-    let (_writer, stuck) = stuck_pipe_read(&pool);
+    let (_writer, stuck) = pipe_read(&pool, 4096, &[]);
     std::thread::sleep(Duration::from_millis(100));
     assert!(stuck.try_recv().is_err(), "the pipe read should be waiting");
 
@@ -520,7 +496,7 @@ fn a_broken_ring_is_replaced_and_only_the_read_it_held_fails() {
     assert_eq!(pool.in_flight(), 0);
 
     // The new ring keeps working, including for reads the kernel must wait for.
-    let (mut writer, rx) = stuck_pipe_read(&pool);
+    let (mut writer, rx) = pipe_read(&pool, 4096, &[]);
     writer.write_all(&data[..4096]).unwrap();
     let o = rx.recv_timeout(Duration::from_secs(10)).unwrap();
     assert!(o.buf.as_slice() == &data[..4096]);

@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use io_support::{http_get, pattern, Rng, TempDir};
+use io_support::{http_get, listening_addr, pattern, Rng, TempDir};
 
 const FILES: usize = 8;
 const SIZE: usize = 256 * 1024 + 7;
@@ -76,12 +76,7 @@ fn start_serve(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> (Server, Soc
         }
     });
     let server = Server(child, log);
-    let addr: SocketAddr = line
-        .strip_prefix("listening on ")
-        .and_then(|r| r.split_whitespace().next())
-        .unwrap_or_else(|| panic!("serve printed {line:?}"))
-        .parse()
-        .unwrap();
+    let addr = listening_addr(&line);
     eprintln!("serve: {}", line.trim());
     (server, addr)
 }
@@ -249,12 +244,12 @@ fn range_reads_under_load_survive_a_removed_file() {
     assert_eq!((r.status, &r.body[..]), (206, &data[REMOVED][10..20]));
 }
 
-/// `ringmaster_ring_replacements_total` from /metrics.
-fn ring_replacements(addr: SocketAddr) -> u64 {
+/// The value of metric `name` (a counter or gauge without labels) from /metrics.
+fn metric(addr: SocketAddr, name: &str) -> u64 {
     let m = http_get(addr, "/metrics", &[]).unwrap().text();
     m.lines()
-        .find_map(|l| l.strip_prefix("ringmaster_ring_replacements_total "))
-        .unwrap_or_else(|| panic!("no ringmaster_ring_replacements_total in /metrics:\n{m}"))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{m}"))
         .trim()
         .parse()
         .unwrap()
@@ -285,7 +280,7 @@ fn range_reads_under_load_survive_a_broken_ring() {
         ],
     );
     let fds_before = open_fds(server.0.id());
-    assert_eq!(ring_replacements(addr), 0);
+    assert_eq!(metric(addr, "ringmaster_ring_replacements_total"), 0);
     let outcomes = drive_load(addr, &data, &|| {});
 
     let (mut ok, mut affected, mut bad) = (0, 0, 0);
@@ -298,7 +293,7 @@ fn range_reads_under_load_survive_a_broken_ring() {
             bad += 1;
         }
     }
-    let replaced = ring_replacements(addr);
+    let replaced = metric(addr, "ringmaster_ring_replacements_total");
     let log = server.1.lock().unwrap().clone();
     let line = log
         .lines()
@@ -317,17 +312,6 @@ fn range_reads_under_load_survive_a_broken_ring() {
         "the log names the errno: {line}"
     );
     assert_still_serving(&mut server, addr, fds_before, &data, &[]);
-}
-
-/// `ringmaster_connections_open` from /metrics (counts the connection asking, too).
-fn connections_open(addr: SocketAddr) -> u64 {
-    let m = http_get(addr, "/metrics", &[]).unwrap().text();
-    m.lines()
-        .find_map(|l| l.strip_prefix("ringmaster_connections_open "))
-        .unwrap_or_else(|| panic!("no ringmaster_connections_open in /metrics:\n{m}"))
-        .trim()
-        .parse()
-        .unwrap()
 }
 
 /// Wait until the server closes `s` (EOF or reset); what it sent first, or a panic naming
@@ -466,6 +450,9 @@ fn slow_clients_and_connection_floods_stay_bounded() {
         fds_max <= fds_before + MAX_CONN + 16,
         "server fds grew past the connection cap: {fds_before} -> {fds_max}"
     );
-    assert!(connections_open(addr) <= 1, "connections left open");
+    assert!(
+        metric(addr, "ringmaster_connections_open") <= 1,
+        "connections left open"
+    );
     assert_still_serving(&mut server, addr, fds_before, &data, &[]);
 }

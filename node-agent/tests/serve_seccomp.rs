@@ -4,11 +4,10 @@
 mod io_support;
 
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use io_support::{http_get, pattern, TempDir};
+use io_support::{http_get, listening_addr, pattern, TempDir};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_ringmaster-agent");
 const SECCOMP_EXEC: &str = env!("CARGO_BIN_EXE_seccomp-exec");
@@ -66,12 +65,7 @@ fn preferred_falls_back_to_pread_and_reports_it() {
             line.contains(errno),
             "{errno}: the reason names the errno: {line}"
         );
-        let addr: SocketAddr = line["listening on ".len()..]
-            .split(' ')
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
+        let addr = listening_addr(&line);
 
         let r = http_get(addr, "/v1/files/d/f", &[("Range", "bytes=100-4195")]).unwrap();
         assert_eq!(r.status, 206);
@@ -155,12 +149,7 @@ fn without_the_filter_serve_runs_on_io_uring() {
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line).unwrap();
     assert!(line.contains("worker_mode=io_uring"), "{line}");
-    let addr: SocketAddr = line["listening on ".len()..]
-        .split(' ')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let addr = listening_addr(&line);
     let r = http_get(addr, "/v1/files/d/f", &[("Range", "bytes=1-3")]).unwrap();
     assert_eq!((r.status, &r.body[..]), (206, &b"ell"[..]));
     assert_eq!(r.header("x-ringmaster-worker-mode"), Some("io_uring"));

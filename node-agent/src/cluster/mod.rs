@@ -74,16 +74,8 @@ fn parse_cluster(s: &str) -> Result<(String, String), String> {
 /// Entry point of `ringmaster-agent run`: exit 0 on SIGTERM, 1 on a fatal error.
 pub fn run(args: RunArgs) -> i32 {
     crate::init_tracing();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return 1;
-        }
+    let Some(rt) = crate::async_runtime(Some(2)) else {
+        return 1;
     };
     match rt.block_on(agent::run(args)) {
         Ok(()) => 0,

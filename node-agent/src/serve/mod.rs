@@ -543,15 +543,8 @@ pub struct ServeArgs {
 /// `serve` until SIGINT/SIGTERM. Prints `listening on ADDR worker_mode=MODE reason=...` on stdout.
 pub fn run(a: ServeArgs) -> i32 {
     crate::init_tracing();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return 2;
-        }
+    let Some(rt) = crate::async_runtime(None) else {
+        return 2;
     };
     rt.block_on(async move {
         let cfg = ServeConfig {

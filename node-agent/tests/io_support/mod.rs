@@ -124,3 +124,11 @@ pub fn http_get(
         body: raw[split + 4..].to_vec(),
     })
 }
+
+/// The address in `serve`'s first stdout line, `listening on ADDR worker_mode=...`.
+pub fn listening_addr(line: &str) -> std::net::SocketAddr {
+    line.strip_prefix("listening on ")
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("serve printed {line:?}, not \"listening on ADDR ...\""))
+}
