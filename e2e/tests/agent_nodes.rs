@@ -333,14 +333,8 @@ async fn config_changes_reach_agents_and_restart_converges() {
     let mut f = Fleet::create("agent-live", &[Uring::Works, Uring::Fails("ENOSYS")]).await;
     let (ok, bad) = (f.agents[0].node.clone(), f.agents[1].node.clone());
     let g1 = f
-        .create_cluster("unsupportedNodes: Taint\nsysctl: {aioMaxNr: 65536}")
-        .await
-        .metadata
-        .generation
-        .unwrap();
-    f.start_all();
-    f.wait_applied(&ok, g1).await;
-    f.wait_applied(&bad, g1).await;
+        .start_and_wait_applied("unsupportedNodes: Taint\nsysctl: {aioMaxNr: 65536}")
+        .await;
 
     // Drift: somebody lowers fs.aio-max-nr; the periodic pass raises it again.
     let required = f
@@ -520,18 +514,7 @@ async fn deleting_the_cluster_restores_the_node() {
     f.wait_applied(&node, sc.metadata.generation.unwrap()).await;
 
     f.delete_cluster().await;
-    wait_for(T, "StorageNode Restored=True", || async {
-        let sn = f.storage_nodes().get(&node).await?;
-        let st = sn.status.unwrap_or_default();
-        let c = st.conditions.iter().find(|c| c.type_ == cond::RESTORED);
-        anyhow::ensure!(
-            c.is_some_and(|c| c.status == "True"),
-            "conditions {:?}",
-            st.conditions
-        );
-        Ok(())
-    })
-    .await;
+    f.wait_restored(&node).await;
     assert_eq!(read_aio_max_nr(), low, "fs.aio-max-nr not restored");
     let n = f.node(&node).await;
     assert!(ringmaster_labels(&n).is_empty(), "{:?}", n.labels());
@@ -545,14 +528,7 @@ async fn deleting_the_cluster_restores_the_node() {
     wait_event(&f.client, &node, "Restored").await;
 
     // The "operator" releases its finalizer; the cluster goes.
-    f.clusters()
-        .patch(
-            CLUSTER,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
-        )
-        .await
-        .unwrap();
+    f.release_finalizer().await;
     wait_for(T, "StorageCluster gone", || async {
         anyhow::ensure!(f.clusters().get_opt(CLUSTER).await?.is_none());
         Ok(())

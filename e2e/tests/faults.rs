@@ -15,8 +15,6 @@ mod operator_support;
 use std::time::Duration;
 
 use agent_support::*;
-use kube::api::{Patch, PatchParams};
-use ringmaster_api::node_conditions as cond;
 use ringmaster_e2e::{restart_control_plane_component, wait_for};
 use serde_json::json;
 
@@ -26,14 +24,7 @@ async fn control_plane_restart_converges(component: &str) {
     let _guard = SysctlGuard::take();
     let mut f = Fleet::create("fault-cp", &[Uring::Works]).await;
     let node = f.agents[0].node.clone();
-    let g1 = f
-        .create_cluster("sysctl: {aioMaxNr: 65536}")
-        .await
-        .metadata
-        .generation
-        .unwrap();
-    f.start_all();
-    f.wait_applied(&node, g1).await;
+    let g1 = f.start_and_wait_applied("sysctl: {aioMaxNr: 65536}").await;
     let agent_pid = f.agents[0].agent.as_ref().unwrap().pid();
 
     let t0 = std::time::Instant::now();
@@ -130,22 +121,9 @@ async fn agent_killed_after_raise_keeps_original_and_restores_it() {
     assert!(read_aio_max_nr() >= 300_000);
 
     f.delete_cluster().await;
-    wait_for(T, "StorageNode Restored=True", || async {
-        let st = f.node_status(&node).await?;
-        let c = st.conditions.iter().find(|c| c.type_ == cond::RESTORED);
-        anyhow::ensure!(c.is_some_and(|c| c.status == "True"), "{:?}", st.conditions);
-        Ok(())
-    })
-    .await;
+    f.wait_restored(&node).await;
     assert_eq!(read_aio_max_nr(), low, "fs.aio-max-nr not restored exactly");
-    f.clusters()
-        .patch(
-            CLUSTER,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
-        )
-        .await
-        .unwrap();
+    f.release_finalizer().await;
     f.agents[0].agent.as_mut().unwrap().assert_running();
     drop(f);
     drop(guard);
@@ -156,15 +134,7 @@ async fn node_deleted_while_agent_reports() {
     let _guard = SysctlGuard::take();
     let mut f = Fleet::create("fault-node", &[Uring::Works, Uring::Works]).await;
     let (gone, kept) = (f.agents[0].node.clone(), f.agents[1].node.clone());
-    let gen = f
-        .create_cluster("sysctl: {aioMaxNr: 65536}")
-        .await
-        .metadata
-        .generation
-        .unwrap();
-    f.start_all();
-    f.wait_applied(&gone, gen).await;
-    f.wait_applied(&kept, gen).await;
+    let gen = f.start_and_wait_applied("sysctl: {aioMaxNr: 65536}").await;
     let addr = f.agents[0].agent_addr().await;
 
     f.node_api()
@@ -223,69 +193,8 @@ async fn node_deleted_while_agent_reports() {
 /// new agent report after it both reach the StorageCluster status.
 #[tokio::test]
 async fn etcd_restart_operator_watches_recover() {
-    use operator_support as op;
-    use ringmaster_api::cluster_conditions as cc;
-    let c = ringmaster_e2e::client().await;
-    ringmaster_e2e::install_crds(&c).await;
-    let ns = ringmaster_e2e::TestNamespace::create(&c, "fault-op-etcd").await;
-    let n = ns.name().to_string();
-    let id = op::OperatorIdentity::create(&ns);
-    let pool = ringmaster_e2e::unique_name("pool");
-    let name = ringmaster_e2e::unique_name("etcd");
-    let _h = ringmaster_e2e::FakeNode::new(&name)
-        .label("ringmaster-e2e/pool", &pool)
-        .create(&c)
-        .await;
-    let mut o = op::start_operator(&id, "etcd-op", &["--lease-duration", "30"]);
-    op::create_cluster(&c, op::cluster_manifest(&n, "survive", &pool, json!({}))).await;
-    let pods = op::wait_agent_pods(&c, &n, "survive", &[&name]).await;
-    let a = op::agent_client(&n, "survive", &pods[&name]).await;
-    op::report(&a, &n, "survive", &name, &op::Report::ok(1)).await;
-    op::wait_status(&c, &n, "survive", "reporting before the restart", T, |sc| {
-        anyhow::ensure!(op::counts(sc).1 == 1, "counts {:?}", op::counts(sc));
-        Ok(())
-    })
-    .await;
-
-    let t0 = std::time::Instant::now();
-    restart_control_plane_component("etcd");
-
-    let c = ringmaster_e2e::client().await;
-    op::patch_spec(&c, &n, "survive", json!({"aio": {"ioUring": "Required"}})).await;
-    let a = op::agent_client(&n, "survive", &pods[&name]).await;
-    op::report(
-        &a,
-        &n,
-        "survive",
-        &name,
-        &op::Report::failing(2, "EPERM", 1),
-    )
-    .await;
-    op::wait_status(
-        &c,
-        &n,
-        "survive",
-        "status after the etcd restart",
-        Duration::from_secs(90),
-        |sc| {
-            anyhow::ensure!(
-                sc.status.as_ref().unwrap().observed_generation == Some(2),
-                "generation not observed"
-            );
-            anyhow::ensure!(
-                op::counts(sc).4 == 1 && op::counts(sc).6 == 1,
-                "counts {:?}",
-                op::counts(sc)
-            );
-            let d = op::cond(sc, cc::DEGRADED).unwrap();
-            anyhow::ensure!(d.reason == "IoUringUnsupported", "Degraded {}", d.reason);
-            Ok(())
-        },
-    )
-    .await;
+    let took = operator_support::operator_watches_survive_restart("etcd", "etcd").await;
     eprintln!(
-        "figures: etcd restart (operator): status converged {:?} after the restart began",
-        t0.elapsed()
+        "figures: etcd restart (operator): status converged {took:?} after the restart began"
     );
-    o.process.assert_running();
 }

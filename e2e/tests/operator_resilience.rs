@@ -13,10 +13,7 @@ use kube::api::{DeleteParams, ListParams};
 use kube::{Api, ResourceExt};
 use operator_support::*;
 use ringmaster_api::{cluster_conditions as cc, keys, StorageCluster};
-use ringmaster_e2e::{
-    client, install_crds, restart_control_plane_component, unique_name, wait_for, FakeNode,
-    TestNamespace,
-};
+use ringmaster_e2e::{client, install_crds, unique_name, wait_for, FakeNode, TestNamespace};
 use serde_json::json;
 
 const T: Duration = Duration::from_secs(60);
@@ -238,57 +235,5 @@ async fn later_cluster_on_the_same_nodes_is_degraded_node_conflict() {
 
 #[tokio::test]
 async fn apiserver_restart_watches_recover() {
-    let c = client().await;
-    install_crds(&c).await;
-    let ns = TestNamespace::create(&c, "op-apisrv").await;
-    let n = ns.name().to_string();
-    let id = OperatorIdentity::create(&ns);
-    let pool = unique_name("pool");
-    let name = unique_name("apisrv");
-    let _h = FakeNode::new(&name)
-        .label("ringmaster-e2e/pool", &pool)
-        .create(&c)
-        .await;
-    let mut op = start_operator(&id, "apisrv-op", &["--lease-duration", "30"]);
-    create_cluster(&c, cluster_manifest(&n, "survive", &pool, json!({}))).await;
-    let pods = wait_agent_pods(&c, &n, "survive", &[&name]).await;
-    let a = agent_client(&n, "survive", &pods[&name]).await;
-    report(&a, &n, "survive", &name, &Report::ok(1)).await;
-    wait_status(&c, &n, "survive", "reporting before the restart", T, |sc| {
-        anyhow::ensure!(counts(sc).1 == 1, "counts {:?}", counts(sc));
-        Ok(())
-    })
-    .await;
-
-    restart_control_plane_component("kube-apiserver");
-
-    // Every watch must have come back: a spec change (StorageCluster watch) and a
-    // report (StorageNode watch) both reach the status.
-    let c = client().await;
-    patch_spec(&c, &n, "survive", json!({"aio": {"ioUring": "Required"}})).await;
-    let a = agent_client(&n, "survive", &pods[&name]).await;
-    report(&a, &n, "survive", &name, &Report::failing(2, "EPERM", 1)).await;
-    wait_status(
-        &c,
-        &n,
-        "survive",
-        "status after the restart",
-        Duration::from_secs(90),
-        |sc| {
-            anyhow::ensure!(
-                sc.status.as_ref().unwrap().observed_generation == Some(2),
-                "generation not observed"
-            );
-            anyhow::ensure!(
-                counts(sc).4 == 1 && counts(sc).6 == 1,
-                "counts {:?}",
-                counts(sc)
-            );
-            let d = cond(sc, cc::DEGRADED).unwrap();
-            anyhow::ensure!(d.reason == "IoUringUnsupported", "Degraded {}", d.reason);
-            Ok(())
-        },
-    )
-    .await;
-    op.process.assert_running();
+    operator_watches_survive_restart("kube-apiserver", "apisrv").await;
 }

@@ -204,16 +204,8 @@ async fn affinity_workload_lands_only_on_supported_nodes_and_follows_the_verdict
     let (flip, enosys, eperm, steady) = (&nodes[0], &nodes[1], &nodes[2], &nodes[3]);
     // Label only: no taint, so only the affinity keeps the workload off (the taint case is
     // the next test).
-    let gen = f
-        .create_cluster("unsupportedNodes: Label\nsysctl: {aioMaxNr: 65536}")
-        .await
-        .metadata
-        .generation
-        .unwrap();
-    f.start_all();
-    for n in &nodes {
-        f.wait_applied(n, gen).await;
-    }
+    f.start_and_wait_applied("unsupportedNodes: Label\nsysctl: {aioMaxNr: 65536}")
+        .await;
     wait_label(&f, flip, "supported").await;
     wait_label(&f, steady, "supported").await;
     wait_label(&f, enosys, "unsupported").await;
@@ -259,15 +251,8 @@ async fn taint_policy_keeps_pods_without_a_toleration_off_unsupported_nodes() {
     let _guard = SysctlGuard::take();
     let mut f = Fleet::create("sched-taint", &[Uring::Works, Uring::Fails("ENOSYS")]).await;
     let (flip, bad) = (f.agents[0].node.clone(), f.agents[1].node.clone());
-    let gen = f
-        .create_cluster("unsupportedNodes: Taint\nsysctl: {aioMaxNr: 65536}")
-        .await
-        .metadata
-        .generation
-        .unwrap();
-    f.start_all();
-    f.wait_applied(&flip, gen).await;
-    f.wait_applied(&bad, gen).await;
+    f.start_and_wait_applied("unsupportedNodes: Taint\nsysctl: {aioMaxNr: 65536}")
+        .await;
     wait_taints(&f, &bad, 1).await;
     wait_taints(&f, &flip, 0).await;
 

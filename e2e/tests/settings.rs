@@ -265,16 +265,9 @@ async fn settings_files_match_the_verdict_and_follow_the_cluster() {
     .await;
 
     let g1 = f
-        .create_cluster("aio: {maxEvents: 512, workers: 8}\nsysctl: {aioMaxNr: 65536}")
-        .await
-        .metadata
-        .generation
-        .unwrap();
-    f.start_all();
+        .start_and_wait_applied("aio: {maxEvents: 512, workers: 8}\nsysctl: {aioMaxNr: 65536}")
+        .await;
     let mut hashes = Vec::new();
-    for a in &f.agents {
-        f.wait_applied(&a.node, g1).await;
-    }
     for i in 0..f.agents.len() {
         let sn = check_node(&f, i, 8, 512).await;
         hashes.push(sn.status.unwrap().applied_config_hash.unwrap());

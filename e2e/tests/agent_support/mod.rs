@@ -550,6 +550,53 @@ impl Fleet {
             .expect("adding the finalizer to the StorageCluster");
     }
 
+    /// Takes the finalizer off again (what the operator does when cleanup is done).
+    pub async fn release_finalizer(&self) {
+        self.clusters()
+            .patch(
+                CLUSTER,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+            )
+            .await
+            .expect("releasing the finalizer of the StorageCluster");
+    }
+
+    /// Creates the StorageCluster from `spec_yaml`, starts every agent and reader, and
+    /// waits until each node applied it; returns its generation.
+    pub async fn start_and_wait_applied(&mut self, spec_yaml: &str) -> i64 {
+        let gen = self
+            .create_cluster(spec_yaml)
+            .await
+            .metadata
+            .generation
+            .unwrap();
+        self.start_all();
+        let nodes: Vec<String> = self.agents.iter().map(|a| a.node.clone()).collect();
+        for n in &nodes {
+            self.wait_applied(n, gen).await;
+        }
+        gen
+    }
+
+    /// Waits until the StorageNode of `node` says `Restored=True` (its agent cleaned up).
+    pub async fn wait_restored(&self, node: &str) {
+        wait_for(T, &format!("StorageNode {node} Restored=True"), || async {
+            let st = self.node_status(node).await?;
+            let c = st
+                .conditions
+                .iter()
+                .find(|c| c.type_ == ringmaster_api::node_conditions::RESTORED);
+            anyhow::ensure!(
+                c.is_some_and(|c| c.status == "True"),
+                "conditions {:?}",
+                st.conditions
+            );
+            Ok(())
+        })
+        .await
+    }
+
     pub async fn patch_cluster(&self, spec_patch: serde_json::Value) -> StorageCluster {
         self.clusters()
             .patch(

@@ -602,3 +602,73 @@ pub async fn wait_event(ns: &str, name: &str, needle: &str) -> String {
     )
     .await
 }
+
+/// The operator (under its own ServiceAccount) across a restart of control-plane
+/// `component`: every watch must come back, so a spec change (StorageCluster watch) and a
+/// new agent report (StorageNode watch) made after it both reach the status, and the same
+/// operator process is still running. Returns how long after the restart began the status
+/// converged.
+pub async fn operator_watches_survive_restart(component: &str, tag: &str) -> Duration {
+    use ringmaster_api::cluster_conditions as cc;
+    let c = ringmaster_e2e::client().await;
+    ringmaster_e2e::install_crds(&c).await;
+    let ns = TestNamespace::create(&c, &format!("op-{tag}")).await;
+    let n = ns.name().to_string();
+    let id = OperatorIdentity::create(&ns);
+    let pool = unique_name("pool");
+    let name = unique_name(tag);
+    let _h = FakeNode::new(&name)
+        .label("ringmaster-e2e/pool", &pool)
+        .create(&c)
+        .await;
+    let mut op = start_operator(&id, &format!("{tag}-op"), &["--lease-duration", "30"]);
+    create_cluster(&c, cluster_manifest(&n, "survive", &pool, json!({}))).await;
+    let pods = wait_agent_pods(&c, &n, "survive", &[&name]).await;
+    let a = agent_client(&n, "survive", &pods[&name]).await;
+    report(&a, &n, "survive", &name, &Report::ok(1)).await;
+    wait_status(
+        &c,
+        &n,
+        "survive",
+        "reporting before the restart",
+        Duration::from_secs(60),
+        |sc| {
+            anyhow::ensure!(counts(sc).1 == 1, "counts {:?}", counts(sc));
+            Ok(())
+        },
+    )
+    .await;
+
+    let t0 = std::time::Instant::now();
+    ringmaster_e2e::restart_control_plane_component(component);
+
+    let c = ringmaster_e2e::client().await;
+    patch_spec(&c, &n, "survive", json!({"aio": {"ioUring": "Required"}})).await;
+    let a = agent_client(&n, "survive", &pods[&name]).await;
+    report(&a, &n, "survive", &name, &Report::failing(2, "EPERM", 1)).await;
+    wait_status(
+        &c,
+        &n,
+        "survive",
+        &format!("status after the {component} restart"),
+        Duration::from_secs(90),
+        |sc| {
+            anyhow::ensure!(
+                sc.status.as_ref().unwrap().observed_generation == Some(2),
+                "generation not observed"
+            );
+            anyhow::ensure!(
+                counts(sc).4 == 1 && counts(sc).6 == 1,
+                "counts {:?}",
+                counts(sc)
+            );
+            let d = cond(sc, cc::DEGRADED).unwrap();
+            anyhow::ensure!(d.reason == "IoUringUnsupported", "Degraded {}", d.reason);
+            Ok(())
+        },
+    )
+    .await;
+    let took = t0.elapsed();
+    op.process.assert_running();
+    took
+}
