@@ -267,6 +267,8 @@ struct RingWorker<'a> {
     pending: VecDeque<usize>,
     in_sq: VecDeque<u64>,
     in_kernel: usize,
+    /// Completions taken from the CQ, kept between loops for its capacity.
+    reaped: Vec<(u64, i32)>,
     wake_buf: Box<[u8; 8]>,
     wake_armed: bool,
 }
@@ -286,6 +288,7 @@ fn run_worker(ring: IoUring, pool: &Shared, idx: usize, max: usize, flags: RingF
         pending: VecDeque::with_capacity(max),
         in_sq: VecDeque::with_capacity(max + 1),
         in_kernel: 0,
+        reaped: Vec::with_capacity(max * 2),
         wake_buf: Box::new([0u8; 8]),
         wake_armed: false,
     };
@@ -428,12 +431,10 @@ impl RingWorker<'_> {
 
     /// Handle every completion in the CQ (reads the shared memory; no syscall).
     fn reap(&mut self) {
-        let done: Vec<(u64, i32)> = self
-            .ring
-            .completion()
-            .map(|c| (c.user_data(), c.result()))
-            .collect();
-        for (ud, res) in done {
+        // Reuse one buffer: this runs once per loop, a fresh Vec would allocate each time.
+        let mut done = std::mem::take(&mut self.reaped);
+        done.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
+        for (ud, res) in done.drain(..) {
             self.in_kernel = self.in_kernel.saturating_sub(1);
             if ud == WAKE_TAG {
                 self.wake_armed = false;
@@ -453,6 +454,7 @@ impl RingWorker<'_> {
                 }
             }
         }
+        self.reaped = done;
     }
 
     /// `io_uring_enter` failed with an error that retrying will not fix (the ring fd is no
