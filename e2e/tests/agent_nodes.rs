@@ -1,4 +1,4 @@
-//! Node agents on the real control plane (issue 5): simulated nodes, one `run` + one
+//! Node agents on the real control plane: simulated nodes, one `run` + one
 //! `reader` process per node, authenticated with tokens bound to their own DaemonSet pods
 //! under the chart's agent ClusterRole. One node's reader has io_uring, the others run
 //! under a seccomp filter that fails it with ENOSYS or EPERM.
@@ -688,7 +688,7 @@ async fn read_only_proc_sys_is_a_condition_not_a_crash() {
     .await;
 }
 
-/// Issue 8, operator-judged bad input: a `dataDirs[1].hostPath` that does not exist on the
+/// Operator-judged bad input: a `dataDirs[1].hostPath` that does not exist on the
 /// node. The reader checks it as it would use it, serves the other dir, and reports; the
 /// agent says `DataDirsReady=False/DataDirMissing` naming `spec.readService.dataDirs[1].hostPath`,
 /// marks the node not ready and announces it once; the real operator (its own

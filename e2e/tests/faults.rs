@@ -1,4 +1,4 @@
-//! Faults survived by running node agents (issue 8), on the real control plane:
+//! Faults survived by running node agents, on the real control plane:
 //! the API server restarted and etcd restarted while an agent runs (its watches come back
 //! and a later spec change still converges); an agent SIGKILLed during tune, as soon as
 //! its state file appears (the file still holds the original, and a restarted agent restores

@@ -137,7 +137,7 @@ async fn operator_places_agents_aggregates_reports_and_flips_degraded() {
     )
     .await;
     // An agent cannot write another cluster's... (RBAC is per verb, not per object; the
-    // admission guard of issue 8 narrows it) - but it cannot delete StorageNodes at all.
+    // chart's ValidatingAdmissionPolicy narrows it) - but it cannot delete StorageNodes at all.
     let del = Api::<ringmaster_api::StorageNode>::all(agents[0].clone())
         .delete(selected[1], &Default::default())
         .await;

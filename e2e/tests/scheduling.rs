@@ -1,4 +1,4 @@
-//! The labels and taint the agents write steer the real scheduler (issue 9): simulated
+//! The labels and taint the agents write steer the real scheduler: simulated
 //! nodes whose readers report supported / ENOSYS / EPERM (the same fleet as agent_nodes.rs),
 //! and the storage workloads of examples/ placed by the real DaemonSet controller and
 //! kube-scheduler (kwok turns the pods Running).

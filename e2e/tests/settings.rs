@@ -1,4 +1,4 @@
-//! The verified settings handed to the storage service (issue 9): on nodes with each failure
+//! The verified settings handed to the storage service: on nodes with each failure
 //! mode, every key of `aio.toml` and its `aio.env` twin equals what the StorageNode status
 //! says was verified there; the 3FS example's init script renders them into
 //! storage_main.toml; and both files follow the StorageCluster when its sizing changes.

@@ -1,7 +1,7 @@
 //! `ringmaster-agent reader`: the unprivileged reader process (container `reader`).
 //!
 //! It runs under the cluster's seccomp setting, so its io_uring probe is the truth for the
-//! storage service (DESIGN.md §5: a privileged process is never seccomp-filtered). Loop:
+//! storage service (a privileged process is never seccomp-filtered). Loop:
 //! wait for `config.json` from the agent, probe io_uring with that sizing, start the read
 //! workers and HTTP read service per policy (`Required` + unsupported → worker mode
 //! `none`, nothing serves, on purpose), and write `reader.json`. When `config.json`

@@ -1,4 +1,4 @@
-//! Real-kernel tests of `ringmaster-agent check` and `tune` (issue 3). Every failure
+//! Real-kernel tests of `ringmaster-agent check` and `tune`. Every failure
 //! mode is produced for real: seccomp filters, `kernel.io_uring_disabled`, dropped
 //! capabilities, a lowered RLIMIT_MEMLOCK, a low `fs.aio-max-nr`, a read-only /proc/sys.
 //!

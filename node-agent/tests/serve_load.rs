@@ -1,4 +1,4 @@
-//! Load on the read service with a fault in the middle (issue 8): the real
+//! Load on the read service with a fault in the middle: the real
 //! `ringmaster-agent serve` binary on 127.0.0.1 over a temp data dir, CLIENTS concurrent
 //! clients making REQUESTS random range reads over FILES files, and halfway through a
 //! fault: a data file removed, or a worker's io_uring ring broken (the kernel fails its

@@ -1,6 +1,6 @@
 //! Pure rendering: a StorageCluster in, the objects that run its agent fleet out
 //! (ServiceAccount, ClusterRoleBinding, DaemonSet). No I/O, so every detail of the
-//! agent contract (issue 5) is unit-tested here.
+//! agent contract (what the agent binary expects of its pod) is unit-tested here.
 
 use std::collections::BTreeMap;
 

@@ -1,4 +1,4 @@
-//! `Range: bytes=...` parsing (RFC 9110 §14.1.2), one range only. Depends on std alone so the
+//! `Range: bytes=...` parsing (RFC 9110, section 14.1.2), one range only. Depends on std alone so the
 //! fuzz target can include this file directly.
 
 /// One byte range as written in the header.

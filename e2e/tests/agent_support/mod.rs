@@ -277,58 +277,12 @@ pub fn reader_listen_addr(state_dir: &Path) -> Option<String> {
     v["listen_addr"].as_str().map(String::from)
 }
 
-/// The agent's rights as issue 5/6 define them, used only while neither the operator's
-/// RBAC file nor the chart is in the tree.
-const AGENT_CLUSTER_ROLE_YAML: &str = r#"
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRole
-metadata:
-  name: ringmaster-agent
-rules:
-  - apiGroups: [ringmaster.io]
-    resources: [storageclusters]
-    verbs: [get, list, watch]
-  - apiGroups: [ringmaster.io]
-    resources: [storagenodes, storagenodes/status]
-    verbs: [get, list, watch, create, patch, update]
-  - apiGroups: [""]
-    resources: [nodes]
-    verbs: [get, list, watch, patch]
-  - apiGroups: ["", events.k8s.io]
-    resources: [events]
-    verbs: [create, patch]
-"#;
-
-/// The agent ClusterRole the operator ships (operator/rbac/agent-clusterrole.yaml, which
-/// the chart installs as is), else the chart's template rendered with helm for this
-/// server's version, else the issue's rules; applied server-side.
-fn apply_agent_cluster_role(kube_version: &str) {
-    let operator_file = repo_root().join("operator/rbac/agent-clusterrole.yaml");
-    let chart = repo_root().join("charts/ringmaster");
-    let yaml = if operator_file.is_file() {
-        std::fs::read_to_string(&operator_file).unwrap()
-    } else if chart.join("templates/rbac-agent.yaml").is_file() {
-        let out = std::process::Command::new("helm")
-            .args(["template", "ringmaster"])
-            .arg(&chart)
-            .args([
-                "--show-only",
-                "templates/rbac-agent.yaml",
-                "--kube-version",
-                kube_version,
-            ])
-            .output()
-            .expect("helm on PATH (eval \"$(hack/cluster.sh up)\" puts it there)");
-        assert!(
-            out.status.success(),
-            "helm template failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    } else {
-        eprintln!("no agent ClusterRole file in the tree yet: using the issue's rules");
-        AGENT_CLUSTER_ROLE_YAML.to_string()
-    };
+/// The agent ClusterRole the operator ships (operator/rbac/agent-clusterrole.yaml, which the
+/// chart installs as is), applied server-side.
+fn apply_agent_cluster_role() {
+    let file = repo_root().join("operator/rbac/agent-clusterrole.yaml");
+    let yaml = std::fs::read_to_string(&file)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", file.display()));
     assert!(
         yaml.contains(&format!("name: {AGENT_CLUSTER_ROLE}")),
         "the agent ClusterRole is not named {AGENT_CLUSTER_ROLE}:\n{yaml}"
@@ -394,12 +348,7 @@ impl Fleet {
     pub async fn create(prefix: &str, urings: &[Uring]) -> Fleet {
         let client = client().await;
         install_crds(&client).await;
-        let version = client
-            .apiserver_version()
-            .await
-            .expect("API server version")
-            .git_version;
-        apply_agent_cluster_role(&version);
+        apply_agent_cluster_role();
         let ns = TestNamespace::create(&client, prefix).await;
         let nsn = ns.name().to_string();
 

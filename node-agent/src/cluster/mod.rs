@@ -1,6 +1,7 @@
 //! `ringmaster-agent run`: the privileged node agent in a cluster. Kubernetes glue only —
 //! it knows nothing of rings: the io_uring verdict comes from the unprivileged reader
-//! process through the handoff files (DESIGN.md §5), the sysctl arithmetic from
+//! process through the handoff files (a privileged process is never seccomp-filtered, so
+//! only the reader can probe what the workload will get), the sysctl arithmetic from
 //! `ringmaster_api::sizing`.
 //!
 //! - [`desired`]  what the StorageCluster asks of this node

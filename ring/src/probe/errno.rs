@@ -1,4 +1,4 @@
-//! The errno classification behind the verdict (DESIGN.md §1): for each errno that
+//! The errno classification behind the verdict: for each errno that
 //! io_uring or libaio setup returns, its name, the likely cause on *this* host (the host
 //! facts narrow it down) and the fix. Pure functions, unit-tested.
 
