@@ -348,13 +348,39 @@ fn invalid_cases() -> Vec<Invalid> {
     ]
 }
 
+/// N from docs/reliability.md's row for this test, `| N invalid StorageCluster specs ... | N/N refused`.
+fn documented_invalid_cases() -> usize {
+    let doc = std::fs::read_to_string(repo_root().join("docs/reliability.md")).unwrap();
+    let row = doc
+        .lines()
+        .find(|l| l.contains("invalid_storage_clusters_are_refused_naming_the_field"))
+        .expect("docs/reliability.md has a row for invalid_storage_clusters_are_refused_naming_the_field");
+    let n: usize = row
+        .trim_start_matches(['|', ' '])
+        .split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the row does not start with the number of cases: {row}"));
+    assert!(
+        row.contains(&format!("{n}/{n} refused")),
+        "the row does not claim {n}/{n} refused: {row}"
+    );
+    n
+}
+
 #[tokio::test]
 async fn invalid_storage_clusters_are_refused_naming_the_field() {
     let c = client().await;
     install_crds(&c).await;
     let ns = TestNamespace::create(&c, "invalid").await;
     let cases = invalid_cases();
-    assert!(cases.len() >= 12);
+    let claimed = documented_invalid_cases();
+    assert_eq!(
+        cases.len(),
+        claimed,
+        "docs/reliability.md claims {claimed} invalid specs refused; this test has {}: update one",
+        cases.len()
+    );
     let mut failures = Vec::new();
     for (i, case) in cases.iter().enumerate() {
         let name = format!("bad-{i}");

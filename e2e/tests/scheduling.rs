@@ -18,12 +18,15 @@
 mod agent_support;
 
 use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agent_support::*;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, ListParams, PostParams};
+use futures::StreamExt;
+use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use ringmaster_api::keys;
 use ringmaster_e2e::{repo_root, wait_for};
@@ -95,20 +98,7 @@ async fn pods_of(f: &Fleet, app: &str) -> (BTreeSet<String>, BTreeSet<String>, V
     let mut any = BTreeSet::new();
     let mut running = BTreeSet::new();
     for p in &live {
-        // A DaemonSet pod is pinned to its node by affinity before the scheduler binds it;
-        // count it from creation on, so a pod that is made but not yet bound still shows.
-        let node = p
-            .spec
-            .as_ref()
-            .and_then(|s| s.node_name.clone())
-            .or_else(|| {
-                let aff = serde_json::to_value(p.spec.as_ref()?.affinity.as_ref()?).ok()?;
-                aff["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
-                    ["nodeSelectorTerms"][0]["matchFields"][0]["values"][0]
-                    .as_str()
-                    .map(String::from)
-            });
-        if let Some(n) = node {
+        if let Some(n) = placed_on(p) {
             if p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running") {
                 running.insert(n.clone());
             }
@@ -116,6 +106,72 @@ async fn pods_of(f: &Fleet, app: &str) -> (BTreeSet<String>, BTreeSet<String>, V
         }
     }
     (any, running, live)
+}
+
+/// The node a pod is for: bound, or (a DaemonSet pod, pinned by affinity before the
+/// scheduler binds it) from creation on, so a pod made but not yet bound still counts.
+fn placed_on(p: &Pod) -> Option<String> {
+    p.spec.as_ref().and_then(|s| s.node_name.clone()).or_else(|| {
+        let aff = serde_json::to_value(p.spec.as_ref()?.affinity.as_ref()?).ok()?;
+        aff["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+            [0]["matchFields"][0]["values"][0]
+            .as_str()
+            .map(String::from)
+    })
+}
+
+/// Every node any pod of `app` was placed on, from a pod watch started before the pods exist:
+/// what the test asserts "throughout", not only at the ends of its stages.
+struct Placements {
+    nodes: Arc<Mutex<BTreeSet<String>>>,
+    errors: Arc<Mutex<Vec<String>>>,
+    watch: tokio::task::JoinHandle<()>,
+}
+
+impl Placements {
+    /// Returns once the watch has listed (no pod of `app` can be missed after this).
+    async fn watch(f: &Fleet, app: &str) -> Placements {
+        let api: Api<Pod> = Api::namespaced(f.client.clone(), f.ns());
+        let cfg = watcher::Config::default().labels(&format!("app={app}"));
+        let (nodes, errors) = (Arc::default(), Arc::default());
+        let (listed, is_listed) = tokio::sync::oneshot::channel();
+        let (sink, errs) = (Arc::clone(&nodes), Arc::clone(&errors));
+        let watch = tokio::spawn(async move {
+            let mut listed = Some(listed);
+            let mut events = std::pin::pin!(watcher(api, cfg));
+            while let Some(ev) = events.next().await {
+                match ev {
+                    Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => {
+                        if let Some(n) = placed_on(&p) {
+                            sink.lock().unwrap().insert(n);
+                        }
+                    }
+                    Ok(watcher::Event::InitDone) => {
+                        if let Some(l) = listed.take() {
+                            let _ = l.send(());
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => errs.lock().unwrap().push(e.to_string()),
+                }
+            }
+        });
+        is_listed.await.expect("pod watch listed");
+        Placements {
+            nodes,
+            errors,
+            watch,
+        }
+    }
+
+    /// Stop watching; every node seen. Panics if the watch failed (it could have missed a pod).
+    fn stop(self) -> BTreeSet<String> {
+        self.watch.abort();
+        let errors = self.errors.lock().unwrap();
+        assert!(errors.is_empty(), "the pod watch failed: {errors:?}");
+        let nodes = self.nodes.lock().unwrap().clone();
+        nodes
+    }
 }
 
 async fn desired(f: &Fleet, ds: &str) -> i32 {
@@ -257,7 +313,9 @@ async fn taint_policy_keeps_pods_without_a_toleration_off_unsupported_nodes() {
     wait_taints(&f, &flip, 0).await;
 
     // No affinity: only the taint keeps it off the unsupported node.
-    let ds = create_ds(&f, example("storage-workload-taint.yaml"), &[]).await;
+    let workload = example("storage-workload-taint.yaml");
+    let placements = Placements::watch(&f, workload["metadata"]["name"].as_str().unwrap()).await;
+    let ds = create_ds(&f, workload, &[]).await;
     wait_placed(&f, &ds, &[&flip]).await;
 
     // Control: the same DaemonSet tolerating our taint goes to both nodes.
@@ -292,6 +350,13 @@ async fn taint_policy_keeps_pods_without_a_toleration_off_unsupported_nodes() {
     restart_reader(&mut f, &flip, Uring::Works);
     wait_taints(&f, &flip, 0).await;
     wait_placed(&f, &ds, &[&flip]).await;
-    // The untolerating workload never reached the ENOSYS node throughout.
+    // The untolerating workload never reached the ENOSYS node throughout (and the watch
+    // did see its pods: the one on `flip`).
     assert_eq!(ringmaster_taints(&f.node(&bad).await), 1);
+    let reached = placements.stop();
+    assert_eq!(
+        reached,
+        BTreeSet::from([flip.clone()]),
+        "pods of {ds} were placed on {reached:?}; {bad} (ENOSYS, tainted) must never get one"
+    );
 }

@@ -6,7 +6,7 @@
 //! change global sysctls (restored by Drop guards) that the others depend on.
 
 use std::ffi::CStr;
-use std::os::unix::process::CommandExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Mutex, MutexGuard};
@@ -678,7 +678,43 @@ fn sysctl_value_above_kernel_max_is_a_clear_error() {
 // ---------------------------------------------------------------- library API
 
 #[test]
-fn tuner_library_writes_the_original_before_the_sysctl_and_verify_reports() {
+fn tune_records_the_original_before_it_writes_the_sysctl() {
+    // `tune` is killed by a seccomp filter at the moment it opens the sysctl for writing:
+    // everything it did before has happened, the sysctl write has not.
+    let _l = lock();
+    let dir = TempDir::new("order");
+    let state = dir.path().join("state.json");
+    let _g = SysctlGuard::set("fs.aio-max-nr", 65_546);
+    let out = run(Command::new(SECCOMP_EXEC).args([
+        "--kill-at-write-open",
+        "--",
+        AGENT,
+        "tune",
+        "--state",
+        state.to_str().unwrap(),
+    ]));
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGSYS),
+        "tune was not stopped at its sysctl write: {:?} {}",
+        out.status,
+        text(&out.stderr)
+    );
+    assert_eq!(read_u64("fs.aio-max-nr"), 65_546, "the sysctl changed");
+    let st: Value = serde_json::from_slice(&std::fs::read(&state).unwrap_or_else(|e| {
+        panic!("no state file when tune began writing the sysctl: {e}")
+    }))
+    .unwrap();
+    assert_eq!((st["original"].as_u64(), st["applied"].as_u64()), (Some(65_546), Some(1_048_576)));
+    // What was recorded is enough to restore: the value is still the original.
+    let out = tune(&["--restore", state.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(read_u64("fs.aio-max-nr"), 65_546);
+    assert!(!state.exists(), "state file removed by restore");
+}
+
+#[test]
+fn tuner_library_records_persists_restores_and_verify_reports() {
     use ringmaster_agent::tune::{AioMaxNrTuner, Sizing};
     let _l = lock();
     let dir = TempDir::new("lib");

@@ -264,6 +264,7 @@ fn range_reads_under_load_survive_a_broken_ring() {
     // in flight. Reads the kernel never took are retried on a new ring, the ones it took
     // are reaped from the old ring's memory; a read lost with the ring may fail, and then
     // only as a 500 naming the errno.
+    const WORKERS: u64 = 2;
     let (dir, data) = data_dir("serve-load-ring");
     let at = (REQUESTS / 2).to_string();
     let (mut server, addr) = start_serve(
@@ -271,7 +272,7 @@ fn range_reads_under_load_survive_a_broken_ring() {
         &[
             "--no-cache-fast-path",
             "--workers",
-            "2",
+            &WORKERS.to_string(),
             "--max-events",
             "32",
         ],
@@ -300,19 +301,48 @@ fn range_reads_under_load_survive_a_broken_ring() {
         .lines()
         .find(|l| l.contains("ring replaced"))
         .unwrap_or_else(|| panic!("no 'ring replaced' in the server log:\n{log}"));
+    // What the dead ring held: the reads the worker failed (`lost=` in its log line), at
+    // most one ring's entries (the metric is the sum over WORKERS rings).
+    let lost: u64 = strip_ansi(line)
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("lost=")?.parse().ok())
+        .unwrap_or_else(|| panic!("no lost=N in the log line: {line}"));
+    let ring_holds = metric(addr, "ringmaster_ring_entries") / WORKERS;
     eprintln!(
         "serve_load: {REQUESTS} requests, {CLIENTS} clients, ring broken after {at} reads: \
          {ok} ok, {affected} failed with the ring's errno, {bad} unexpected; \
-         rings replaced: {replaced}; log: {line}"
+         rings replaced: {replaced}; the dead ring held {lost} of {ring_holds}; log: {line}"
     );
     assert_eq!(bad, 0, "unexpected answers (see stderr)");
     assert_eq!(ok + affected, REQUESTS);
+    assert!(
+        affected <= lost && lost <= ring_holds,
+        "{affected} reads failed, but only the {lost} the dead ring held (at most {ring_holds}) may"
+    );
     assert_eq!(replaced, 1, "the broken ring was not replaced exactly once");
     assert!(
         line.contains("EOPNOTSUPP"),
         "the log names the errno: {line}"
     );
     assert_still_serving(&mut server, addr, fds_before, &data, &[]);
+}
+
+/// `s` without terminal colour sequences (`ESC [ ... letter`), as the log may carry them.
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Wait until the server closes `s` (EOF or reset); what it sent first, or a panic naming

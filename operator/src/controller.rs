@@ -350,15 +350,8 @@ async fn release_departed(
             continue;
         };
         let cleaned = remove_agent_marks(&nodes_api, node, &key).await?;
-        let deleted = if reported.contains(&name) {
-            match sn_api.delete(&name, &DeleteParams::default()).await {
-                Ok(_) => true,
-                Err(kube::Error::Api(s)) if s.code == 404 => false,
-                Err(e) => return Err(e.into()),
-            }
-        } else {
-            false
-        };
+        let deleted = reported.contains(&name)
+            && unless_gone(sn_api.delete(&name, &DeleteParams::default()).await)?;
         if !(cleaned || deleted) {
             continue;
         }
@@ -382,6 +375,15 @@ async fn release_departed(
         .await;
     }
     Ok(())
+}
+
+/// `Ok(true)` when the call succeeded, `Ok(false)` when its object was already gone (404).
+fn unless_gone<T>(r: kube::Result<T>) -> Result<bool> {
+    match r {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Deletion path: wait (bounded) for the agents to restore their nodes, clean what is
@@ -410,48 +412,83 @@ async fn cleanup(sc: &StorageCluster, id: &ClusterId, ctx: &Context) -> Result<A
     let deadline =
         deleted_at + k8s_openapi::jiff::SignedDuration::try_from(timeout).unwrap_or_default();
     let now = now();
-    let mut st = sc.status.clone().unwrap_or_default();
-    let prev = st.conditions.clone();
-
     if !pending.is_empty() && now < deadline {
-        let mut sorted = pending.clone();
-        sorted.sort();
-        let c = status::condition(
-            &prev,
-            cc::FINALIZING,
-            true,
-            reasons::WAITING_FOR_AGENTS,
-            format!(
-                "waiting for the agents on {} of {} nodes to restore them (Restored=True on their StorageNode): {}; leftovers are cleaned by the operator after {} (--cleanup-timeout {}s)",
-                sorted.len(),
-                sns.len(),
-                status::name_list(sorted.iter().copied()),
-                deadline,
-                timeout.as_secs()
-            ),
-            sc.metadata.generation,
-            now,
-        );
-        set_condition(&mut st, c);
-        if sc.status.as_ref() != Some(&st) {
-            write_status(ctx, sc, id, &st).await?;
-        }
-        let left = deadline.duration_since(now).as_secs().max(1) as u64;
-        return Ok(Action::requeue(Duration::from_secs(left.min(5))));
+        return wait_for_agents(sc, id, ctx, &pending, sns.len(), deadline, now).await;
     }
+    let cleaned = remove_leftovers(sc, id, ctx, &sns).await?;
+    let t = cleanup_transition(&pending, sns.len(), &cleaned, timeout);
+    ctx.publish(sc, &t).await;
+    if let Some(p) = finalizer::remove_patch(sc) {
+        let api: Api<StorageCluster> = Api::namespaced(ctx.client.clone(), &id.namespace);
+        let patch = Patch::Json::<()>(serde_json::from_value(p)?);
+        unless_gone(
+            api.patch(&sc.name_any(), &PatchParams::default(), &patch)
+                .await,
+        )?;
+    }
+    info!(cluster = %id.key(), "finalizer released: {}", t.note);
+    ctx.metrics.forget_fleet(&id.key());
+    ctx.selections.lock().unwrap().remove(&me);
+    ctx.requeue_others(&me);
+    Ok(Action::await_change())
+}
 
-    // Leftovers: labels/annotations/taint on every node this cluster touched.
+/// Say on the status which agents are still restoring their nodes; come back by the deadline.
+async fn wait_for_agents(
+    sc: &StorageCluster,
+    id: &ClusterId,
+    ctx: &Context,
+    pending: &[&str],
+    agents: usize,
+    deadline: Timestamp,
+    now: Timestamp,
+) -> Result<Action> {
+    let mut st = sc.status.clone().unwrap_or_default();
+    let mut sorted = pending.to_vec();
+    sorted.sort();
+    let c = status::condition(
+        &st.conditions,
+        cc::FINALIZING,
+        true,
+        reasons::WAITING_FOR_AGENTS,
+        format!(
+            "waiting for the agents on {} of {} nodes to restore them (Restored=True on their StorageNode): {}; leftovers are cleaned by the operator after {} (--cleanup-timeout {}s)",
+            sorted.len(),
+            agents,
+            status::name_list(sorted.iter().copied()),
+            deadline,
+            ctx.settings.cleanup_timeout.as_secs()
+        ),
+        sc.metadata.generation,
+        now,
+    );
+    set_condition(&mut st, c);
+    if sc.status.as_ref() != Some(&st) {
+        write_status(ctx, sc, id, &st).await?;
+    }
+    let left = deadline.duration_since(now).as_secs().max(1) as u64;
+    Ok(Action::requeue(Duration::from_secs(left.min(5))))
+}
+
+/// Remove what the agents left: labels/annotations/taint on every node this cluster touched,
+/// its StorageNodes and its ClusterRoleBinding. Returns the nodes that were cleaned.
+async fn remove_leftovers(
+    sc: &StorageCluster,
+    id: &ClusterId,
+    ctx: &Context,
+    sns: &[Arc<StorageNode>],
+) -> Result<Vec<String>> {
     let key = id.key();
-    let mut cleaned = Vec::new();
     let nodes_api: Api<Node> = Api::all(ctx.client.clone());
     let ours: HashSet<&str> = sns.iter().map(|s| s.spec.node_name.as_str()).collect();
     let selected = ctx
         .selections
         .lock()
         .unwrap()
-        .get(&me)
+        .get(&cluster_ref(sc))
         .cloned()
         .unwrap_or_default();
+    let mut cleaned = Vec::new();
     for node in ctx.nodes.state() {
         let name = node.name_any();
         let tagged = node.annotations().get(keys::CLUSTER_ANNOTATION) == Some(&key);
@@ -463,36 +500,30 @@ async fn cleanup(sc: &StorageCluster, id: &ClusterId, ctx: &Context) -> Result<A
         }
     }
     let sn_api: Api<StorageNode> = Api::all(ctx.client.clone());
-    for sn in &sns {
-        match sn_api
-            .delete(&sn.name_any(), &DeleteParams::default())
-            .await
-        {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => return Err(e.into()),
-        }
+    for sn in sns {
+        unless_gone(sn_api.delete(&sn.name_any(), &DeleteParams::default()).await)?;
     }
-    let crb_api: Api<ClusterRoleBinding> = Api::all(ctx.client.clone());
-    if ctx
-        .bindings
-        .get(&ObjectRef::new(&id.binding_name()))
-        .is_some()
-    {
-        match crb_api
-            .delete(&id.binding_name(), &DeleteParams::default())
-            .await
-        {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => return Err(e.into()),
-        }
+    let binding = id.binding_name();
+    if ctx.bindings.get(&ObjectRef::new(&binding)).is_some() {
+        let crb_api: Api<ClusterRoleBinding> = Api::all(ctx.client.clone());
+        unless_gone(crb_api.delete(&binding, &DeleteParams::default()).await)?;
     }
+    Ok(cleaned)
+}
+
+/// The event that ends the cleanup: complete, or timed out naming the agents that did not
+/// restore their nodes in time.
+fn cleanup_transition(
+    pending: &[&str],
+    agents: usize,
+    cleaned: &[String],
+    timeout: Duration,
+) -> status::Transition {
     let timed_out = !pending.is_empty();
     let note = format!(
         "{} of {} agents restored their nodes{}; operator removed leftover labels/taint on {} nodes{}",
-        sns.len() - pending.len(),
-        sns.len(),
+        agents - pending.len(),
+        agents,
         if timed_out {
             format!(
                 " ({} did not within --cleanup-timeout {}s: {})",
@@ -510,7 +541,7 @@ async fn cleanup(sc: &StorageCluster, id: &ClusterId, ctx: &Context) -> Result<A
             format!(" ({})", status::name_list(cleaned.iter().map(String::as_str)))
         }
     );
-    let t = status::Transition {
+    status::Transition {
         warning: timed_out,
         reason: if timed_out {
             reasons::CLEANUP_TIMED_OUT
@@ -520,29 +551,8 @@ async fn cleanup(sc: &StorageCluster, id: &ClusterId, ctx: &Context) -> Result<A
         .into(),
         action: "Cleanup",
         node: None,
-        note: note.clone(),
-    };
-    ctx.publish(sc, &t).await;
-    if let Some(p) = finalizer::remove_patch(sc) {
-        let api: Api<StorageCluster> = Api::namespaced(ctx.client.clone(), &id.namespace);
-        match api
-            .patch(
-                &sc.name_any(),
-                &PatchParams::default(),
-                &Patch::Json::<()>(serde_json::from_value(p)?),
-            )
-            .await
-        {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => return Err(e.into()),
-        }
+        note,
     }
-    info!(cluster = %key, "finalizer released: {note}");
-    ctx.metrics.forget_fleet(&key);
-    ctx.selections.lock().unwrap().remove(&me);
-    ctx.requeue_others(&me);
-    Ok(Action::await_change())
 }
 
 fn set_condition(

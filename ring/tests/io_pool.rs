@@ -325,13 +325,22 @@ fn pool_survives_a_deleted_file() {
         }
         std::fs::remove_file(&p).unwrap(); // unlinked while reads are queued and in flight
         drop(tx);
+        let mut completed = 0;
         for o in rx.iter() {
             let n = o
                 .result
                 .expect("reads of an unlinked but open file succeed");
             let off = o.offset as usize;
+            assert_eq!(n, 4000, "{:?}: read at {off} came back short", pool.mode());
             assert!(o.buf.as_slice() == &data[off..off + n]);
+            completed += 1;
         }
+        assert_eq!(
+            completed,
+            reqs.len(),
+            "{:?}: reads of the deleted file never completed",
+            pool.mode()
+        );
         // The pool goes on serving other files.
         let f2 = Arc::new(File::open(&p2).unwrap());
         let reqs2 = [(0u64, 50_000usize), (49_000, 5000)];

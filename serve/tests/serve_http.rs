@@ -6,6 +6,8 @@ mod io_support;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use io_support::{http_get, pattern, Rng, TempDir};
 use ringmaster_ring::io::Policy;
@@ -256,40 +258,132 @@ async fn graceful_shutdown_never_truncates_a_response() {
     let (fx, data_dir) = fixture();
     let h = start(data_dir, Policy::Preferred, 1 << 20).await;
     let addr = h.local_addr();
+    // Clients with a small receive window stop reading after the first bytes until the
+    // shutdown has begun, so responses are still being sent when it does.
+    let shutting_down = Arc::new(AtomicBool::new(false));
+    let (first_byte, answering) = std::sync::mpsc::channel::<()>();
     let mut tasks = Vec::new();
     for i in 0..40usize {
+        let (first_byte, shutting_down) = (first_byte.clone(), shutting_down.clone());
         tasks.push(tokio::task::spawn_blocking(move || {
             let a = i * 1000;
-            (
-                a,
-                http_get(
-                    addr,
-                    "/v1/files/d/blob",
-                    &[("Range", &format!("bytes={a}-{}", a + 99_999))],
-                ),
-            )
+            let range = format!("bytes={a}-{}", a + 99_999);
+            (a, get_around_shutdown(addr, &range, &first_byte, &shutting_down))
         }));
     }
-    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    h.shutdown().await;
-    let mut served = 0;
+    drop(first_byte);
+    // Shut down once the server is answering at least one request.
+    tokio::task::spawn_blocking(move || answering.recv())
+        .await
+        .unwrap()
+        .expect("no request was answered before shutdown");
+    let shutdown = tokio::spawn(h.shutdown());
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    shutting_down.store(true, Ordering::SeqCst);
+    shutdown.await.unwrap();
+    let (mut served, mut not_served) = (0, 0);
     for t in tasks {
-        let (a, r) = t.await.unwrap();
-        if let Ok(r) = r {
-            // Accepted before shutdown: the whole body arrives.
-            assert_eq!(r.status, 206);
-            assert!(
-                r.body == fx.data[a..a + 100_000],
-                "response at {a} truncated or wrong"
-            );
-            served += 1;
+        match t.await.unwrap() {
+            (_, Answer::NotServed(e)) => {
+                eprintln!("not served (no byte of a response): {e}");
+                not_served += 1;
+            }
+            (a, Answer::Truncated(got, e)) => {
+                panic!("response at {a} cut after {got} bytes: {e}")
+            }
+            (a, Answer::Complete(raw)) => {
+                // Begun before shutdown: the whole response arrives.
+                let head_end = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+                let head = String::from_utf8_lossy(&raw[..head_end]);
+                assert!(head.starts_with("HTTP/1.1 206"), "at {a}: {head}");
+                assert!(
+                    raw[head_end + 4..] == fx.data[a..a + 100_000],
+                    "response at {a} truncated or wrong ({} body bytes)",
+                    raw.len() - head_end - 4
+                );
+                served += 1;
+            }
         }
     }
-    eprintln!("{served} of 40 requests were served around shutdown");
+    eprintln!("{served} of 40 requests were served around shutdown, {not_served} not served");
+    assert!(served >= 1, "no request was served whole around shutdown");
     assert!(
         std::net::TcpStream::connect(addr).is_err(),
         "still accepting after shutdown"
     );
+}
+
+/// What a client got from a server that is shutting down.
+enum Answer {
+    /// Refused or reset before any byte of a response: never begun, may be retried.
+    NotServed(std::io::Error),
+    /// Part of a response, then an error: the server cut a response it had begun.
+    Truncated(usize, std::io::Error),
+    /// Bytes up to the server's close (possibly still short: the caller checks).
+    Complete(Vec<u8>),
+}
+
+/// `GET /v1/files/d/blob` with `Range: range`, `Connection: close`; signals `first_byte`
+/// when the response begins, then reads on only once `shutting_down` is set.
+fn get_around_shutdown(
+    addr: SocketAddr,
+    range: &str,
+    first_byte: &std::sync::mpsc::Sender<()>,
+    shutting_down: &AtomicBool,
+) -> Answer {
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+    let mut s = match std::net::TcpStream::connect(addr) {
+        Ok(s) => s,
+        Err(e) => return Answer::NotServed(e),
+    };
+    let small: libc::c_int = 4096;
+    // SAFETY: setsockopt on a socket we own, with a c_int option value.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&small as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let req = format!(
+        "GET /v1/files/d/blob HTTP/1.1\r\nHost: test\r\nConnection: close\r\nRange: {range}\r\n\r\n"
+    );
+    if let Err(e) = s.write_all(req.as_bytes()) {
+        return Answer::NotServed(e);
+    }
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) if raw.is_empty() => {
+                return Answer::NotServed(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "closed before any byte",
+                ))
+            }
+            Ok(0) => return Answer::Complete(raw),
+            Ok(n) => {
+                if raw.is_empty() {
+                    let _ = first_byte.send(());
+                    let waited = std::time::Instant::now();
+                    while !shutting_down.load(Ordering::SeqCst)
+                        && waited.elapsed() < std::time::Duration::from_secs(10)
+                    {
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                    }
+                }
+                raw.extend_from_slice(&buf[..n]);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if raw.is_empty() => return Answer::NotServed(e),
+            Err(e) => return Answer::Truncated(raw.len(), e),
+        }
+    }
 }
 
 #[tokio::test]

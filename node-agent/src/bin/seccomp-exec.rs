@@ -20,6 +20,12 @@
 //!
 //! A dropped capability leaves the effective, permitted, inheritable, ambient and bounding
 //! sets, so a root child cannot get it back at exec.
+//!
+//! And it can cut a program between two steps, to show what it did first:
+//!
+//! ```text
+//! seccomp-exec --kill-at-write-open -- ringmaster-agent tune   # dies as it opens the sysctl
+//! ```
 
 use std::collections::BTreeMap;
 use std::os::unix::process::CommandExt;
@@ -48,6 +54,10 @@ struct Args {
     /// Drop one capability (SYS_ADMIN, IPC_LOCK, CAP_SYS_RESOURCE, ... or its number); repeatable.
     #[arg(long, value_name = "NAME")]
     drop_cap: Vec<String>,
+    /// Kill the process (SIGSYS) as it opens an existing file for writing (O_WRONLY without
+    /// O_CREAT: a /proc/sys write), after everything it did before.
+    #[arg(long)]
+    kill_at_write_open: bool,
     /// Command and arguments.
     #[arg(required = true, last = true)]
     command: Vec<String>,
@@ -219,11 +229,45 @@ fn main() {
             std::process::exit(2);
         }
     }
+    if args.kill_at_write_open {
+        install_kill_at_write_open().unwrap_or_else(|e| fail(e));
+    }
     let err = std::process::Command::new(&args.command[0])
         .args(&args.command[1..])
         .exec();
     eprintln!("seccomp-exec: cannot run {}: {err}", args.command[0]);
     std::process::exit(127);
+}
+
+/// A filter that kills the process at open/openat with O_WRONLY and without O_CREAT.
+fn install_kill_at_write_open() -> Result<(), String> {
+    use seccompiler::{SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompRule};
+    let mask = (libc::O_ACCMODE | libc::O_CREAT) as u64;
+    let write_existing = |flags_arg: u8| {
+        SeccompCondition::new(
+            flags_arg,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::MaskedEq(mask),
+            libc::O_WRONLY as u64,
+        )
+        .and_then(|c| SeccompRule::new(vec![c]))
+        .map_err(|e| format!("building the open filter: {e}"))
+    };
+    let mut rules = BTreeMap::new();
+    rules.insert(libc::SYS_openat, vec![write_existing(2)?]);
+    #[cfg(target_arch = "x86_64")]
+    rules.insert(libc::SYS_open, vec![write_existing(1)?]);
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::KillProcess,
+        arch(),
+    )
+    .map_err(|e| format!("building the open filter: {e}"))?;
+    let prog: BpfProgram = filter
+        .try_into()
+        .map_err(|e| format!("compiling the open filter: {e}"))?;
+    seccompiler::apply_filter(&prog).map_err(|e| format!("installing the open filter: {e}"))
 }
 
 #[cfg(test)]

@@ -406,7 +406,8 @@ impl Agent {
         if !spec_right || prev_status != Some(&status) {
             node::apply_status(&self.storage_nodes, &self.args.node_name, &status).await?;
             self.health.metrics.api_writes.inc();
-            tracing::info!(generation = ?status.applied_generation, verdict = ?verdict, "StorageNode status applied");
+            let changed = super::report::changed_fields(prev_status, &status);
+            tracing::info!(generation = ?status.applied_generation, verdict = ?verdict, ?changed, "StorageNode status applied");
         }
 
         // Events, metrics, readiness.

@@ -506,6 +506,33 @@ pub fn restored_condition(message: String, now: Timestamp) -> Condition {
     }
 }
 
+/// The status fields that differ between `prev` and `next` (a condition by its type, e.g.
+/// `conditions.Ready`), so the log says why the agent wrote its StorageNode status again.
+pub fn changed_fields(prev: Option<&StorageNodeStatus>, next: &StorageNodeStatus) -> Vec<String> {
+    let as_map = |s: Option<&StorageNodeStatus>| -> serde_json::Map<String, serde_json::Value> {
+        let mut m = match s.map(serde_json::to_value) {
+            Some(Ok(serde_json::Value::Object(m))) => m,
+            _ => Default::default(),
+        };
+        for c in s.map(|s| s.conditions.as_slice()).unwrap_or(&[]) {
+            m.insert(
+                format!("conditions.{}", c.type_),
+                serde_json::to_value(c).unwrap_or_default(),
+            );
+        }
+        m.remove("conditions");
+        m
+    };
+    let (a, b) = (as_map(prev), as_map(Some(next)));
+    let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .cloned()
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -820,5 +847,31 @@ mod tests {
         assert_eq!(condition_reason("ENOSYS"), "ENOSYS");
         assert_eq!(condition_reason("errno-5"), "errno5");
         assert_eq!(condition_reason("95"), "R95");
+    }
+
+    #[test]
+    fn changed_fields_names_fields_and_conditions_by_type() {
+        let cond = |t: &str, status: &str| Condition {
+            type_: t.into(),
+            status: status.into(),
+            last_transition_time: Time(Timestamp::UNIX_EPOCH),
+            message: String::new(),
+            observed_generation: None,
+            reason: "R".into(),
+        };
+        let a = StorageNodeStatus {
+            kernel: Some("6.1".into()),
+            conditions: vec![cond("Ready", "True"), cond("Tuned", "True")],
+            ..Default::default()
+        };
+        assert!(changed_fields(Some(&a), &a).is_empty());
+        let mut b = a.clone();
+        b.kernel = Some("6.2".into());
+        b.conditions[0].status = "False".into();
+        assert_eq!(
+            changed_fields(Some(&a), &b),
+            ["conditions.Ready", "kernel"]
+        );
+        assert!(changed_fields(None, &a).contains(&"conditions.Tuned".to_string()));
     }
 }
