@@ -308,10 +308,22 @@ async fn agents_report_verdicts_labels_taints_and_settings() {
         passes(&after) >= passes(&before) + 2,
         "no resync passes ran"
     );
+    // The agent logs each StorageNode status write with the fields that changed: a failure
+    // here shows which input moved.
+    let status_writes: Vec<String> = f.agents[0]
+        .agent
+        .as_ref()
+        .map(|p| p.log())
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("StorageNode status applied"))
+        .map(String::from)
+        .collect();
     assert_eq!(
         writes(&after),
         writes(&before),
-        "a steady node wrote to the API"
+        "a steady node wrote to the API; its status writes:\n{}",
+        status_writes.join("\n")
     );
 
     // The reader serves reads from the data dir.

@@ -22,10 +22,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agent_support::*;
+use futures::StreamExt;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, ListParams, PostParams};
-use futures::StreamExt;
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use ringmaster_api::keys;
@@ -111,13 +111,16 @@ async fn pods_of(f: &Fleet, app: &str) -> (BTreeSet<String>, BTreeSet<String>, V
 /// The node a pod is for: bound, or (a DaemonSet pod, pinned by affinity before the
 /// scheduler binds it) from creation on, so a pod made but not yet bound still counts.
 fn placed_on(p: &Pod) -> Option<String> {
-    p.spec.as_ref().and_then(|s| s.node_name.clone()).or_else(|| {
-        let aff = serde_json::to_value(p.spec.as_ref()?.affinity.as_ref()?).ok()?;
-        aff["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
-            [0]["matchFields"][0]["values"][0]
-            .as_str()
-            .map(String::from)
-    })
+    p.spec
+        .as_ref()
+        .and_then(|s| s.node_name.clone())
+        .or_else(|| {
+            let aff = serde_json::to_value(p.spec.as_ref()?.affinity.as_ref()?).ok()?;
+            aff["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+                ["nodeSelectorTerms"][0]["matchFields"][0]["values"][0]
+                .as_str()
+                .map(String::from)
+        })
 }
 
 /// Every node any pod of `app` was placed on, from a pod watch started before the pods exist:
@@ -133,7 +136,8 @@ impl Placements {
     async fn watch(f: &Fleet, app: &str) -> Placements {
         let api: Api<Pod> = Api::namespaced(f.client.clone(), f.ns());
         let cfg = watcher::Config::default().labels(&format!("app={app}"));
-        let (nodes, errors) = (Arc::default(), Arc::default());
+        let nodes: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+        let errors: Arc<Mutex<Vec<String>>> = Arc::default();
         let (listed, is_listed) = tokio::sync::oneshot::channel();
         let (sink, errs) = (Arc::clone(&nodes), Arc::clone(&errors));
         let watch = tokio::spawn(async move {

@@ -701,11 +701,15 @@ fn tune_records_the_original_before_it_writes_the_sysctl() {
         text(&out.stderr)
     );
     assert_eq!(read_u64("fs.aio-max-nr"), 65_546, "the sysctl changed");
-    let st: Value = serde_json::from_slice(&std::fs::read(&state).unwrap_or_else(|e| {
-        panic!("no state file when tune began writing the sysctl: {e}")
-    }))
+    let st: Value = serde_json::from_slice(
+        &std::fs::read(&state)
+            .unwrap_or_else(|e| panic!("no state file when tune began writing the sysctl: {e}")),
+    )
     .unwrap();
-    assert_eq!((st["original"].as_u64(), st["applied"].as_u64()), (Some(65_546), Some(1_048_576)));
+    assert_eq!(
+        (st["original"].as_u64(), st["applied"].as_u64()),
+        (Some(65_546), Some(1_048_576))
+    );
     // What was recorded is enough to restore: the value is still the original.
     let out = tune(&["--restore", state.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));

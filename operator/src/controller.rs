@@ -501,7 +501,11 @@ async fn remove_leftovers(
     }
     let sn_api: Api<StorageNode> = Api::all(ctx.client.clone());
     for sn in sns {
-        unless_gone(sn_api.delete(&sn.name_any(), &DeleteParams::default()).await)?;
+        unless_gone(
+            sn_api
+                .delete(&sn.name_any(), &DeleteParams::default())
+                .await,
+        )?;
     }
     let binding = id.binding_name();
     if ctx.bindings.get(&ObjectRef::new(&binding)).is_some() {

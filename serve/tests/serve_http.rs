@@ -268,7 +268,10 @@ async fn graceful_shutdown_never_truncates_a_response() {
         tasks.push(tokio::task::spawn_blocking(move || {
             let a = i * 1000;
             let range = format!("bytes={a}-{}", a + 99_999);
-            (a, get_around_shutdown(addr, &range, &first_byte, &shutting_down))
+            (
+                a,
+                get_around_shutdown(addr, &range, &first_byte, &shutting_down),
+            )
         }));
     }
     drop(first_byte);

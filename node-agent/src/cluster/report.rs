@@ -868,10 +868,7 @@ mod tests {
         let mut b = a.clone();
         b.kernel = Some("6.2".into());
         b.conditions[0].status = "False".into();
-        assert_eq!(
-            changed_fields(Some(&a), &b),
-            ["conditions.Ready", "kernel"]
-        );
+        assert_eq!(changed_fields(Some(&a), &b), ["conditions.Ready", "kernel"]);
         assert!(changed_fields(None, &a).contains(&"conditions.Tuned".to_string()));
     }
 }
