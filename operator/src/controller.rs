@@ -292,7 +292,8 @@ async fn apply(sc: &StorageCluster, id: &ClusterId, ctx: &Context) -> Result<Act
             ctx.publish(sc, t).await;
         }
     }
-    ctx.metrics.set_fleet(&id.key(), &out.status);
+    ctx.metrics
+        .set_fleet(&id.key(), sc.metadata.generation.unwrap_or(0), &out.status);
 
     release_departed(sc, id, ctx, &sns).await?;
 
