@@ -435,8 +435,9 @@ impl Agent {
         m.aio_max_nr.set(tune.current as i64);
         m.aio_max_nr_required.set(tune.required as i64);
         m.aio_nr.set(tune.aio_nr as i64);
+        let sizing = &d.sysctl.sizing;
         m.aio_process_events
-            .set(d.aio.workers.saturating_mul(d.aio.max_events) as i64);
+            .set(i64::from(sizing.workers) * i64::from(sizing.max_events));
         m.last_report_timestamp.set(http::unix_now());
         m.applied_generation
             .set(self.applied.as_ref().map_or(0, |a| a.0));
