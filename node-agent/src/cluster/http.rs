@@ -322,17 +322,34 @@ mod tests {
                 .parse()
                 .unwrap()
         };
+        // Hold a libaio context so fs.aio-nr is not 0 (a scrape that never read it would
+        // still say 0).
+        let mut ctx: libc::c_ulong = 0;
+        // SAFETY: io_setup writes one aio_context_t to the pointer we pass.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_io_setup,
+                64 as libc::c_long,
+                &mut ctx as *mut libc::c_ulong,
+            )
+        };
+        assert_eq!(r, 0, "io_setup(64): {}", std::io::Error::last_os_error());
         // Other processes on the host open and close contexts: compare only when the
-        // value did not move around the refresh.
+        // values did not move around the refresh.
+        let mut seen = None;
         for _ in 0..100 {
             let (nr, max) = (now("aio-nr"), now("aio-max-nr"));
             h.metrics.refresh_aio();
             if (now("aio-nr"), now("aio-max-nr")) == (nr, max) {
-                assert_eq!(h.metrics.aio_nr.get(), nr);
-                assert_eq!(h.metrics.aio_max_nr.get(), max);
-                return;
+                seen = Some((nr, max));
+                break;
             }
         }
-        panic!("fs.aio-nr never held still for one refresh");
+        // SAFETY: ctx is the context io_setup created above.
+        unsafe { libc::syscall(libc::SYS_io_destroy, ctx) };
+        let (nr, max) = seen.expect("fs.aio-nr never held still for one refresh");
+        assert!(nr > 0, "fs.aio-nr {nr} while this test holds a context");
+        assert_eq!(h.metrics.aio_nr.get(), nr);
+        assert_eq!(h.metrics.aio_max_nr.get(), max);
     }
 }
