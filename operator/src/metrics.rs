@@ -122,6 +122,14 @@ impl Metrics {
         s
     }
 
+    /// Create the error counter of each kind at 0.
+    pub fn init_error_kinds(&self, kinds: &[&str]) {
+        for k in kinds {
+            self.reconcile_errors
+                .get_or_create(&ErrorLabels { error: (*k).into() });
+        }
+    }
+
     pub fn set_fleet(&self, cluster: &str, generation: i64, st: &StorageClusterStatus) {
         self.generation
             .get_or_create(&ClusterLabels {
