@@ -125,7 +125,8 @@ impl Metrics {
     /// Create the error counter of each kind at 0.
     pub fn init_error_kinds(&self, kinds: &[&str]) {
         for k in kinds {
-            self.reconcile_errors
+            let _ = self
+                .reconcile_errors
                 .get_or_create(&ErrorLabels { error: (*k).into() });
         }
     }
