@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod keys;
 pub mod limits;
 pub mod node;
+pub mod reasons;
 pub mod sizing;
 
 pub use cluster::*;

@@ -6,6 +6,7 @@
 
 mod operator_support;
 
+use ringmaster_api::reasons;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
@@ -196,7 +197,7 @@ async fn later_cluster_gets_no_agent_on_nodes_an_older_one_serves() {
     let sc = wait_status(&c, &n, "second", "second Degraded NodeConflict", T, |sc| {
         let d = cond(sc, cc::DEGRADED).ok_or_else(|| anyhow::anyhow!("no Degraded"))?;
         anyhow::ensure!(
-            d.status == "True" && d.reason == "NodeConflict",
+            d.status == "True" && d.reason == reasons::NODE_CONFLICT,
             "{} {}",
             d.status,
             d.reason
@@ -241,7 +242,7 @@ async fn later_cluster_gets_no_agent_on_nodes_an_older_one_serves() {
         "{affinity}"
     );
     wait_agent_pods(&c, &n, "second", &[]).await;
-    wait_event(&n, "second", "NodeConflict").await;
+    wait_event(&n, "second", reasons::NODE_CONFLICT).await;
     let first = Api::<StorageCluster>::namespaced(c.clone(), &n)
         .get("first")
         .await

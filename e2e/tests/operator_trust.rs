@@ -12,7 +12,7 @@ use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use kube::Api;
 use operator_support::*;
-use ringmaster_api::cluster_conditions as cc;
+use ringmaster_api::{cluster_conditions as cc, reasons};
 use ringmaster_e2e::{client, install_crds, TestNamespace};
 use serde_json::json;
 
@@ -39,7 +39,7 @@ async fn refused_spec_is_degraded_naming_the_field_and_nothing_is_rendered() {
     let sc = wait_status(&c, &n, "data", "Degraded SpecRefused", T, |sc| {
         let d = cond(sc, cc::DEGRADED).ok_or_else(|| anyhow::anyhow!("no Degraded"))?;
         anyhow::ensure!(
-            d.status == "True" && d.reason == "SpecRefused",
+            d.status == "True" && d.reason == reasons::SPEC_REFUSED,
             "{} {}",
             d.status,
             d.reason
@@ -78,7 +78,12 @@ async fn refused_spec_is_degraded_naming_the_field_and_nothing_is_rendered() {
     let pods = wait_agent_pods(&c, &n, "data", &nodes).await;
     wait_status(&c, &n, "data", "Degraded cleared", T, |sc| {
         let d = cond(sc, cc::DEGRADED).unwrap();
-        anyhow::ensure!(d.reason != "SpecRefused", "{} {}", d.status, d.reason);
+        anyhow::ensure!(
+            d.reason != reasons::SPEC_REFUSED,
+            "{} {}",
+            d.status,
+            d.reason
+        );
         Ok(())
     })
     .await;
