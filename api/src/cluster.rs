@@ -239,7 +239,7 @@ pub struct DataDir {
     #[x_kube(validation = Rule::new("self.startsWith('/') && !self.contains('/../') && !self.endsWith('/..')").message("spec.readService.dataDirs[].hostPath must be an absolute path without '..', e.g. /srv/storage/data0").reason(Reason::FieldValueInvalid))]
     #[x_kube(validation = Rule::new("self.matches('^(/[^/]+)+$') && !self.contains('/./') && !self.endsWith('/.')").message("spec.readService.dataDirs[].hostPath must be a clean absolute path below a parent other than / (no '.', '//' or trailing '/'), e.g. /srv/storage/data0").reason(Reason::FieldValueInvalid))]
     #[x_kube(validation = Rule::new(crate::limits::host_path_parent_rule()).message(crate::limits::host_path_parent_message().as_str()).reason(Reason::FieldValueForbidden))]
-    #[schemars(length(min = 1, max = 4096))]
+    #[schemars(length(min = 1, max = 1024))]
     pub host_path: String,
 }
 

@@ -50,9 +50,11 @@ pub fn host_path_parent_rule() -> String {
         .map(|p| format!("'{p}'"))
         .collect::<Vec<_>>()
         .join(", ");
-    let parent = "self.substring(0, self.lastIndexOf('/'))";
+    // The parent is, or lies under, p exactly when the path lies strictly under p; the
+    // parent contains p when p starts with "<parent>/". Kept this small so the API server's
+    // cost estimate (64 data dirs × maxLength) fits its budget.
     format!(
-        "self.lastIndexOf('/') > 0 && ![{list}].exists(p, {parent} == p || {parent}.startsWith(p + '/') || p.startsWith({parent} + '/'))"
+        "self.lastIndexOf('/') > 0 && ![{list}].exists(p, self.startsWith(p + '/') || p.startsWith(self.substring(0, self.lastIndexOf('/') + 1)))"
     )
 }
 
