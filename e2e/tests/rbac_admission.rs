@@ -15,6 +15,11 @@ use ringmaster_e2e::{
     write_token_kubeconfig, FakeNode, TestNamespace,
 };
 
+/// Each test installs the chart, and with it a StorageCluster policy that binds every
+/// StorageCluster in the cluster: the tests take turns so one release's settings never
+/// judge the other's objects.
+static CHART_POLICIES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// kubectl under another identity's kubeconfig (the flag wins over the admin `KUBECONFIG`).
 fn as_user(kc: &Path, args: &[&str]) -> ringmaster_e2e::KubectlOutput {
     let mut all = vec!["--kubeconfig", kc.to_str().unwrap()];
@@ -101,6 +106,7 @@ fn agent_identity(ns: &str, sa: &str, node: &str) -> PathBuf {
 
 #[tokio::test]
 async fn agent_may_change_only_its_own_node_and_storagenode() {
+    let _turn = CHART_POLICIES.lock().await;
     let client = client().await;
     install_crds(&client).await;
     let ns = TestNamespace::create(&client, "vap").await;
@@ -561,16 +567,29 @@ async fn agent_may_change_only_its_own_node_and_storagenode() {
 /// seccomp and no control-plane tolerations unless allowed. Each refusal names the field.
 #[tokio::test]
 async fn storage_clusters_are_held_to_the_admins_settings() {
+    let _turn = CHART_POLICIES.lock().await;
     let client = client().await;
     install_crds(&client).await;
     let ns = TestNamespace::create(&client, "vap-stc").await;
     let prefix = unique_name("vapstc");
-    // Stored before the policy (or before the admin tightened a setting).
-    kubectl_stdin(
-        ["apply", "-n", ns.name(), "-f", "-"],
-        "apiVersion: ringmaster.io/v1alpha1\nkind: StorageCluster\nmetadata:\n  name: before\nspec: {seccomp: {type: Unconfined}}\n",
-    )
-    .ok();
+    // Stored before the policy (or before the admin tightened a setting). A policy of an
+    // earlier test's release may linger in the API server for a moment: retry.
+    let start = Instant::now();
+    loop {
+        let out = kubectl_stdin(
+            ["apply", "-n", ns.name(), "-f", "-"],
+            "apiVersion: ringmaster.io/v1alpha1\nkind: StorageCluster\nmetadata:\n  name: before\nspec: {seccomp: {type: Unconfined}}\n",
+        );
+        if out.success() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "could not store a StorageCluster before installing the policy: {}",
+            out.stderr
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let _release = Release::install(
         &prefix,
         ns.name(),
@@ -594,11 +613,16 @@ async fn storage_clusters_are_held_to_the_admins_settings() {
         )
     };
     let outside = r#"{readService: {dataDirs: [{name: ok, hostPath: /srv/storage/d0}, {name: d1, hostPath: /data/d1}]}}"#;
-    // Enforced once the API server's informer has the policy: wait for the first refusal.
+    // Enforced once the API server's informer has the policy (and no longer has a policy of
+    // an earlier release): wait for this release's refusal.
     let start = Instant::now();
     loop {
         let out = apply("outside", outside);
-        if !out.success() && out.stderr.contains("ValidatingAdmissionPolicy") {
+        if !out.success()
+            && out
+                .stderr
+                .contains(&format!("{prefix}-storagecluster-admin-settings"))
+        {
             assert!(
                 out.stderr
                     .contains("spec.readService.dataDirs[1].hostPath /data/d1")
@@ -610,7 +634,7 @@ async fn storage_clusters_are_held_to_the_admins_settings() {
         }
         assert!(
             start.elapsed() < Duration::from_secs(30),
-            "a data dir outside the allowed roots was still accepted 30 s after the policy was installed: {}{}",
+            "this release's policy did not refuse a data dir outside the allowed roots within 30 s: {}{}",
             out.stdout,
             out.stderr
         );
@@ -672,8 +696,8 @@ async fn storage_clusters_are_held_to_the_admins_settings() {
     // Updating an accepted one into a refused one is refused too.
     refused_naming(
         "inside",
-        r#"{readService: {dataDirs: [{name: d0, hostPath: /srv/storage/d0}, {name: d1, hostPath: /opt/d1}]}}"#,
-        "spec.readService.dataDirs[1].hostPath /opt/d1",
+        r#"{readService: {dataDirs: [{name: d0, hostPath: /srv/storage/d0}, {name: d1, hostPath: /data2/d1}]}}"#,
+        "spec.readService.dataDirs[1].hostPath /data2/d1",
     );
     // Writes that leave the spec alone (the operator's finalizer) are not checked, so a
     // StorageCluster stored before can still be finalized; its spec cannot be rewritten.
