@@ -388,6 +388,19 @@ async fn agent_may_change_only_its_own_node_and_storagenode() {
         ],
         own_cluster,
     );
+    refused(
+        &a1,
+        "relabel another cluster's StorageNode as its own",
+        &[
+            "patch",
+            "storagenode",
+            &n1,
+            "--type=merge",
+            "-p",
+            &format!(r#"{{"metadata":{{"labels":{{"ringmaster.io/cluster-name":"{CLUSTER}"}}}}}}"#),
+        ],
+        own_cluster,
+    );
     kubectl_ok([
         "label",
         "storagenode",
