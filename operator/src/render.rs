@@ -319,12 +319,19 @@ pub fn exclusion_affinity(excluded: &BTreeSet<String>) -> Option<Affinity> {
     (!excluded.is_empty()).then(|| Affinity {
         node_affinity: Some(NodeAffinity {
             required_during_scheduling_ignored_during_execution: Some(NodeSelector {
+                // One requirement per node (ANDed): the API server allows a single
+                // value for In/NotIn on a node field.
                 node_selector_terms: vec![NodeSelectorTerm {
-                    match_fields: Some(vec![NodeSelectorRequirement {
-                        key: "metadata.name".into(),
-                        operator: "NotIn".into(),
-                        values: Some(excluded.iter().cloned().collect()),
-                    }]),
+                    match_fields: Some(
+                        excluded
+                            .iter()
+                            .map(|n| NodeSelectorRequirement {
+                                key: "metadata.name".into(),
+                                operator: "NotIn".into(),
+                                values: Some(vec![n.clone()]),
+                            })
+                            .collect(),
+                    ),
                     ..Default::default()
                 }],
             }),
@@ -909,14 +916,19 @@ mod tests {
             .unwrap()
             .node_selector_terms;
         assert_eq!(terms.len(), 1);
-        let f = &terms[0].match_fields.as_ref().unwrap()[0];
+        let fields: Vec<_> = terms[0]
+            .match_fields
+            .iter()
+            .flatten()
+            .map(|f| (f.key.as_str(), f.operator.as_str(), f.values.clone()))
+            .collect();
+        // One value per requirement: the API server refuses more for a node field.
         assert_eq!(
-            (f.key.as_str(), f.operator.as_str(), f.values.clone()),
-            (
-                "metadata.name",
-                "NotIn",
-                Some(vec!["n1".to_string(), "n2".to_string()])
-            )
+            fields,
+            [
+                ("metadata.name", "NotIn", Some(vec!["n1".to_string()])),
+                ("metadata.name", "NotIn", Some(vec!["n2".to_string()]))
+            ]
         );
     }
 
