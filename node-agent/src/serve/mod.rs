@@ -538,12 +538,20 @@ pub struct ServeArgs {
     /// (preadv2 RWF_NOWAIT) first: measures or exercises the rings alone.
     #[arg(long)]
     pub no_cache_fast_path: bool,
+    /// Async runtime threads that accept connections and serve page-cache hits (default: one
+    /// per CPU). Benchmarks set it equal to the other server's worker count.
+    #[arg(long)]
+    pub runtime_threads: Option<usize>,
 }
 
 /// `serve` until SIGINT/SIGTERM. Prints `listening on ADDR worker_mode=MODE reason=...` on stdout.
 pub fn run(a: ServeArgs) -> i32 {
     crate::init_tracing();
-    let Some(rt) = crate::async_runtime(None) else {
+    if a.runtime_threads == Some(0) {
+        eprintln!("error: --runtime-threads must be at least 1 (or leave it out: one per CPU)");
+        return 1;
+    }
+    let Some(rt) = crate::async_runtime(a.runtime_threads) else {
         return 2;
     };
     rt.block_on(async move {
