@@ -10,7 +10,8 @@
 # Env: BENCH_DIR (default /var/tmp/ringmaster-bench, must support O_DIRECT), BENCH_SIZE_MB (1024),
 #      BENCH_SECONDS (4 per run), BENCH_ROUNDS (2), BENCH_CASES (space-separated subset),
 #      BENCH_HTTP_THREADS (2: `serve --runtime-threads` and nginx `worker_processes`),
-#      BENCH_OUT (results file).
+#      BENCH_OUT (results file), BENCH_BIN (a prebuilt ringmaster-agent instead of building one;
+#      the printed commit is then the checkout's, so say which build it was).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
@@ -18,9 +19,13 @@ for tool in fio nginx wrk python3; do
   command -v "$tool" >/dev/null || { echo "bench-read: $tool missing: run hack/deps.sh (hack/apt-packages.txt)" >&2; exit 1; }
 done
 
-cargo build --release -q -p ringmaster-agent --bin ringmaster-agent
-TARGET=${CARGO_TARGET_DIR:-target}
-export BENCH_BIN=$PWD/$TARGET/release/ringmaster-agent
+if [[ -z ${BENCH_BIN:-} ]]; then
+  cargo build --release -q -p ringmaster-agent --bin ringmaster-agent
+  TARGET=${CARGO_TARGET_DIR:-$PWD/target}
+  [[ $TARGET = /* ]] || TARGET=$PWD/$TARGET
+  BENCH_BIN=$TARGET/release/ringmaster-agent
+fi
+export BENCH_BIN
 export BENCH_DIR=${BENCH_DIR:-/var/tmp/ringmaster-bench}
 export BENCH_SIZE_MB=${BENCH_SIZE_MB:-1024}
 mkdir -p "$BENCH_DIR/data"
