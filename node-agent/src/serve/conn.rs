@@ -8,16 +8,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, Semaphore};
 
 use super::write_timeout::WriteTimeout;
+use super::ReadService;
 
 /// Connection bounds of the read service.
 #[derive(Clone, Copy, Debug)]
@@ -27,10 +26,10 @@ pub struct ConnLimits {
     pub write_timeout: Duration,
 }
 
-/// Serve `app` on `listener` until `stop` fires, then wait for open connections to finish.
+/// Serve `svc` on `listener` until `stop` fires, then wait for open connections to finish.
 pub async fn serve(
     listener: TcpListener,
-    app: Router,
+    svc: ReadService,
     limits: ConnLimits,
     open: Gauge,
     mut stop: oneshot::Receiver<()>,
@@ -63,7 +62,7 @@ pub async fn serve(
         let _ = tcp.set_nodelay(true);
         let fd = std::os::fd::AsRawFd::as_raw_fd(&tcp);
         let io = WriteTimeout::new(tcp, limits.write_timeout).reset_on_timeout(fd);
-        let conn = http.serve_connection(TokioIo::new(io), TowerToHyperService::new(app.clone()));
+        let conn = http.serve_connection(TokioIo::new(io), svc.clone());
         let conn = graceful.watch(conn);
         let open = open.clone();
         open.inc();

@@ -13,6 +13,7 @@ pub mod paths;
 pub mod range;
 pub mod write_timeout;
 
+use std::borrow::Cow;
 use std::fs::File;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
@@ -33,7 +34,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::handoff::Policy;
-use crate::io::{AlignedBuf, Pool, PoolConfig};
+use crate::io::{AlignedBuf, Pool, PoolConfig, WorkerMode};
 
 use budget::{Reservation, ResponseBudget};
 use filecache::{FileCache, OpenFile};
@@ -134,6 +135,9 @@ struct AppState {
     files: FileCache,
     budget: ResponseBudget,
     direct: bool,
+    /// Serve page-cache hits inline (preadv2 RWF_NOWAIT on this thread, no job, no channel):
+    /// the pool's own fast-path rule (buffered files, io_uring mode, fast path on).
+    inline_hits: bool,
     pool: Arc<Pool>,
     metrics: Metrics,
     limit: Arc<Semaphore>,
@@ -263,6 +267,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<ServeHandle> {
         dirs,
         budget: ResponseBudget::new(cfg.max_response_bytes),
         direct: cfg.direct,
+        inline_hits: cfg.cache_fast_path && !cfg.direct && pool.mode() == WorkerMode::IoUring,
         pool: Arc::new(pool),
         metrics,
         limit: Arc::new(Semaphore::new(cfg.max_concurrent as usize)),
@@ -275,7 +280,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<ServeHandle> {
         ready: AtomicBool::new(true),
     });
     let app = Router::new()
-        .route("/v1/files/{name}/{*path}", get(read_file))
+        .route("/v1/files/{name}/{*path}", get(read_file_routed))
         .route("/metrics", get(metrics_page))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -291,7 +296,11 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<ServeHandle> {
         write_timeout: cfg.write_timeout,
     };
     let open = state.metrics.connections.clone();
-    let server = tokio::spawn(conn::serve(listener, app, limits, open, stopped));
+    let svc = ReadService {
+        st: state.clone(),
+        app: hyper_util::service::TowerToHyperService::new(app),
+    };
+    let server = tokio::spawn(conn::serve(listener, svc, limits, open, stopped));
     tracing::info!(%addr, mode = %mode, reason = %reason, "read service listening");
     Ok(ServeHandle {
         addr,
@@ -337,11 +346,89 @@ fn error(status: StatusCode, msg: impl std::fmt::Display) -> Response {
     (status, format!("{msg}\n")).into_response()
 }
 
-async fn read_file(
+/// `GET /v1/files/{name}/{*path}` through the router (HEAD, and what `file_route` leaves).
+async fn read_file_routed(
     State(st): State<Arc<AppState>>,
     Path((name, path)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
+    read_file(&st, &name, &path, &headers).await
+}
+
+/// `(name, path)` of `/v1/files/{name}/{path}`, percent-decoded as the router would, when both
+/// are non-empty; `Some(Err)` when one is not UTF-8 once decoded.
+fn file_route(uri_path: &str) -> Option<Result<(Cow<'_, str>, Cow<'_, str>), ()>> {
+    let rest = uri_path.strip_prefix("/v1/files/")?;
+    let (name, path) = rest.split_once('/')?;
+    if name.is_empty() || path.is_empty() {
+        return None;
+    }
+    Some(percent_decode(name).and_then(|n| Ok((n, percent_decode(path)?))))
+}
+
+/// `%XX` → byte (other `%` stay as they are, like the router's decoder), then UTF-8.
+fn percent_decode(s: &str) -> Result<Cow<'_, str>, ()> {
+    if !s.contains('%') {
+        return Ok(Cow::Borrowed(s));
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8(out).map(Cow::Owned).map_err(|_| ())
+}
+
+/// The service hyper calls for each request: file reads go straight to `read_file` (no router,
+/// no extractor allocations on the hot path); everything else goes through the router.
+#[derive(Clone)]
+struct ReadService {
+    st: Arc<AppState>,
+    app: hyper_util::service::TowerToHyperService<Router>,
+}
+
+impl hyper::service::Service<axum::extract::Request<hyper::body::Incoming>> for ReadService {
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Response, Self::Error>> + Send>,
+    >;
+
+    fn call(&self, req: axum::extract::Request<hyper::body::Incoming>) -> Self::Future {
+        let st = self.st.clone();
+        if req.method() == axum::http::Method::GET {
+            if let Some(route) = file_route(req.uri().path()) {
+                let (name, path) = match route {
+                    Ok((n, p)) => (n.into_owned(), p.into_owned()),
+                    Err(()) => {
+                        let mut resp =
+                            error(StatusCode::BAD_REQUEST, "Invalid URL: the path is not UTF-8");
+                        resp.headers_mut().insert(MODE_HEADER, st.mode.clone());
+                        return Box::pin(async move { Ok(resp) });
+                    }
+                };
+                return Box::pin(async move {
+                    let mut resp = read_file(&st, &name, &path, req.headers()).await;
+                    resp.headers_mut().insert(MODE_HEADER, st.mode.clone());
+                    Ok(resp)
+                });
+            }
+        }
+        Box::pin(hyper::service::Service::call(&self.app, req))
+    }
+}
+
+async fn read_file(st: &Arc<AppState>, name: &str, path: &str, headers: &HeaderMap) -> Response {
     let Ok(permit) = st.limit.clone().try_acquire_owned() else {
         st.metrics.count(503);
         return (
@@ -353,7 +440,7 @@ async fn read_file(
     };
     let admitted = Admitted::new(permit, &st.metrics.in_flight);
     let t0 = Instant::now();
-    let (resp, bytes) = serve_range(&st, &name, &path, &headers, admitted).await;
+    let (resp, bytes) = serve_range(st, name, path, headers, admitted).await;
     st.metrics.count(resp.status().as_u16());
     if bytes > 0 {
         st.metrics.bytes.inc_by(bytes);
@@ -472,6 +559,19 @@ fn lookup(
     }
 }
 
+/// The whole range from the page cache in one `preadv2(RWF_NOWAIT)`, or None (a miss, part of
+/// it, EOF or an error: the pool then reads it and reports what happened).
+fn read_hit(file: &File, at: u64, len: usize) -> Option<AlignedBuf> {
+    use std::os::fd::AsRawFd;
+    let mut buf = AlignedBuf::new(len);
+    // SAFETY: the buffer holds at least len bytes.
+    let n = unsafe { crate::io::cached::read_nowait(file.as_raw_fd(), buf.as_mut_ptr(), len, at) }?;
+    (n == len).then(|| {
+        buf.set_len(n);
+        buf
+    })
+}
+
 async fn serve_range(
     st: &AppState,
     name: &str,
@@ -580,11 +680,20 @@ async fn serve_range(
                 0,
             );
         };
-        let buf = match st
-            .pool
-            .read_async(open.file, at, read_len as usize, st.direct)
-            .await
-        {
+        let hit = if st.inline_hits {
+            read_hit(&open.file, at, read_len as usize)
+        } else {
+            None
+        };
+        let read = match hit {
+            Some(b) => Ok(b),
+            None => {
+                st.pool
+                    .read_async(open.file, at, read_len as usize, st.direct)
+                    .await
+            }
+        };
+        let buf = match read {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 return (

@@ -138,38 +138,38 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WriteTimeout<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncWriteExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::time::Instant;
 
     /// A peer that never reads: writes fill the duplex buffer, then block, then time out.
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn a_stalled_write_times_out_and_progress_disarms() {
         let (a, _b) = tokio::io::duplex(64);
-        let mut w = WriteTimeout::new(a, Duration::from_secs(5));
+        let mut w = WriteTimeout::new(a, Duration::from_millis(300));
         w.write_all(&[0u8; 64]).await.unwrap();
         assert!(w.deadline().is_none(), "a write that made progress armed the timer");
         let t0 = Instant::now();
         let e = w.write_all(&[1u8; 1]).await.unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::TimedOut);
-        assert!(Instant::now() - t0 >= Duration::from_secs(5));
+        assert!(Instant::now() - t0 >= Duration::from_millis(300));
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn a_slow_reader_that_keeps_reading_is_not_cut_off() {
-        use tokio::io::AsyncReadExt;
         let (a, mut b) = tokio::io::duplex(64);
-        let mut w = WriteTimeout::new(a, Duration::from_secs(5));
+        let mut w = WriteTimeout::new(a, Duration::from_millis(500));
         let reader = tokio::spawn(async move {
             let mut got = 0;
             let mut buf = [0u8; 16];
-            while got < 1024 {
-                tokio::time::sleep(Duration::from_secs(1)).await;
+            while got < 512 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 got += b.read(&mut buf).await.unwrap();
             }
             got
         });
-        // 1024 bytes through a 64-byte pipe read 16 bytes a second: ~64 s, never 5 s idle.
-        w.write_all(&[2u8; 1024]).await.unwrap();
-        assert_eq!(reader.await.unwrap(), 1024);
+        // 512 bytes through a 64-byte pipe read 16 bytes per 50 ms: ~1.6 s in all, never
+        // 500 ms without progress.
+        w.write_all(&[2u8; 512]).await.unwrap();
+        assert_eq!(reader.await.unwrap(), 512);
     }
 }
