@@ -18,6 +18,9 @@ cargo fmt --all -- --check
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "host core and read service know no Kubernetes (hack/check-boundaries.sh)"
+hack/check-boundaries.sh
+
 step "CRDs up to date (cargo run -p ringmaster-api --bin crdgen)"
 cargo run -q --locked -p ringmaster-api --bin crdgen > "$CARGO_TARGET_DIR/crds.yaml"
 if ! diff -u crds/ringmaster.io.yaml "$CARGO_TARGET_DIR/crds.yaml"; then

@@ -2,6 +2,7 @@
 //! backoff. Everything it decides comes from `render` (objects) and `status`
 //! (aggregation); this file only reads caches and writes what changed.
 
+use ringmaster_api::reasons;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex};
@@ -372,7 +373,7 @@ async fn release_departed(
             sc,
             &status::Transition {
                 warning: false,
-                reason: "NodeReleased".into(),
+                reason: reasons::NODE_RELEASED.into(),
                 action: "Release",
                 node: Some(name.clone()),
                 note,
@@ -419,7 +420,7 @@ async fn cleanup(sc: &StorageCluster, id: &ClusterId, ctx: &Context) -> Result<A
             &prev,
             cc::FINALIZING,
             true,
-            "WaitingForAgents",
+            reasons::WAITING_FOR_AGENTS,
             format!(
                 "waiting for the agents on {} of {} nodes to restore them (Restored=True on their StorageNode): {}; leftovers are cleaned by the operator after {} (--cleanup-timeout {}s)",
                 sorted.len(),
@@ -512,9 +513,9 @@ async fn cleanup(sc: &StorageCluster, id: &ClusterId, ctx: &Context) -> Result<A
     let t = status::Transition {
         warning: timed_out,
         reason: if timed_out {
-            "CleanupTimedOut"
+            reasons::CLEANUP_TIMED_OUT
         } else {
-            "CleanupComplete"
+            reasons::CLEANUP_COMPLETE
         }
         .into(),
         action: "Cleanup",

@@ -5,6 +5,7 @@
 //! settings) and mark the StorageNode `Restored`. Errors become conditions, events and
 //! retries; nothing in a pass makes the process exit.
 
+use ringmaster_api::reasons;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,7 +28,7 @@ use super::http::{self, Health};
 use super::labels;
 use super::node;
 use super::report::{self, Observation};
-use super::tuning::AioTuner;
+use super::tuning::ClusterTuning;
 use super::RunArgs;
 use crate::handoff::{self, ReaderConfig, ReaderReport};
 use crate::settings;
@@ -80,7 +81,7 @@ struct Agent {
     cluster_ref: String,
     nodes: Api<Node>,
     storage_nodes: Api<StorageNode>,
-    tuner: AioTuner,
+    tuner: ClusterTuning,
     events: NodeEvents,
     health: Arc<Health>,
     kernel: String,
@@ -134,7 +135,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         cluster_ref: format!("{ns}/{name}"),
         nodes: Api::all(client.clone()),
         storage_nodes: Api::all(client.clone()),
-        tuner: AioTuner {
+        tuner: ClusterTuning {
             host_state_dir: args.host_state_dir.clone(),
             sysctl_d_dir: args.sysctl_d_dir.clone(),
         },
@@ -278,7 +279,7 @@ impl Agent {
                 };
                 let t = Transition {
                     warning: true,
-                    reason: "NodeNotFound",
+                    reason: reasons::NODE_NOT_FOUND,
                     action: "Report",
                     note: msg,
                 };
@@ -292,7 +293,7 @@ impl Agent {
     }
 
     async fn apply(&mut self, d: &Desired) -> anyhow::Result<()> {
-        let tune = self.tuner.ensure(&d.aio);
+        let tune = self.tuner.ensure(&d.sysctl);
         if let Some(e) = &tune.error {
             tracing::warn!(error = %e, "fs.aio-max-nr not tuned");
         }
@@ -304,7 +305,7 @@ impl Agent {
                 self.events
                     .publish(&Transition {
                         warning: true,
-                        reason: "ReaderReportInvalid",
+                        reason: reasons::READER_REPORT_INVALID,
                         action: "Report",
                         note: e.clone(),
                     })
@@ -488,7 +489,7 @@ impl Agent {
             let mut c = report::restored_condition(message.clone(), Timestamp::now());
             if !restored_ok {
                 c.status = "False".into();
-                c.reason = "RestoreFailed".into();
+                c.reason = reasons::RESTORE_FAILED.into();
             }
             status.conditions.push(c);
             if let (Some(aio), Ok(now)) = (
@@ -506,9 +507,9 @@ impl Agent {
                 .publish(&Transition {
                     warning: !restored_ok,
                     reason: if restored_ok {
-                        "Restored"
+                        reasons::RESTORED
                     } else {
-                        "RestoreFailed"
+                        reasons::RESTORE_FAILED
                     },
                     action: "Cleanup",
                     note: format!("StorageCluster {} deleted: {message}", d.cluster),
