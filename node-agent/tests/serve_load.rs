@@ -518,7 +518,8 @@ fn clients_that_never_read_large_answers_do_not_pin_memory() {
             c
         })
         .collect();
-    // The answers being written to clients that do not read hold their permits.
+    // The answers being written to clients that do not read hold their permits. (Each property
+    // is measured, then all are asserted at the end, so one run shows every one that fails.)
     let mut held = 0;
     for _ in 0..100 {
         held = metric(addr, "ringmaster_reads_in_flight");
@@ -527,10 +528,6 @@ fn clients_that_never_read_large_answers_do_not_pin_memory() {
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    assert!(
-        held > 0,
-        "no stalled answer holds its concurrency permit (released before the body was written)"
-    );
     let next = AtomicU64::new(0);
     std::thread::scope(|s| {
         for c in 0..8 {
@@ -547,7 +544,12 @@ fn clients_that_never_read_large_answers_do_not_pin_memory() {
                         &[("Range", &format!("bytes={a}-{b}"))],
                     )
                     .expect("an ordinary client was not served");
-                    assert_eq!(r.status, 206, "ordinary read beside stalled ones: {}", r.text());
+                    assert_eq!(
+                        r.status,
+                        206,
+                        "ordinary read beside stalled ones: {}",
+                        r.text()
+                    );
                     assert!(r.body == data[f][a..=b], "wrong bytes for f{f} {a}-{b}");
                 }
             });
@@ -557,8 +559,8 @@ fn clients_that_never_read_large_answers_do_not_pin_memory() {
     // Past the write timeout the stalled answers are reset and give their permits back, while
     // the clients still hold their sockets and read nothing.
     let mut left = during;
-    let deadline = std::time::Instant::now()
-        + std::time::Duration::from_secs(WRITE_TIMEOUT_SECS + 10);
+    let deadline =
+        std::time::Instant::now() + std::time::Duration::from_secs(WRITE_TIMEOUT_SECS + 10);
     while left > 0 && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(200));
         left = metric(addr, "ringmaster_reads_in_flight");
@@ -573,15 +575,30 @@ fn clients_that_never_read_large_answers_do_not_pin_memory() {
         peak,
         PEAK_RSS_BOUND_KB
     );
-    assert_eq!(
-        left, 0,
-        "stalled answers still held after the write timeout (no write timeout?)"
-    );
-    assert!(
-        peak < PEAK_RSS_BOUND_KB,
-        "server peak RSS {peak} kB over the {PEAK_RSS_BOUND_KB} kB bound"
-    );
+    let mut failed = Vec::new();
+    if held == 0 {
+        failed.push(
+            "no stalled answer held its concurrency permit (released before the body was written)"
+                .to_string(),
+        );
+    }
+    if left > 0 {
+        failed.push(format!(
+            "{left} stalled answers still held after the write timeout"
+        ));
+    }
+    if peak >= PEAK_RSS_BOUND_KB {
+        failed.push(format!(
+            "server peak RSS {peak} kB over the {PEAK_RSS_BOUND_KB} kB bound"
+        ));
+    }
+    assert!(failed.is_empty(), "{}", failed.join("; "));
     assert_eq!((big_ok.status, &big_ok.body[..]), (206, &big[1000..2000]));
+    // The clients hang up: the server closes their connections as it reads the EOFs.
     drop(stalled);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while metric(addr, "ringmaster_connections_open") > 1 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     assert_still_serving(&mut server, addr, fds_before, &data, &[]);
 }

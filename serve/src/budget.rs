@@ -84,7 +84,10 @@ mod tests {
         assert!(b.try_reserve(1).is_none(), "over the budget");
         assert_eq!(b.in_use(), 4 << 20);
         drop((r1, r2, r3));
-        assert!(b.try_reserve(3 << 20).is_none(), "large responses over half");
+        assert!(
+            b.try_reserve(3 << 20).is_none(),
+            "large responses over half"
+        );
         assert!(b.try_reserve(1 << 20).is_some());
         drop(r4);
         assert_eq!(b.in_use(), 0);
@@ -95,7 +98,13 @@ mod tests {
         let b = ResponseBudget::new(64 << 20);
         let big: Vec<_> = std::iter::from_fn(|| b.try_reserve(16 << 20)).collect();
         assert_eq!(big.len(), 2, "large responses hold at most half");
-        let small: Vec<_> = std::iter::from_fn(|| b.try_reserve(64 << 10)).take(1000).collect();
-        assert_eq!(small.len(), 512, "the other half is left to small responses");
+        let small: Vec<_> = std::iter::from_fn(|| b.try_reserve(64 << 10))
+            .take(1000)
+            .collect();
+        assert_eq!(
+            small.len(),
+            512,
+            "the other half is left to small responses"
+        );
     }
 }

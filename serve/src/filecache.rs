@@ -152,7 +152,10 @@ mod tests {
         assert_eq!(c.len(), 3);
         assert!(c.get(0, "old", t1).is_none());
         for k in ["b", "c", "d"] {
-            assert!(c.get(0, k, t1).is_some(), "{k} evicted instead of the expired entry");
+            assert!(
+                c.get(0, k, t1).is_some(),
+                "{k} evicted instead of the expired entry"
+            );
         }
         c.insert(0, "e", open(5), t1);
         assert_eq!(c.len(), 3);

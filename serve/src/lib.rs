@@ -30,8 +30,8 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use rustix::fs::{Mode, OFlags, ResolveFlags};
 use prometheus_client::metrics::gauge::Gauge;
+use rustix::fs::{Mode, OFlags, ResolveFlags};
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 use ringmaster_ring::io::{
@@ -398,9 +398,8 @@ struct ReadService {
 impl hyper::service::Service<axum::extract::Request<hyper::body::Incoming>> for ReadService {
     type Response = Response;
     type Error = std::convert::Infallible;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Response, Self::Error>> + Send>,
-    >;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response, Self::Error>> + Send>>;
 
     fn call(&self, req: axum::extract::Request<hyper::body::Incoming>) -> Self::Future {
         let st = self.st.clone();
@@ -409,8 +408,10 @@ impl hyper::service::Service<axum::extract::Request<hyper::body::Incoming>> for 
                 let (name, path) = match route {
                     Ok((n, p)) => (n.into_owned(), p.into_owned()),
                     Err(()) => {
-                        let mut resp =
-                            error(StatusCode::BAD_REQUEST, "Invalid URL: the path is not UTF-8");
+                        let mut resp = error(
+                            StatusCode::BAD_REQUEST,
+                            "Invalid URL: the path is not UTF-8",
+                        );
                         resp.headers_mut().insert(MODE_HEADER, st.mode.clone());
                         return Box::pin(async move { Ok(resp) });
                     }
@@ -563,7 +564,9 @@ fn read_hit(file: &File, at: u64, len: usize) -> Option<AlignedBuf> {
     use std::os::fd::AsRawFd;
     let mut buf = AlignedBuf::new(len);
     // SAFETY: the buffer holds at least len bytes.
-    let n = unsafe { ringmaster_ring::io::cached::read_nowait(file.as_raw_fd(), buf.as_mut_ptr(), len, at) }?;
+    let n = unsafe {
+        ringmaster_ring::io::cached::read_nowait(file.as_raw_fd(), buf.as_mut_ptr(), len, at)
+    }?;
     (n == len).then(|| {
         buf.set_len(n);
         buf
@@ -685,9 +688,7 @@ async fn serve_range(
         };
         let read = match hit {
             Some(b) => Ok(b),
-            None => {
-                read_async(&st.pool, open.file, at, read_len as usize, st.direct).await
-            }
+            None => read_async(&st.pool, open.file, at, read_len as usize, st.direct).await,
         };
         let buf = match read {
             Ok(b) => b,

@@ -147,7 +147,10 @@ mod tests {
         let (a, _b) = tokio::io::duplex(64);
         let mut w = WriteTimeout::new(a, Duration::from_millis(300));
         w.write_all(&[0u8; 64]).await.unwrap();
-        assert!(w.deadline().is_none(), "a write that made progress armed the timer");
+        assert!(
+            w.deadline().is_none(),
+            "a write that made progress armed the timer"
+        );
         let t0 = Instant::now();
         let e = w.write_all(&[1u8; 1]).await.unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::TimedOut);

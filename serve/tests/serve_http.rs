@@ -318,7 +318,11 @@ fn content_range(r: &io_support::HttpResponse) -> (usize, usize, usize) {
         .and_then(|x| x.split_once('/'))
         .unwrap();
     let (a, b) = ab.split_once('-').unwrap();
-    (a.parse().unwrap(), b.parse().unwrap(), total.parse().unwrap())
+    (
+        a.parse().unwrap(),
+        b.parse().unwrap(),
+        total.parse().unwrap(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -353,14 +357,25 @@ async fn cached_files_replaced_truncated_or_swapped_are_never_served_wrong() {
         .unwrap();
     let r = get(addr, "/v1/files/d/blob", &[("Range", "bytes=20000-20099")]).await;
     assert_eq!(r.status, 416, "range past the new end: {}", r.text());
-    assert_eq!(r.header("content-range"), Some(format!("bytes */{T}").as_str()));
+    assert_eq!(
+        r.header("content-range"),
+        Some(format!("bytes */{T}").as_str())
+    );
     let r = get(addr, "/v1/files/d/blob", &[("Range", "bytes=9900-10099")]).await;
     assert_eq!(r.status, 206, "range across the new end: {}", r.text());
-    assert_eq!(content_range(&r), (9900, T - 1, T), "clamped to the new end");
+    assert_eq!(
+        content_range(&r),
+        (9900, T - 1, T),
+        "clamped to the new end"
+    );
     assert!(r.body == a[9900..T]);
     let r = get(addr, "/v1/files/d/blob", &[("Range", "bytes=-100")]).await;
     assert_eq!(r.status, 206, "{}", r.text());
-    assert_eq!(content_range(&r), (T - 100, T - 1, T), "suffix of the new size");
+    assert_eq!(
+        content_range(&r),
+        (T - 100, T - 1, T),
+        "suffix of the new size"
+    );
     assert!(r.body == a[T - 100..T]);
 
     // 2. Replaced by rename (a new inode with other bytes and another size), while 4
@@ -380,21 +395,33 @@ async fn cached_files_replaced_truncated_or_swapped_are_never_served_wrong() {
                 while t0.elapsed() < VALID * 3 {
                     let x = rng.below(12_000) as usize;
                     let y = x + rng.below(4096) as usize;
-                    let r = http_get(addr, "/v1/files/d/blob", &[("Range", &format!("bytes={x}-{y}"))])
-                        .unwrap();
+                    let r = http_get(
+                        addr,
+                        "/v1/files/d/blob",
+                        &[("Range", &format!("bytes={x}-{y}"))],
+                    )
+                    .unwrap();
                     match r.status {
                         206 => {
                             let (p, q, total) = content_range(&r);
                             let file = if total == old.len() { &old } else { &new };
                             assert!(total == old.len() || total == new.len(), "total {total}");
                             assert_eq!((p, q), (x, y.min(total - 1)));
-                            assert!(r.body == file[p..=q], "bytes {p}-{q}/{total} are not that file's");
-                            if total == old.len() { saw_old += 1 } else { saw_new += 1 }
+                            assert!(
+                                r.body == file[p..=q],
+                                "bytes {p}-{q}/{total} are not that file's"
+                            );
+                            if total == old.len() {
+                                saw_old += 1
+                            } else {
+                                saw_new += 1
+                            }
                         }
                         416 => {
                             let cr = r.header("content-range").unwrap().to_string();
                             assert!(
-                                cr == format!("bytes */{}", old.len()) || cr == format!("bytes */{}", new.len()),
+                                cr == format!("bytes */{}", old.len())
+                                    || cr == format!("bytes */{}", new.len()),
                                 "416 with {cr}"
                             );
                             assert!(x >= old.len().min(new.len()));
@@ -412,12 +439,19 @@ async fn cached_files_replaced_truncated_or_swapped_are_never_served_wrong() {
         let (o, n) = rd.await.unwrap();
         seen = (seen.0 + o, seen.1 + n);
     }
-    eprintln!("replace: {} answers from the old file, {} from the new", seen.0, seen.1);
+    eprintln!(
+        "replace: {} answers from the old file, {} from the new",
+        seen.0, seen.1
+    );
     assert!(seen.1 > 0, "the replaced file was never served");
     tokio::time::sleep((VALID + SLACK).saturating_sub(swapped_at.elapsed())).await;
     let r = get(addr, "/v1/files/d/blob", &[("Range", "bytes=0-4095")]).await;
     assert_eq!(r.status, 206);
-    assert_eq!(content_range(&r), (0, 4095, b.len()), "stale after {VALID:?}");
+    assert_eq!(
+        content_range(&r),
+        (0, 4095, b.len()),
+        "stale after {VALID:?}"
+    );
     assert!(r.body == b[..4096]);
 
     // 3. A cached symlink swapped to leave the data dir: the cached target at most, never
