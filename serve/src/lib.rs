@@ -7,6 +7,7 @@
 //! `X-Ringmaster-Worker-Mode: io_uring|pread`.
 
 pub mod budget;
+pub mod bufpool;
 mod conn;
 pub mod filecache;
 pub mod metrics;
@@ -39,6 +40,7 @@ use ringmaster_ring::io::{
 };
 
 use budget::{Reservation, ResponseBudget};
+use bufpool::BufPool;
 use filecache::{FileCache, OpenFile};
 use metrics::Metrics;
 
@@ -140,6 +142,7 @@ struct AppState {
     /// Serve page-cache hits inline (preadv2 RWF_NOWAIT on this thread, no job, no channel):
     /// the pool's own fast-path rule (buffered files, io_uring mode, fast path on).
     inline_hits: bool,
+    bufs: Arc<BufPool>,
     pool: Arc<Pool>,
     metrics: Metrics,
     limit: Arc<Semaphore>,
@@ -269,6 +272,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<ServeHandle> {
         dirs,
         budget: ResponseBudget::new(cfg.max_response_bytes),
         direct: cfg.direct,
+        bufs: Arc::new(BufPool::new()),
         inline_hits: cfg.cache_fast_path && !cfg.direct && pool.mode() == WorkerMode::IoUring,
         pool: Arc::new(pool),
         metrics,
@@ -476,14 +480,24 @@ impl Drop for Admitted {
 /// and the request's admission. Dropped when hyper has written the last byte (or the
 /// connection is gone).
 struct HeldBody {
-    buf: AlignedBuf,
+    /// Always Some until dropped (then it goes back to `bufs`).
+    buf: Option<AlignedBuf>,
+    bufs: Arc<BufPool>,
     _reserved: Reservation,
     _admitted: Admitted,
 }
 
 impl AsRef<[u8]> for HeldBody {
     fn as_ref(&self) -> &[u8] {
-        self.buf.as_slice()
+        self.buf.as_ref().map_or(&[], |b| b.as_slice())
+    }
+}
+
+impl Drop for HeldBody {
+    fn drop(&mut self) {
+        if let Some(b) = self.buf.take() {
+            self.bufs.give(b);
+        }
     }
 }
 
@@ -558,19 +572,21 @@ fn lookup(
     }
 }
 
-/// The whole range from the page cache in one `preadv2(RWF_NOWAIT)`, or None (a miss, part of
-/// it, EOF or an error: the pool then reads it and reports what happened).
-fn read_hit(file: &File, at: u64, len: usize) -> Option<AlignedBuf> {
+/// The whole range from the page cache in one `preadv2(RWF_NOWAIT)` into `buf`; Err gives the
+/// buffer back on a miss, part of it, EOF or an error (the pool then reads it and reports what
+/// happened).
+fn read_hit(file: &File, at: u64, len: usize, mut buf: AlignedBuf) -> Result<AlignedBuf, AlignedBuf> {
     use std::os::fd::AsRawFd;
-    let mut buf = AlignedBuf::new(len);
-    // SAFETY: the buffer holds at least len bytes.
+    // SAFETY: the buffer holds at least len bytes (BufPool::take).
     let n = unsafe {
         ringmaster_ring::io::cached::read_nowait(file.as_raw_fd(), buf.as_mut_ptr(), len, at)
-    }?;
-    (n == len).then(|| {
-        buf.set_len(n);
-        buf
-    })
+    };
+    if n == Some(len) {
+        buf.set_len(len);
+        Ok(buf)
+    } else {
+        Err(buf)
+    }
 }
 
 async fn serve_range(
@@ -681,14 +697,17 @@ async fn serve_range(
                 0,
             );
         };
+        let buf = st.bufs.take(read_len as usize);
         let hit = if st.inline_hits {
-            read_hit(&open.file, at, read_len as usize)
+            read_hit(&open.file, at, read_len as usize, buf)
         } else {
-            None
+            Err(buf)
         };
         let read = match hit {
-            Some(b) => Ok(b),
-            None => read_async(&st.pool, open.file, at, read_len as usize, st.direct).await,
+            Ok(b) => Ok(b),
+            Err(buf) => {
+                read_async(&st.pool, open.file, at, read_len as usize, buf, st.direct).await
+            }
         };
         let buf = match read {
             Ok(b) => b,
@@ -737,7 +756,8 @@ async fn serve_range(
             StatusCode::OK
         };
         let held = HeldBody {
-            buf,
+            buf: Some(buf),
+            bufs: st.bufs.clone(),
             _reserved: reserved,
             _admitted: admitted,
         };
@@ -761,13 +781,15 @@ async fn serve_range(
     }
 }
 
-/// Read `len` bytes at `offset` through the pool (fast path first), awaiting the result on the
+/// Read `len` bytes at `offset` into `buf` (at least `len` bytes) through the pool (fast path
+/// first), awaiting the result on the
 /// caller's runtime. Ok is the buffer with `len()` = bytes read (short only at EOF).
 pub async fn read_async(
     pool: &Pool,
     file: Arc<File>,
     offset: u64,
     len: usize,
+    buf: AlignedBuf,
     direct: bool,
 ) -> std::io::Result<AlignedBuf> {
     use std::io;
@@ -776,7 +798,7 @@ pub async fn read_async(
         file,
         offset,
         len,
-        AlignedBuf::new(len),
+        buf,
         direct,
         Box::new(move |o| {
             let _ = tx.send(o);
