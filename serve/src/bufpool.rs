@@ -98,7 +98,9 @@ mod tests {
         p.give(p.take(16 << 20));
         assert_eq!(p.retained(), 0);
         // At most RETAINED bytes are kept.
-        let many: Vec<_> = (0..RETAINED / (1 << 20) + 4).map(|_| p.take(1 << 20)).collect();
+        let many: Vec<_> = (0..RETAINED / (1 << 20) + 4)
+            .map(|_| p.take(1 << 20))
+            .collect();
         for b in many {
             p.give(b);
         }

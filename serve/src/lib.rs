@@ -357,9 +357,12 @@ async fn read_file_routed(
     read_file(&st, &name, &path, &headers).await
 }
 
+/// Data dir name and relative path of a file request, percent-decoded.
+type FileRoute<'a> = (Cow<'a, str>, Cow<'a, str>);
+
 /// `(name, path)` of `/v1/files/{name}/{path}`, percent-decoded as the router would, when both
 /// are non-empty; `Some(Err)` when one is not UTF-8 once decoded.
-fn file_route(uri_path: &str) -> Option<Result<(Cow<'_, str>, Cow<'_, str>), ()>> {
+fn file_route(uri_path: &str) -> Option<Result<FileRoute<'_>, ()>> {
     let rest = uri_path.strip_prefix("/v1/files/")?;
     let (name, path) = rest.split_once('/')?;
     if name.is_empty() || path.is_empty() {
@@ -536,7 +539,7 @@ fn lookup(
     name: &str,
     rel: &str,
     cached: bool,
-) -> Result<(OpenFile, bool), Response> {
+) -> Result<(OpenFile, bool), Box<Response>> {
     let now = Instant::now();
     if cached {
         if let Some(f) = st.files.get(dir, rel, now) {
@@ -548,10 +551,10 @@ fn lookup(
             st.files.insert(dir, rel, f.clone(), now);
             Ok((f, false))
         }
-        Ok(None) => Err(error(
+        Ok(None) => Err(Box::new(error(
             StatusCode::NOT_FOUND,
             format!("{name}/{rel}: not a regular file"),
-        )),
+        ))),
         // EXDEV: the path leaves the data dir (symlink or magic link); same answer as missing.
         Err(e)
             if matches!(
@@ -560,22 +563,27 @@ fn lookup(
             ) =>
         {
             st.files.forget(dir, rel);
-            Err(error(
+            Err(Box::new(error(
                 StatusCode::NOT_FOUND,
                 format!("{name}/{rel}: not found in the data dir"),
-            ))
+            )))
         }
-        Err(e) => Err(error(
+        Err(e) => Err(Box::new(error(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("{name}/{rel}: {e}"),
-        )),
+        ))),
     }
 }
 
 /// The whole range from the page cache in one `preadv2(RWF_NOWAIT)` into `buf`; Err gives the
 /// buffer back on a miss, part of it, EOF or an error (the pool then reads it and reports what
 /// happened).
-fn read_hit(file: &File, at: u64, len: usize, mut buf: AlignedBuf) -> Result<AlignedBuf, AlignedBuf> {
+fn read_hit(
+    file: &File,
+    at: u64,
+    len: usize,
+    mut buf: AlignedBuf,
+) -> Result<AlignedBuf, AlignedBuf> {
     use std::os::fd::AsRawFd;
     // SAFETY: the buffer holds at least len bytes (BufPool::take).
     let n = unsafe {
@@ -627,7 +635,7 @@ async fn serve_range(
     loop {
         let (open, from_cache) = match lookup(st, dir, name, rel, use_cache) {
             Ok(f) => f,
-            Err(resp) => return (resp, 0),
+            Err(resp) => return (*resp, 0),
         };
         use_cache = false;
         let size = open.size;
