@@ -30,6 +30,9 @@ if ! diff -u crds/ringmaster.io.yaml charts/ringmaster/files/crds/ringmaster.io.
   echo "charts/ringmaster/files/crds/ringmaster.io.yaml is stale: run 'hack/gen-crds.sh' and commit" >&2; exit 1
 fi
 
+step "alerting rules: promtool on the rules the chart renders (hack/test-rules.sh)"
+hack/test-rules.sh
+
 step "unit and real-kernel tests"
 cargo test --workspace --locked --exclude ringmaster-e2e
 

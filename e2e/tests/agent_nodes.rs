@@ -279,28 +279,23 @@ async fn agents_report_verdicts_labels_taints_and_settings() {
     .await;
     let (code, metrics) = http_get(&addr, "/metrics");
     assert_eq!(code, 200);
-    assert!(
-        metrics.contains("ringmaster_agent_io_uring_supported 1"),
+    assert_eq!(
+        sample(&metrics, "ringmaster_agent_io_uring_supported"),
+        Some(1),
         "{metrics}"
     );
-    assert!(
-        metrics.contains(&format!("ringmaster_agent_applied_generation {gen}")),
+    assert_eq!(
+        sample(&metrics, "ringmaster_agent_applied_generation"),
+        Some(gen as u64),
         "{metrics}"
     );
 
     // A steady node makes no API writes: two resync passes (3 s each) later, the count is the same.
     let writes = |m: &str| {
-        m.lines()
-            .find_map(|l| l.strip_prefix("ringmaster_agent_api_writes_total "))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .expect("api_writes_total in /metrics")
+        sample(m, "ringmaster_agent_api_writes_total").expect("api_writes_total in /metrics")
     };
-    let passes = |m: &str| {
-        m.lines()
-            .find_map(|l| l.strip_prefix("ringmaster_agent_passes_total "))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .expect("passes_total in /metrics")
-    };
+    let passes =
+        |m: &str| sample(m, "ringmaster_agent_passes_total").expect("passes_total in /metrics");
     let before = http_get(&addr, "/metrics").1;
     tokio::time::sleep(Duration::from_secs(7)).await;
     let after = http_get(&addr, "/metrics").1;

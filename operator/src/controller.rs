@@ -41,6 +41,17 @@ pub enum Error {
     NoNamespace(String),
 }
 
+/// Every value of [`Error::kind`]: the error counter starts at 0 for each, so the first
+/// failure is an increase `rate()` can see, and the series exist before anything fails.
+pub const ERROR_KINDS: [&str; 6] = [
+    "conflict",
+    "forbidden",
+    "invalid",
+    "kube",
+    "json",
+    "no_namespace",
+];
+
 impl Error {
     fn kind(&self) -> &'static str {
         match self {
@@ -279,7 +290,8 @@ async fn apply(sc: &StorageCluster, id: &ClusterId, ctx: &Context) -> Result<Act
             ctx.publish(sc, t).await;
         }
     }
-    ctx.metrics.set_fleet(&id.key(), &out.status);
+    ctx.metrics
+        .set_fleet(&id.key(), sc.metadata.generation.unwrap_or(0), &out.status);
 
     release_departed(sc, id, ctx, &sns).await?;
 

@@ -106,7 +106,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             args.state_dir.display()
         )
     })?;
-    let health = Health::new(Duration::from_secs(args.resync_seconds * 4 + 60));
+    let health = Health::new(
+        Duration::from_secs(args.resync_seconds * 4 + 60),
+        &args.node_name,
+        &format!("{ns}/{name}"),
+    );
     let addr = SocketAddr::new(args.http_addr, args.http_port);
     let bound = http::serve(addr, health.clone()).await?;
     tracing::info!(%bound, node = %args.node_name, cluster = %format!("{ns}/{name}"), "agent HTTP endpoint listening");
@@ -427,8 +431,14 @@ impl Agent {
             .set(i64::from(verdict.io_uring_supported == Some(true)));
         m.aio_tuned.set(i64::from(tune.tuned));
         m.node_ready.set(i64::from(verdict.ready));
+        m.set_verdict(verdict.io_uring_supported);
         m.aio_max_nr.set(tune.current as i64);
         m.aio_max_nr_required.set(tune.required as i64);
+        m.aio_nr.set(tune.aio_nr as i64);
+        let sizing = &d.sysctl.sizing;
+        m.aio_process_events
+            .set(i64::from(sizing.workers) * i64::from(sizing.max_events));
+        m.last_report_timestamp.set(http::unix_now());
         m.applied_generation
             .set(self.applied.as_ref().map_or(0, |a| a.0));
         let ready_reason = if obs.agent_ready() {
