@@ -6,7 +6,9 @@ cd "$(dirname "$0")/.."
 missing=()
 while read -r pkg bin; do
   [[ -z $pkg || $pkg == \#* ]] && continue
-  command -v "${bin:-$pkg}" >/dev/null 2>&1 || missing+=("$pkg")
+  # The second field is a binary on PATH or, for libraries and headers, an absolute path.
+  if [[ $bin == /* ]]; then [[ -e $bin ]] || missing+=("$pkg")
+  else command -v "${bin:-$pkg}" >/dev/null 2>&1 || missing+=("$pkg"); fi
 done < hack/apt-packages.txt
 if ((${#missing[@]})); then
   echo "deps: apt-get install ${missing[*]}" >&2

@@ -66,6 +66,8 @@ pub struct Settings {
     pub resync: Duration,
     /// Identity in Events (`reportingInstance`).
     pub instance: String,
+    /// The kubelet's seccomp dir on the nodes (the agent DaemonSet's hostPath).
+    pub agent_seccomp_dir: String,
 }
 
 /// What every reconcile shares: the client, the watch caches, metrics, events.
@@ -252,7 +254,7 @@ async fn apply(sc: &StorageCluster, id: &ClusterId, ctx: &Context) -> Result<Act
     {
         info!(cluster = %id.key(), "applied ClusterRoleBinding {}", id.binding_name());
     }
-    let ds = render::daemon_set(sc, id);
+    let ds = render::daemon_set(sc, id, &ctx.settings.agent_seccomp_dir);
     let ds_ref = ObjectRef::new(&id.agent_name()).within(ns);
     let live_ds = ctx.daemon_sets.get(&ds_ref);
     if ctx

@@ -69,6 +69,20 @@ struct Args {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// The kubelet's seccomp dir on the nodes (`<kubelet root dir>/seccomp`): the agents
+    /// install the Localhost profile ringmaster/io-uring.json there.
+    #[arg(long, default_value = render::DEFAULT_HOST_SECCOMP_DIR, value_parser = absolute_dir)]
+    agent_seccomp_dir: String,
+}
+
+fn absolute_dir(s: &str) -> Result<String, String> {
+    if s.len() > 1 && s.starts_with('/') && !s.split('/').any(|c| c == "..") {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "--agent-seccomp-dir must be an absolute host path without '..' (the kubelet's seccomp dir, e.g. /var/lib/kubelet/seccomp), got '{s}'"
+        ))
+    }
 }
 
 #[derive(Clone)]
@@ -160,6 +174,7 @@ async fn main() -> anyhow::Result<()> {
         cleanup_timeout: Duration::from_secs(args.cleanup_timeout),
         resync: Duration::from_secs(args.resync),
         instance: identity.clone(),
+        agent_seccomp_dir: args.agent_seccomp_dir.clone(),
     };
 
     let shutdown = shutdown_signal();

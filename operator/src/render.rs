@@ -29,7 +29,12 @@ pub const READER_CONTAINER: &str = "reader";
 pub const READER_UID: i64 = 65532;
 /// Host directories the privileged agent needs.
 pub const HOST_SYSCTL_DIR: &str = "/etc/sysctl.d";
-pub const HOST_SECCOMP_DIR: &str = "/var/lib/kubelet/seccomp";
+/// The kubelet's seccomp dir (`<kubelet root dir>/seccomp`) on a default install; k0s,
+/// microk8s and others root the kubelet elsewhere (`--agent-seccomp-dir`).
+pub const DEFAULT_HOST_SECCOMP_DIR: &str = "/var/lib/kubelet/seccomp";
+/// Where the agent container sees the host's seccomp dir (`ringmaster-agent run`'s default
+/// `--seccomp-profile-dir`), whatever its host path.
+pub const AGENT_SECCOMP_MOUNT: &str = "/var/lib/kubelet/seccomp";
 /// Where the reader container sees each data dir's PARENT: `/data-parents/<name>`, so
 /// dir `<name>` is `/data-parents/<name>/<basename(hostPath)>` (`reader --data-root`).
 pub const DATA_PARENTS_ROOT: &str = "/data-parents";
@@ -255,7 +260,9 @@ pub fn seccomp_profile(sc: &StorageCluster) -> SeccompProfile {
 /// unprivileged `reader` container under `spec.seccomp` (probes io_uring, serves reads).
 /// The pod template carries `spec.pod_hash()`: only changes that need new pods roll them;
 /// sizing changes reach the agents through their StorageCluster watch.
-pub fn daemon_set(sc: &StorageCluster, id: &ClusterId) -> DaemonSet {
+/// `host_seccomp_dir`: the kubelet's seccomp dir on the nodes, where the agent installs the
+/// Localhost profile (operator flag `--agent-seccomp-dir`).
+pub fn daemon_set(sc: &StorageCluster, id: &ClusterId, host_seccomp_dir: &str) -> DaemonSet {
     let spec = &sc.spec;
     let state_dir = keys::POD_STATE_DIR;
     let agent_port = i32::from(keys::AGENT_HTTP_PORT);
@@ -313,15 +320,19 @@ pub fn daemon_set(sc: &StorageCluster, id: &ClusterId) -> DaemonSet {
         // Privileged only for what needs it: writing /proc/sys, /etc/sysctl.d and the
         // kubelet's seccomp dir. It never probes io_uring (a privileged process is never
         // seccomp-filtered, so its verdict would say nothing about the readers).
+        // uid 0 explicitly: the image's user is 65532, and a non-root process in a
+        // privileged container has no effective capabilities (it could write none of these).
         security_context: Some(SecurityContext {
             privileged: Some(true),
+            run_as_user: Some(0),
+            run_as_non_root: Some(false),
             ..Default::default()
         }),
         volume_mounts: Some(vec![
             mount("state", state_dir, false),
             mount("host-state", keys::HOST_STATE_DIR, false),
             mount("sysctl-d", HOST_SYSCTL_DIR, false),
-            mount("seccomp", HOST_SECCOMP_DIR, false),
+            mount("seccomp", AGENT_SECCOMP_MOUNT, false),
         ]),
         ..Default::default()
     };
@@ -335,7 +346,7 @@ pub fn daemon_set(sc: &StorageCluster, id: &ClusterId) -> DaemonSet {
         },
         host_path_volume("host-state", keys::HOST_STATE_DIR, "DirectoryOrCreate"),
         host_path_volume("sysctl-d", HOST_SYSCTL_DIR, "DirectoryOrCreate"),
-        host_path_volume("seccomp", HOST_SECCOMP_DIR, "DirectoryOrCreate"),
+        host_path_volume("seccomp", host_seccomp_dir, "DirectoryOrCreate"),
     ];
     for d in &spec.read_service.data_dirs {
         let vol = data_volume_name(&d.name);
@@ -473,7 +484,7 @@ mod tests {
         assert_eq!(id.binding_name(), "ringmaster-agent-storage-fast");
         assert_eq!(id.key(), "storage/fast");
         let sc = cluster(StorageClusterSpec::default());
-        let ds = daemon_set(&sc, &id);
+        let ds = daemon_set(&sc, &id, DEFAULT_HOST_SECCOMP_DIR);
         assert_eq!(ds.metadata.name.as_deref(), Some("fast-agent"));
         assert_eq!(ds.metadata.namespace.as_deref(), Some("storage"));
         assert_eq!(pod(&ds).service_account_name.as_deref(), Some("fast-agent"));
@@ -484,7 +495,7 @@ mod tests {
     #[test]
     fn owned_objects_point_at_the_cluster_except_the_cluster_scoped_binding() {
         let sc = cluster(StorageClusterSpec::default());
-        let ds = daemon_set(&sc, &id());
+        let ds = daemon_set(&sc, &id(), DEFAULT_HOST_SECCOMP_DIR);
         let o = &ds.metadata.owner_references.as_ref().unwrap()[0];
         assert_eq!(o.kind, "StorageCluster");
         assert_eq!(o.uid, "uid-1");
@@ -504,10 +515,41 @@ mod tests {
     }
 
     #[test]
+    fn agent_seccomp_host_dir_is_the_one_given() {
+        let ds = daemon_set(
+            &cluster(StorageClusterSpec::default()),
+            &id(),
+            "/var/lib/k0s/kubelet/seccomp",
+        );
+        let pod = ds.spec.unwrap().template.spec.unwrap();
+        let vol = pod
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == "seccomp")
+            .unwrap();
+        assert_eq!(vol.host_path.unwrap().path, "/var/lib/k0s/kubelet/seccomp");
+        // Inside the container it stays where `ringmaster-agent run` looks by default.
+        let a = pod.containers.iter().find(|c| c.name == "agent").unwrap();
+        let m = a
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.name == "seccomp")
+            .unwrap();
+        assert_eq!(m.mount_path, AGENT_SECCOMP_MOUNT);
+    }
+
+    #[test]
     fn agent_container_is_privileged_with_host_paths_and_downward_node_name() {
-        let ds = daemon_set(&cluster(StorageClusterSpec::default()), &id());
+        let ds = daemon_set(&cluster(StorageClusterSpec::default()), &id(), DEFAULT_HOST_SECCOMP_DIR);
         let a = container(&ds, "agent");
-        assert_eq!(a.security_context.as_ref().unwrap().privileged, Some(true));
+        let sc = a.security_context.as_ref().unwrap();
+        assert_eq!(sc.privileged, Some(true));
+        // The image's user is 65532: without uid 0 the agent has no capabilities at all.
+        assert_eq!(sc.run_as_user, Some(0));
+        assert_eq!(sc.run_as_non_root, Some(false));
         let args = a.args.as_ref().unwrap().join(" ");
         assert_eq!(
             args,
@@ -566,7 +608,7 @@ mod tests {
             },
             ..Default::default()
         };
-        let ds = daemon_set(&cluster(spec), &id());
+        let ds = daemon_set(&cluster(spec), &id(), DEFAULT_HOST_SECCOMP_DIR);
         let r = container(&ds, "reader");
         let sc = r.security_context.as_ref().unwrap();
         assert_eq!(sc.run_as_non_root, Some(true));
@@ -612,7 +654,7 @@ mod tests {
                 host_path: "/".into(),
             },
         ];
-        let ds = daemon_set(&cluster(spec), &id());
+        let ds = daemon_set(&cluster(spec), &id(), DEFAULT_HOST_SECCOMP_DIR);
         let r = container(&ds, "reader");
         let args = r.args.as_ref().unwrap();
         let i = args.iter().position(|a| a == "--data-root").unwrap();
@@ -668,7 +710,7 @@ mod tests {
             operator: Some("Exists".into()),
             ..Default::default()
         });
-        let ds = daemon_set(&cluster(spec), &id());
+        let ds = daemon_set(&cluster(spec), &id(), DEFAULT_HOST_SECCOMP_DIR);
         let p = pod(&ds);
         assert_eq!(
             p.node_selector
@@ -690,7 +732,7 @@ mod tests {
             ["kwok.x-k8s.io/node", "ringmaster.io/io-uring-unsupported"]
         );
         // An empty selector renders as none (every node).
-        let ds = daemon_set(&cluster(StorageClusterSpec::default()), &id());
+        let ds = daemon_set(&cluster(StorageClusterSpec::default()), &id(), DEFAULT_HOST_SECCOMP_DIR);
         assert!(pod(&ds).node_selector.is_none());
     }
 
@@ -698,7 +740,7 @@ mod tests {
     fn only_pod_relevant_changes_change_the_pod_template() {
         let base = cluster(StorageClusterSpec::default());
         let template = |sc: &StorageCluster| {
-            serde_json::to_value(&daemon_set(sc, &id()).spec.unwrap().template).unwrap()
+            serde_json::to_value(&daemon_set(sc, &id(), DEFAULT_HOST_SECCOMP_DIR).spec.unwrap().template).unwrap()
         };
         let mut sizing = base.clone();
         sizing.spec.aio.max_events = 2048;
@@ -706,15 +748,15 @@ mod tests {
         sizing.spec.sysctl.aio_max_nr = 4_000_000;
         assert_eq!(template(&base), template(&sizing), "sizing is hot-reloaded");
         assert_eq!(
-            rendered_hash(&daemon_set(&base, &id())),
-            rendered_hash(&daemon_set(&sizing, &id())),
+            rendered_hash(&daemon_set(&base, &id(), DEFAULT_HOST_SECCOMP_DIR)),
+            rendered_hash(&daemon_set(&sizing, &id(), DEFAULT_HOST_SECCOMP_DIR)),
             "a sizing change writes nothing"
         );
         let mut image = base.clone();
         image.spec.agent.image = "registry.local/ringmaster-agent:2".into();
         assert_ne!(template(&base), template(&image));
         let hash = |sc: &StorageCluster| {
-            daemon_set(sc, &id())
+            daemon_set(sc, &id(), DEFAULT_HOST_SECCOMP_DIR)
                 .spec
                 .unwrap()
                 .template
@@ -731,12 +773,12 @@ mod tests {
     #[test]
     fn rendered_hash_is_stamped_and_stable() {
         let sc = cluster(StorageClusterSpec::default());
-        let a = daemon_set(&sc, &id());
-        let b = daemon_set(&sc, &id());
+        let a = daemon_set(&sc, &id(), DEFAULT_HOST_SECCOMP_DIR);
+        let b = daemon_set(&sc, &id(), DEFAULT_HOST_SECCOMP_DIR);
         assert_eq!(live_hash(&a), live_hash(&b));
         assert_eq!(live_hash(&a).unwrap().len(), 16);
         let mut moved = sc.clone();
         moved.spec.read_service.port = 9000;
-        assert_ne!(live_hash(&a), live_hash(&daemon_set(&moved, &id())));
+        assert_ne!(live_hash(&a), live_hash(&daemon_set(&moved, &id(), DEFAULT_HOST_SECCOMP_DIR)));
     }
 }
