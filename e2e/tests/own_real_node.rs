@@ -58,7 +58,10 @@ fn host_state() -> BTreeMap<&'static str, String> {
     s.insert("sysctls", sysctls.join("\n"));
     s.insert("nft ruleset", sh("nft list ruleset"));
     s.insert("iptables", sh("iptables-save | grep -v '^#'"));
-    s.insert("links", sh("ip -o link show | awk -F': ' '{print $2}' | sort"));
+    s.insert(
+        "links",
+        sh("ip -o link show | awk -F': ' '{print $2}' | sort"),
+    );
     s.insert("mounts", sh("awk '{print $5}' /proc/self/mountinfo | sort"));
     s.insert("netns", sh("ls /var/run/netns 2>/dev/null"));
     s.insert(
@@ -188,7 +191,11 @@ fn own_real_node_down_restores_the_host_and_a_second_up_works() {
             &format!("round {round}: a pod Running on {name}"),
             || {
                 let (_, phase) = node.kubectl(&[
-                    "get", "pod", &format!("p{round}"), "-o", "jsonpath={.status.phase}",
+                    "get",
+                    "pod",
+                    &format!("p{round}"),
+                    "-o",
+                    "jsonpath={.status.phase}",
                 ]);
                 anyhow::ensure!(phase == "Running", "{phase}");
                 Ok(())
@@ -196,7 +203,10 @@ fn own_real_node_down_restores_the_host_and_a_second_up_works() {
         );
         // The pod is up: the host carries its netns, mounts, cgroups and bridge now.
         let during = host_state();
-        assert_ne!(during["links"], before["links"], "no pod bridge during round {round}");
+        assert_ne!(
+            during["links"], before["links"],
+            "no pod bridge during round {round}"
+        );
         node.down();
         let after = host_state();
         for (k, v) in &before {

@@ -94,7 +94,13 @@ impl Ns {
 }
 impl Drop for Ns {
     fn drop(&mut self) {
-        let _ = kubectl(["delete", "namespace", &self.0, "--wait=true", "--timeout=120s"]);
+        let _ = kubectl([
+            "delete",
+            "namespace",
+            &self.0,
+            "--wait=true",
+            "--timeout=120s",
+        ]);
     }
 }
 
@@ -134,7 +140,11 @@ fn real_node_is_ready_and_the_api_server_reaches_its_kubelet() {
         .unwrap()
         .iter()
         .any(|c| c["type"] == "Ready" && c["status"] == "True");
-    assert!(ready, "node {node} not Ready: {}", n["status"]["conditions"]);
+    assert!(
+        ready,
+        "node {node} not Ready: {}",
+        n["status"]["conditions"]
+    );
     // The kubelet's own credentials, not the admin's: system:node:<name>.
     let ns = Ns::new("real-node");
     let pod = json!({
@@ -145,7 +155,12 @@ fn real_node_is_ready_and_the_api_server_reaches_its_kubelet() {
     });
     kubectl_stdin(["apply", "-n", &ns.0, "-f", "-"], &pod.to_string()).ok();
     kubectl_ok([
-        "wait", "-n", &ns.0, "--for=condition=Ready", "pod/shell", "--timeout=120s",
+        "wait",
+        "-n",
+        &ns.0,
+        "--for=condition=Ready",
+        "pod/shell",
+        "--timeout=120s",
     ]);
     // `kubectl logs` and `exec`: the API server dials the kubelet at the node's InternalIP.
     let logs = kubectl_ok(["logs", "-n", &ns.0, "shell"]);
@@ -153,8 +168,16 @@ fn real_node_is_ready_and_the_api_server_reaches_its_kubelet() {
     let out = kubectl_ok(["exec", "-n", &ns.0, "shell", "--", "cat", "/etc/hostname"]);
     assert_eq!(out.trim(), "shell");
     // Pods reach the API server through the `kubernetes` Service (kube-proxy's DNAT).
-    let out = kubectl(["exec", "-n", &ns.0, "shell", "--", "sh", "-c",
-        "nc -w 5 $KUBERNETES_SERVICE_HOST $KUBERNETES_SERVICE_PORT </dev/null && echo reached"]);
+    let out = kubectl([
+        "exec",
+        "-n",
+        &ns.0,
+        "shell",
+        "--",
+        "sh",
+        "-c",
+        "nc -w 5 $KUBERNETES_SERVICE_HOST $KUBERNETES_SERVICE_PORT </dev/null && echo reached",
+    ]);
     assert!(
         out.stdout.contains("reached"),
         "a pod cannot reach the API server through the kubernetes Service: {out:?}"
@@ -169,7 +192,8 @@ fn real_node_runtime_default_refuses_io_uring_and_the_localhost_profile_allows_i
     let ns = Ns::new("seed-error");
     // The profile the agent installs; put it there ourselves if no agent did yet.
     let profile = std::path::Path::new(KUBELET_SECCOMP_DIR).join(PROFILE);
-    let shipped = std::fs::read_to_string(repo_root().join("deploy/seccomp/io-uring.json")).unwrap();
+    let shipped =
+        std::fs::read_to_string(repo_root().join("deploy/seccomp/io-uring.json")).unwrap();
     let installed_here = !profile.exists();
     if installed_here {
         std::fs::create_dir_all(profile.parent().unwrap()).unwrap();
@@ -218,7 +242,17 @@ fn real_node_chart_pods_run_follow_the_verdict_and_leave_the_node_as_found() {
     let root = repo_root();
     let chart = root.join("charts/ringmaster");
     let out = std::process::Command::new("helm")
-        .args(["install", "ringmaster", chart.to_str().unwrap(), "-n", SYSTEM_NS, "--create-namespace", "--wait", "--timeout", "180s"])
+        .args([
+            "install",
+            "ringmaster",
+            chart.to_str().unwrap(),
+            "-n",
+            SYSTEM_NS,
+            "--create-namespace",
+            "--wait",
+            "--timeout",
+            "180s",
+        ])
         .output()
         .expect("running helm");
     let uninstall = Uninstall;
@@ -228,7 +262,13 @@ fn real_node_chart_pods_run_follow_the_verdict_and_leave_the_node_as_found() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let deploy = get_json(&["deployment", "-n", SYSTEM_NS, "-l", "app.kubernetes.io/component=operator"]);
+    let deploy = get_json(&[
+        "deployment",
+        "-n",
+        SYSTEM_NS,
+        "-l",
+        "app.kubernetes.io/component=operator",
+    ]);
     let d = &deploy["items"][0];
     assert_eq!(
         d["status"]["readyReplicas"], d["spec"]["replicas"],
@@ -249,8 +289,14 @@ fn real_node_chart_pods_run_follow_the_verdict_and_leave_the_node_as_found() {
     let pod = wait_agent_pod_ready(&ns.0, &node, None);
     let stn = wait_verdict(&node, "unsupported");
     let io = &stn["status"]["ioUring"];
-    assert_eq!(io["errno"], 1, "RuntimeDefault should refuse with EPERM: {io}");
-    assert!(aio_max_nr() >= 1_048_576, "the agent did not raise fs.aio-max-nr");
+    assert_eq!(
+        io["errno"], 1,
+        "RuntimeDefault should refuse with EPERM: {io}"
+    );
+    assert!(
+        aio_max_nr() >= 1_048_576,
+        "the agent did not raise fs.aio-max-nr"
+    );
     let profile = std::path::Path::new(KUBELET_SECCOMP_DIR).join(PROFILE);
     assert_eq!(
         std::fs::read_to_string(&profile).unwrap_or_default(),
@@ -263,9 +309,20 @@ fn real_node_chart_pods_run_follow_the_verdict_and_leave_the_node_as_found() {
         "the agent wrote no state in /var/lib/ringmaster"
     );
     let labels = node_labels(&node);
-    assert_eq!(labels["ringmaster.io/io-uring"], "unsupported", "{labels:?}");
+    assert_eq!(
+        labels["ringmaster.io/io-uring"], "unsupported",
+        "{labels:?}"
+    );
     // The workload that needs io_uring is not placed here.
-    kubectl_ok(["apply", "-n", &ns.0, "-f", root.join("examples/storage-workload.yaml").to_str().unwrap()]);
+    kubectl_ok([
+        "apply",
+        "-n",
+        &ns.0,
+        "-f",
+        root.join("examples/storage-workload.yaml")
+            .to_str()
+            .unwrap(),
+    ]);
     std::thread::sleep(Duration::from_secs(5));
     let ds = get_json(&["daemonset", "-n", &ns.0, "storage"]);
     assert_eq!(
@@ -276,7 +333,14 @@ fn real_node_chart_pods_run_follow_the_verdict_and_leave_the_node_as_found() {
 
     // Localhost ringmaster/io-uring.json: the DaemonSet rolls and io_uring works.
     kubectl_ok([
-        "patch", "stc", "-n", &ns.0, "storage", "--type", "merge", "-p",
+        "patch",
+        "stc",
+        "-n",
+        &ns.0,
+        "storage",
+        "--type",
+        "merge",
+        "-p",
         r#"{"spec":{"seccomp":{"type":"Localhost","localhostProfile":"ringmaster/io-uring.json"}}}"#,
     ]);
     let new_pod = wait_agent_pod_ready(&ns.0, &node, Some(&pod));
@@ -294,23 +358,44 @@ fn real_node_chart_pods_run_follow_the_verdict_and_leave_the_node_as_found() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(text.contains("206"), "range read via {url}: {text}");
-    assert!(text.to_ascii_lowercase().contains("x-ringmaster-worker-mode: io_uring"), "{text}");
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("x-ringmaster-worker-mode: io_uring"),
+        "{text}"
+    );
     let body = &out.stdout[out.stdout.len() - 100..];
     assert_eq!(body, &data.1[1000..1100], "wrong bytes from {url}");
 
     // The workload now lands here and reads the verified settings from the host.
-    let ds_pod = wait_for_sync(WAIT, "storage-workload pod Running on the real node", || {
-        let pods = get_json(&["pods", "-n", &ns.0, "-l", "app=storage"]);
-        let p = pods["items"].as_array().and_then(|a| a.first()).cloned();
-        let p = p.ok_or_else(|| anyhow::anyhow!("no pod yet"))?;
-        anyhow::ensure!(p["status"]["phase"] == "Running", "{}", p["status"]);
-        Ok(p)
-    });
+    let ds_pod = wait_for_sync(
+        WAIT,
+        "storage-workload pod Running on the real node",
+        || {
+            let pods = get_json(&["pods", "-n", &ns.0, "-l", "app=storage"]);
+            let p = pods["items"].as_array().and_then(|a| a.first()).cloned();
+            let p = p.ok_or_else(|| anyhow::anyhow!("no pod yet"))?;
+            anyhow::ensure!(p["status"]["phase"] == "Running", "{}", p["status"]);
+            Ok(p)
+        },
+    );
     assert_eq!(ds_pod["spec"]["nodeName"], node.as_str());
-    let logs = kubectl_ok(["logs", "-n", &ns.0, ds_pod["metadata"]["name"].as_str().unwrap()]);
+    let logs = kubectl_ok([
+        "logs",
+        "-n",
+        &ns.0,
+        ds_pod["metadata"]["name"].as_str().unwrap(),
+    ]);
     assert!(logs.contains("io_uring=true max_events=512"), "{logs}");
     // examples/3fs: the init container renders storage_main.toml from the real hostPath file.
-    kubectl_ok(["apply", "-n", &ns.0, "-f", root.join("examples/3fs/storage-main.yaml").to_str().unwrap()]);
+    kubectl_ok([
+        "apply",
+        "-n",
+        &ns.0,
+        "-f",
+        root.join("examples/3fs/storage-main.yaml")
+            .to_str()
+            .unwrap(),
+    ]);
     let init_logs = wait_for_sync(WAIT, "the 3fs init container's output", || {
         let pods = get_json(&["pods", "-n", &ns.0, "-l", "app=storage-main"]);
         let name = pods["items"][0]["metadata"]["name"]
@@ -326,8 +411,24 @@ fn real_node_chart_pods_run_follow_the_verdict_and_leave_the_node_as_found() {
         init_logs.contains("max_events=512") && init_logs.contains("enable_io_uring=true"),
         "{init_logs}"
     );
-    kubectl_ok(["delete", "-n", &ns.0, "-f", root.join("examples/3fs/storage-main.yaml").to_str().unwrap(), "--wait=false"]);
-    kubectl_ok(["delete", "-n", &ns.0, "daemonset", "storage", "--wait=false"]);
+    kubectl_ok([
+        "delete",
+        "-n",
+        &ns.0,
+        "-f",
+        root.join("examples/3fs/storage-main.yaml")
+            .to_str()
+            .unwrap(),
+        "--wait=false",
+    ]);
+    kubectl_ok([
+        "delete",
+        "-n",
+        &ns.0,
+        "daemonset",
+        "storage",
+        "--wait=false",
+    ]);
 
     // Delete the StorageCluster: the node is left as found.
     kubectl_ok(["delete", "stc", "-n", &ns.0, "storage", "--timeout=120s"]);
@@ -351,7 +452,12 @@ fn real_node_chart_pods_run_follow_the_verdict_and_leave_the_node_as_found() {
         let pods = get_json(&["pods", "-A", "-l", "app.kubernetes.io/instance=ringmaster"]);
         let n = pods["items"].as_array().map_or(0, Vec::len);
         anyhow::ensure!(n == 0, "{n} pods left");
-        let agents = get_json(&["pods", "-A", "-l", "app.kubernetes.io/name=ringmaster-agent"]);
+        let agents = get_json(&[
+            "pods",
+            "-A",
+            "-l",
+            "app.kubernetes.io/name=ringmaster-agent",
+        ]);
         let n = agents["items"].as_array().map_or(0, Vec::len);
         anyhow::ensure!(n == 0, "{n} agent pods left");
         Ok(())
@@ -363,7 +469,15 @@ impl Drop for Uninstall {
     fn drop(&mut self) {
         let _ = kubectl(["delete", "stc", "-A", "--all", "--timeout=120s"]);
         let _ = std::process::Command::new("helm")
-            .args(["uninstall", "ringmaster", "-n", SYSTEM_NS, "--wait", "--timeout", "120s"])
+            .args([
+                "uninstall",
+                "ringmaster",
+                "-n",
+                SYSTEM_NS,
+                "--wait",
+                "--timeout",
+                "120s",
+            ])
             .output();
     }
 }
@@ -392,15 +506,23 @@ fn tempdir_with_file() -> DataDir {
 fn wait_agent_pod_ready(ns: &str, node: &str, old: Option<&str>) -> String {
     wait_for_sync(WAIT, "the agent pod with both containers Ready", || {
         let pods = get_json(&[
-            "pods", "-n", ns, "-l", "app.kubernetes.io/name=ringmaster-agent",
-            "--field-selector", &format!("spec.nodeName={node}"),
+            "pods",
+            "-n",
+            ns,
+            "-l",
+            "app.kubernetes.io/name=ringmaster-agent",
+            "--field-selector",
+            &format!("spec.nodeName={node}"),
         ]);
         let items = pods["items"].as_array().cloned().unwrap_or_default();
         anyhow::ensure!(items.len() == 1, "{} agent pods", items.len());
         let p = &items[0];
         let name = p["metadata"]["name"].as_str().unwrap().to_string();
         anyhow::ensure!(Some(name.as_str()) != old, "still the old pod {name}");
-        let statuses = p["status"]["containerStatuses"].as_array().cloned().unwrap_or_default();
+        let statuses = p["status"]["containerStatuses"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         let ready = statuses.iter().filter(|c| c["ready"] == true).count();
         anyhow::ensure!(ready == 2, "{name}: {ready}/2 ready: {}", p["status"]);
         Ok(name)
@@ -408,12 +530,16 @@ fn wait_agent_pod_ready(ns: &str, node: &str, old: Option<&str>) -> String {
 }
 
 fn wait_verdict(node: &str, verdict: &str) -> Value {
-    wait_for_sync(WAIT, &format!("StorageNode {node} verdict {verdict}"), || {
-        let stn = get_json(&["storagenode", node]);
-        let v = &stn["status"]["ioUring"]["verdict"];
-        anyhow::ensure!(v == verdict, "verdict {v}");
-        Ok(stn)
-    })
+    wait_for_sync(
+        WAIT,
+        &format!("StorageNode {node} verdict {verdict}"),
+        || {
+            let stn = get_json(&["storagenode", node]);
+            let v = &stn["status"]["ioUring"]["verdict"];
+            anyhow::ensure!(v == verdict, "verdict {v}");
+            Ok(stn)
+        },
+    )
 }
 
 /// Only one real node per host: a second `up --real-node` is refused, saying why.

@@ -543,7 +543,11 @@ mod tests {
 
     #[test]
     fn agent_container_is_privileged_with_host_paths_and_downward_node_name() {
-        let ds = daemon_set(&cluster(StorageClusterSpec::default()), &id(), DEFAULT_HOST_SECCOMP_DIR);
+        let ds = daemon_set(
+            &cluster(StorageClusterSpec::default()),
+            &id(),
+            DEFAULT_HOST_SECCOMP_DIR,
+        );
         let a = container(&ds, "agent");
         let sc = a.security_context.as_ref().unwrap();
         assert_eq!(sc.privileged, Some(true));
@@ -732,7 +736,11 @@ mod tests {
             ["kwok.x-k8s.io/node", "ringmaster.io/io-uring-unsupported"]
         );
         // An empty selector renders as none (every node).
-        let ds = daemon_set(&cluster(StorageClusterSpec::default()), &id(), DEFAULT_HOST_SECCOMP_DIR);
+        let ds = daemon_set(
+            &cluster(StorageClusterSpec::default()),
+            &id(),
+            DEFAULT_HOST_SECCOMP_DIR,
+        );
         assert!(pod(&ds).node_selector.is_none());
     }
 
@@ -740,7 +748,13 @@ mod tests {
     fn only_pod_relevant_changes_change_the_pod_template() {
         let base = cluster(StorageClusterSpec::default());
         let template = |sc: &StorageCluster| {
-            serde_json::to_value(&daemon_set(sc, &id(), DEFAULT_HOST_SECCOMP_DIR).spec.unwrap().template).unwrap()
+            serde_json::to_value(
+                &daemon_set(sc, &id(), DEFAULT_HOST_SECCOMP_DIR)
+                    .spec
+                    .unwrap()
+                    .template,
+            )
+            .unwrap()
         };
         let mut sizing = base.clone();
         sizing.spec.aio.max_events = 2048;
@@ -779,6 +793,9 @@ mod tests {
         assert_eq!(live_hash(&a).unwrap().len(), 16);
         let mut moved = sc.clone();
         moved.spec.read_service.port = 9000;
-        assert_ne!(live_hash(&a), live_hash(&daemon_set(&moved, &id(), DEFAULT_HOST_SECCOMP_DIR)));
+        assert_ne!(
+            live_hash(&a),
+            live_hash(&daemon_set(&moved, &id(), DEFAULT_HOST_SECCOMP_DIR))
+        );
     }
 }
