@@ -313,7 +313,8 @@ case ${1:-} in
     # On failure print a line that makes `eval "$(hack/cluster.sh up)"` fail too.
     for attempt in 1 2 3; do
       # (Not `(up) || ...`: errexit is ignored inside the left side of || .)
-      set +e; (set -e; up); rc=$?; set -e
+      # Any failing step stops what this attempt started (fail() does it for waits).
+      set +e; (set -eE; trap 'rc=$?; log "error: up failed at line $LINENO (exit $rc)"; [[ -n ${DIR:-} ]] && { stop_all; release_ports; }; exit $rc' ERR; up); rc=$?; set -e
       ((rc == 3 && attempt < 3)) && { log "port clash, retrying with other ports"; continue; }
       break
     done

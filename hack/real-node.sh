@@ -27,7 +27,7 @@ HOST_SYSCTLS=(fs.aio-max-nr vm.overcommit_memory vm.panic_on_oom kernel.panic ke
   net.netfilter.nf_conntrack_tcp_timeout_established net.netfilter.nf_conntrack_tcp_timeout_close_wait
   net.ipv4.vs.conntrack net.ipv4.conf.all.arp_ignore net.ipv4.conf.all.arp_announce)
 
-node_name() { local h; h=$(hostname -s | tr '[:upper:]' '[:lower:]' | tr -c 'a-z0-9.-\n' '-'); echo "${RINGMASTER_NODE_NAME:-$h}"; }
+node_name() { local h; h=$(hostname -s | tr '[:upper:]' '[:lower:]' | tr -c 'a-z0-9.\n-' '-'); echo "${RINGMASTER_NODE_NAME:-$h}"; }
 
 # --- preconditions ---------------------------------------------------------------------------
 real_node_claim() {
@@ -72,6 +72,7 @@ snapshot_host() {
   ip6tables-save > "$s/ip6tables" 2>/dev/null || true
   if command -v nft >/dev/null; then nft list ruleset > "$s/nft"; fi
   ls /var/run/netns 2>/dev/null > "$s/netns" || true
+  findmnt -no PROPAGATION / > "$s/root-propagation"
 }
 
 restore_host() {
@@ -97,11 +98,15 @@ restore_host() {
     fi
   done < "$s/sysctls"
   ((${#changed[@]} == 0)) || log "restored sysctls: ${changed[*]}"
+  if [[ $(cat "$s/root-propagation" 2>/dev/null) == private && $(findmnt -no PROPAGATION /) != private ]]; then
+    mount --make-private / && log "made / a private mount again"
+  fi
 }
 
 # --- PKI for the node ---------------------------------------------------------------------------
 node_pki() {
   local d=$DIR/pki n; n=$(node_name); cd "$d"
+  local ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes) # what `leaf` uses
   leaf kubelet "/O=system:nodes/CN=system:node:$n" "basicConstraints=CA:FALSE
 keyUsage=critical,digitalSignature,keyEncipherment
 extendedKeyUsage=clientAuth,serverAuth
@@ -136,6 +141,8 @@ pod_bridge_up() {
   echo "$POD_BRIDGE" > "$DIR/node/bridge"
 }
 
+# Pods get one route, the Service CIDR via the bridge (kube-proxy DNATs it to the API server):
+# no default route, so nothing a pod sends leaves this host.
 write_node_configs() {
   local N=$DIR/node n; n=$(node_name)
   mkdir -p "$N/cni/net.d" "$N/cni/ipam" "$N/containerd"
@@ -146,7 +153,8 @@ write_node_configs() {
   "plugins": [
     {"type": "bridge", "bridge": "$POD_BRIDGE", "isGateway": true, "ipMasq": false, "hairpinMode": true,
      "ipam": {"type": "host-local", "dataDir": "$N/cni/ipam",
-              "ranges": [[{"subnet": "$POD_CIDR", "gateway": "$POD_GATEWAY"}]]}},
+              "ranges": [[{"subnet": "$POD_CIDR", "gateway": "$POD_GATEWAY"}]],
+              "routes": [{"dst": "$SERVICE_CIDR", "gw": "$POD_GATEWAY"}]}},
     {"type": "portmap", "capabilities": {"portMappings": true}}
   ]
 }
@@ -235,8 +243,9 @@ load_images() {
     log "no image archives in $dir: building them (hack/images.sh)"
     "$HERE/images.sh" --out "$dir" >&2
   fi
+  log "importing the chart's images from $dir into containerd (k8s.io)"
   for f in "$dir/ringmaster-operator.oci.tar" "$dir/ringmaster-agent.oci.tar"; do
-    ctr_k8s images import --no-unpack=false "$f" >&2
+    ctr_k8s images import "$f" >/dev/null 2>&1 || die "importing $f into containerd failed"
   done
 }
 
@@ -256,14 +265,23 @@ real_node_up() {
   # (PATH: containerd finds containerd-shim-runc-v2 there.)
   PATH="$NODE_BIN:$PATH" start containerd "$NODE_BIN/containerd" --config "$N/containerd/config.toml"
   wait_until containerd "containerd's socket" "$NODE_BIN/ctr" --address "$N/containerd.sock" version
-  ctr_k8s images import "$NODE_BIN/pause.oci.tar" >&2
-  ctr_k8s images import "$NODE_BIN/busybox.oci.tar" >&2
+  ctr_k8s images import "$NODE_BIN/pause.oci.tar" >/dev/null 2>&1 || die "importing the pause image failed"
+  ctr_k8s images import "$NODE_BIN/busybox.oci.tar" >/dev/null 2>&1 || die "importing the busybox image failed"
   load_images
 
+  # The agent's reader mounts data dirs with HostToContainer propagation, which containerd
+  # allows only from a shared or slave mount. systemd makes / shared; without systemd it is
+  # private here: share it (this mount only) like a systemd host; `down` makes it private again.
+  if [[ $(findmnt -no PROPAGATION /) == private ]]; then mount --make-shared /; fi
   start kubelet "$BIN/kubelet" --config="$N/kubelet.yaml" --kubeconfig="$N/kubelet.kubeconfig" \
     --hostname-override="$n" --node-ip="$POD_GATEWAY" --root-dir="$KUBELET_ROOT" --v=1
   wait_until kubelet "Node $n Ready" \
     "$BIN/kubectl" --kubeconfig="$KC" wait --for=condition=Ready "node/$n" --timeout=2s
+  # `kubectl logs/exec` go API server -> kubelet (InternalIP, our client cert): check that path.
+  # (The API server's very first dial to a new kubelet fails here now and then with "use of
+  # closed network connection"; the retry absorbs it.)
+  wait_until kubelet "the API server reaching the kubelet (nodes/$n/proxy/healthz)" \
+    "$BIN/kubectl" --kubeconfig="$KC" get --raw "/api/v1/nodes/$n/proxy/healthz"
   start kube-proxy "$BIN/kube-proxy" --config="$N/kube-proxy.yaml"
   wait_until kube-proxy "kube-proxy /healthz" curl -sf "http://127.0.0.1:$PROXY_HEALTHZ_PORT/healthz"
   # Pods find the API server through the `kubernetes` Service: wait until kube-proxy programs it.
@@ -344,8 +362,11 @@ real_node_down() {
   local d
   while read -r d; do
     [[ -n $d ]] || continue
-    # Our agents' host state dir is shared with other users of this host: only if empty.
-    if [[ $d == /var/lib/ringmaster ]]; then rmdir "$d" 2>/dev/null || true; else rm -rf "$d"; fi
+    # Our agents' host state dir may be shared with other users of this host: remove only
+    # the files our agents write there, then the dir if that leaves it empty.
+    if [[ $d == /var/lib/ringmaster ]]; then
+      rm -f "$d"/aio-max-nr.json "$d"/aio.env "$d"/aio.toml; rmdir "$d" 2>/dev/null || true
+    else rm -rf "$d"; fi
   done < "$N/host-before/absent-dirs"
   rm -rf "$N/containerd/root" 2>/dev/null || true
   [[ $(cat "$REAL_NODE_OWNER" 2>/dev/null) == "$DIR" ]] && rm -f "$REAL_NODE_OWNER"

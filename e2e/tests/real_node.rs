@@ -163,7 +163,11 @@ fn real_node_is_ready_and_the_api_server_reaches_its_kubelet() {
         "--timeout=120s",
     ]);
     // `kubectl logs` and `exec`: the API server dials the kubelet at the node's InternalIP.
-    let logs = kubectl_ok(["logs", "-n", &ns.0, "shell"]);
+    let logs = wait_for_sync(Duration::from_secs(30), "kubectl logs of the pod", || {
+        let l = kubectl(["logs", "-n", &ns.0, "shell"]);
+        anyhow::ensure!(l.success(), "{}", l.stderr);
+        Ok(l.stdout)
+    });
     assert!(logs.contains("hello from shell"), "{logs}");
     let out = kubectl_ok(["exec", "-n", &ns.0, "shell", "--", "cat", "/etc/hostname"]);
     assert_eq!(out.trim(), "shell");
@@ -280,7 +284,7 @@ fn real_node_chart_pods_run_follow_the_verdict_and_leave_the_node_as_found() {
     let data = tempdir_with_file();
     let sc = format!(
         "apiVersion: ringmaster.io/v1alpha1\nkind: StorageCluster\nmetadata: {{name: storage}}\n\
-         spec:\n  readService:\n    dataDirs: [{{name: data, hostPath: {}}}]\n",
+         spec:\n  sysctl: {{restoreOnDelete: true}}\n  readService:\n    dataDirs: [{{name: data, hostPath: {}}}]\n",
         data.0.display()
     );
     kubectl_stdin(["apply", "-n", &ns.0, "-f", "-"], &sc).ok();

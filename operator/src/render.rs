@@ -32,6 +32,9 @@ pub const HOST_SYSCTL_DIR: &str = "/etc/sysctl.d";
 /// The kubelet's seccomp dir (`<kubelet root dir>/seccomp`) on a default install; k0s,
 /// microk8s and others root the kubelet elsewhere (`--agent-seccomp-dir`).
 pub const DEFAULT_HOST_SECCOMP_DIR: &str = "/var/lib/kubelet/seccomp";
+/// Where the agent container sees the host's /proc/sys (read-only; `fs/` writable):
+/// `ringmaster-agent run` reads and writes sysctls there (`RINGMASTER_PROC_SYS`).
+pub const HOST_PROC_SYS_MOUNT: &str = "/host/proc/sys";
 /// Where the agent container sees the host's seccomp dir (`ringmaster-agent run`'s default
 /// `--seccomp-profile-dir`), whatever its host path.
 pub const AGENT_SECCOMP_MOUNT: &str = "/var/lib/kubelet/seccomp";
@@ -307,6 +310,7 @@ pub fn daemon_set(sc: &StorageCluster, id: &ClusterId, host_seccomp_dir: &str) -
                 ..Default::default()
             },
             env("RINGMASTER_CLUSTER", &id.key()),
+            env("RINGMASTER_PROC_SYS", HOST_PROC_SYS_MOUNT),
         ]),
         ports: Some(vec![ContainerPort {
             name: Some("agent-http".into()),
@@ -317,15 +321,28 @@ pub fn daemon_set(sc: &StorageCluster, id: &ClusterId, host_seccomp_dir: &str) -
         liveness_probe: Some(http_probe("/healthz", agent_port, 10)),
         readiness_probe: Some(http_probe("/readyz", agent_port, 5)),
         resources: spec.agent.resources.clone(),
-        // Privileged only for what needs it: writing /proc/sys, /etc/sysctl.d and the
-        // kubelet's seccomp dir. It never probes io_uring (a privileged process is never
-        // seccomp-filtered, so its verdict would say nothing about the readers).
-        // uid 0 explicitly: the image's user is 65532, and a non-root process in a
-        // privileged container has no effective capabilities (it could write none of these).
+        // Least privilege, proven on a real node (kubelet + containerd + runc): not privileged,
+        // no capabilities, the runtime's default seccomp profile. uid 0 (the image's user is
+        // 65532) because what it writes is owned by root with mode 0644/0755: the host's
+        // fs.aio-max-nr (through a mount of the host's /proc/sys/fs, its own /proc/sys is
+        // read-only), /etc/sysctl.d, the kubelet's seccomp dir, its host state dir. Owner
+        // permissions need no capability. It never probes io_uring (the reader does, under the
+        // workload's profile).
         security_context: Some(SecurityContext {
-            privileged: Some(true),
             run_as_user: Some(0),
+            run_as_group: Some(0),
             run_as_non_root: Some(false),
+            privileged: Some(false),
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                add: None,
+            }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                localhost_profile: None,
+            }),
             ..Default::default()
         }),
         volume_mounts: Some(vec![
@@ -333,6 +350,12 @@ pub fn daemon_set(sc: &StorageCluster, id: &ClusterId, host_seccomp_dir: &str) -
             mount("host-state", keys::HOST_STATE_DIR, false),
             mount("sysctl-d", HOST_SYSCTL_DIR, false),
             mount("seccomp", AGENT_SECCOMP_MOUNT, false),
+            mount("host-proc-sys", HOST_PROC_SYS_MOUNT, true),
+            mount(
+                "host-proc-sys-fs",
+                &format!("{HOST_PROC_SYS_MOUNT}/fs"),
+                false,
+            ),
         ]),
         ..Default::default()
     };
@@ -347,6 +370,8 @@ pub fn daemon_set(sc: &StorageCluster, id: &ClusterId, host_seccomp_dir: &str) -
         host_path_volume("host-state", keys::HOST_STATE_DIR, "DirectoryOrCreate"),
         host_path_volume("sysctl-d", HOST_SYSCTL_DIR, "DirectoryOrCreate"),
         host_path_volume("seccomp", host_seccomp_dir, "DirectoryOrCreate"),
+        host_path_volume("host-proc-sys", "/proc/sys", "Directory"),
+        host_path_volume("host-proc-sys-fs", "/proc/sys/fs", "Directory"),
     ];
     for d in &spec.read_service.data_dirs {
         let vol = data_volume_name(&d.name);
@@ -542,7 +567,7 @@ mod tests {
     }
 
     #[test]
-    fn agent_container_is_privileged_with_host_paths_and_downward_node_name() {
+    fn agent_container_is_uid_0_without_privileges_with_host_paths_and_downward_node_name() {
         let ds = daemon_set(
             &cluster(StorageClusterSpec::default()),
             &id(),
@@ -550,10 +575,25 @@ mod tests {
         );
         let a = container(&ds, "agent");
         let sc = a.security_context.as_ref().unwrap();
-        assert_eq!(sc.privileged, Some(true));
-        // The image's user is 65532: without uid 0 the agent has no capabilities at all.
+        // The image's user is 65532, who owns none of what the agent writes: uid 0, but
+        // nothing more (no privileged, no capabilities, RuntimeDefault).
         assert_eq!(sc.run_as_user, Some(0));
         assert_eq!(sc.run_as_non_root, Some(false));
+        assert_eq!(sc.privileged, Some(false));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        let caps = sc.capabilities.as_ref().unwrap();
+        assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_string()][..]));
+        assert_eq!(caps.add, None);
+        assert_eq!(sc.seccomp_profile.as_ref().unwrap().type_, "RuntimeDefault");
+        let proc_sys = a
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|e| e.name == "RINGMASTER_PROC_SYS")
+            .unwrap();
+        assert_eq!(proc_sys.value.as_deref(), Some("/host/proc/sys"));
         let args = a.args.as_ref().unwrap().join(" ");
         assert_eq!(
             args,
@@ -588,9 +628,21 @@ mod tests {
                 "/run/ringmaster",
                 "/var/lib/ringmaster",
                 "/etc/sysctl.d",
-                "/var/lib/kubelet/seccomp"
+                "/var/lib/kubelet/seccomp",
+                "/host/proc/sys",
+                "/host/proc/sys/fs"
             ]
         );
+        // Only the host's fs sysctls are writable.
+        let ro: Vec<_> = a
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .filter(|m| m.mount_path.starts_with("/host/proc/sys"))
+            .map(|m| (m.mount_path.as_str(), m.read_only == Some(true)))
+            .collect();
+        assert_eq!(ro, [("/host/proc/sys", true), ("/host/proc/sys/fs", false)]);
         let probe = a
             .readiness_probe
             .as_ref()
