@@ -18,7 +18,7 @@ KUBELET_ROOT=/var/lib/kubelet
 CONTAINERD_STATE=/run/ringmaster-containerd
 # Where containerd 2 puts shim sockets whatever its state dir is, and where the CNI plugins and
 # containerd keep their state: created on demand, so `down` removes them when `up` created them.
-HOST_DIRS=("$KUBELET_ROOT" /run/containerd /var/lib/cni /var/run/netns /etc/cni /var/lib/ringmaster "$CONTAINERD_STATE")
+HOST_DIRS=("$KUBELET_ROOT" /run/containerd /var/lib/cni /var/run/netns /etc/cni /opt/containerd /var/lib/ringmaster "$CONTAINERD_STATE")
 # Every sysctl the kubelet (kernel tunables), kube-proxy, the CNI plugins or our agent may set.
 HOST_SYSCTLS=(fs.aio-max-nr vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_oops
   kernel.keys.root_maxkeys kernel.keys.root_maxbytes net.ipv4.ip_forward net.ipv6.conf.all.forwarding
@@ -167,6 +167,10 @@ state = "$CONTAINERD_STATE"
 
 [grpc]
   address = "$N/containerd.sock"
+
+# (Its default is /opt/containerd on the host.)
+[plugins.'io.containerd.internal.v1.opt']
+  path = "$N/containerd/opt"
 
 [plugins.'io.containerd.cri.v1.images']
   snapshotter = "overlayfs"
