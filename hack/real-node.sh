@@ -32,6 +32,11 @@ node_name() { local h; h=$(hostname -s | tr '[:upper:]' '[:lower:]' | tr -c 'a-z
 # --- preconditions ---------------------------------------------------------------------------
 real_node_claim() {
   [[ $(id -u) == 0 ]] || die "--real-node runs a kubelet and containerd: run as root"
+  local owner
+  owner=$(cat "$REAL_NODE_OWNER" 2>/dev/null || true)
+  if [[ -n $owner && -d $owner/node ]]; then
+    die "this host already runs a real node (cluster $owner); only one real node per host: 'RINGMASTER_CLUSTER_DIR=$owner hack/cluster.sh down' first, or use plain 'up' (kwok nodes)"
+  fi
   local n; n=$(node_name)
   [[ $n =~ ^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$ ]] || die "node name '$n' is not a DNS subdomain: set RINGMASTER_NODE_NAME"
   if ip link show "$POD_BRIDGE" >/dev/null 2>&1; then die "interface $POD_BRIDGE exists already: set RINGMASTER_POD_BRIDGE to another name"; fi
@@ -48,7 +53,6 @@ for line in subprocess.run(["ip", "-4", "route", "show", "table", "all"], captur
     except ValueError: continue
     if net.prefixlen > 0 and net.overlaps(pods): sys.exit(1)
 PY
-  local owner
   if ! (set -o noclobber; echo "$DIR" > "$REAL_NODE_OWNER") 2>/dev/null; then
     owner=$(cat "$REAL_NODE_OWNER" 2>/dev/null || true)
     if [[ -n $owner && -d $owner/node ]]; then

@@ -98,7 +98,7 @@ impl Node {
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         eprintln!("up --real-node: {:.0?}\n{stderr}", start.elapsed());
-        let node = Node {
+        let mut node = Node {
             dir,
             env: BTreeMap::new(),
         };
@@ -106,13 +106,13 @@ impl Node {
             out.status.success() && !stdout.contains("false"),
             "hack/cluster.sh up --real-node failed:\n{stderr}"
         );
-        let env = stdout
+        node.env = stdout
             .lines()
             .filter_map(|l| l.strip_prefix("export "))
             .filter_map(|l| l.split_once('='))
             .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
             .collect();
-        Node { env, ..node }
+        node
     }
 
     fn kubectl(&self, args: &[&str]) -> (bool, String) {

@@ -211,7 +211,7 @@ fn real_node_runtime_default_refuses_io_uring_and_the_localhost_profile_allows_i
     eprintln!("RuntimeDefault:\n{logs}");
     assert_eq!(phase, "Failed", "{logs}");
     assert!(
-        logs.contains("io_uring.setup FAILED") && logs.contains("EPERM"),
+        logs.contains("FAILED at setup with EPERM (errno 1), tried 512"),
         "RuntimeDefault did not refuse io_uring_setup with EPERM:\n{logs}"
     );
 
@@ -226,7 +226,7 @@ fn real_node_runtime_default_refuses_io_uring_and_the_localhost_profile_allows_i
     eprintln!("Localhost {PROFILE}:\n{logs}");
     assert_eq!(phase, "Succeeded", "{logs}");
     assert!(
-        logs.contains("io_uring.setup ok, 512 entries"),
+        logs.contains("ok, 512 entries (requested 512)"),
         "the Localhost profile did not allow a 512-entry ring:\n{logs}"
     );
     if installed_here {
@@ -266,19 +266,22 @@ fn real_node_chart_pods_run_follow_the_verdict_and_leave_the_node_as_found() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let deploy = get_json(&[
-        "deployment",
-        "-n",
-        SYSTEM_NS,
-        "-l",
-        "app.kubernetes.io/component=operator",
-    ]);
-    let d = &deploy["items"][0];
-    assert_eq!(
-        d["status"]["readyReplicas"], d["spec"]["replicas"],
-        "operator Deployment not Ready: {}",
-        d["status"]
-    );
+    wait_for_sync(WAIT, "every operator replica Ready", || {
+        let deploy = get_json(&[
+            "deployment",
+            "-n",
+            SYSTEM_NS,
+            "-l",
+            "app.kubernetes.io/component=operator",
+        ]);
+        let d = &deploy["items"][0];
+        anyhow::ensure!(
+            d["status"]["readyReplicas"] == d["spec"]["replicas"],
+            "{}",
+            d["status"]
+        );
+        Ok(())
+    });
 
     let ns = Ns::new("storage");
     let data = tempdir_with_file();
