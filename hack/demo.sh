@@ -70,8 +70,10 @@ status() {
   echo "\$ kubectl get nodes -L ringmaster.io/io-uring,ringmaster.io/io-uring-reason,ringmaster.io/aio-tuned,ringmaster.io/ready"
   kubectl get nodes -L ringmaster.io/io-uring,ringmaster.io/io-uring-reason,ringmaster.io/aio-tuned,ringmaster.io/ready
   echo
-  echo "\$ kubectl get pods -n $SYSTEM_NS,$DEMO_NS -o wide"
+  echo "\$ kubectl get pods -n $SYSTEM_NS -o wide"
   kubectl get pods -n "$SYSTEM_NS" -o wide
+  echo
+  echo "\$ kubectl get pods -n $DEMO_NS -o wide"
   kubectl get pods -n "$DEMO_NS" -o wide
 }
 
