@@ -75,7 +75,7 @@ fn host_state() -> BTreeMap<&'static str, String> {
     s.insert("dirs", dirs.join("\n"));
     s.insert(
         "shims",
-        sh("pgrep -f containerd-shim-runc-v2; pgrep -x kubelet; pgrep -x containerd"),
+        sh("pgrep -x containerd-shim; pgrep -x kubelet; pgrep -x containerd"),
     );
     s
 }
@@ -110,7 +110,9 @@ impl Node {
             .lines()
             .filter_map(|l| l.strip_prefix("export "))
             .filter_map(|l| l.split_once('='))
+            // PATH comes twice (control-plane tools, node tools): keep the first, kubectl's.
             .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
+            .rev()
             .collect();
         node
     }
