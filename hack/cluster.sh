@@ -5,8 +5,14 @@
 #
 #   eval "$(hack/cluster.sh up)"   start one; sets KUBECONFIG, RINGMASTER_CLUSTER_DIR,
 #                                  RINGMASTER_APISERVER and puts kubectl/helm/kwok first on PATH
+#   eval "$(hack/cluster.sh up --real-node)"
+#                                  the same plus this host as a real node (kubelet, containerd,
+#                                  runc, CNI bridge, kube-proxy; hack/real-node.sh; root only, one
+#                                  per host); also sets RINGMASTER_REAL_NODE to the node's name
 #   hack/cluster.sh env            print those lines again for the cluster in $RINGMASTER_CLUSTER_DIR
-#   hack/cluster.sh down           stop what `up` started and remove its state
+#   hack/cluster.sh load-images    import hack/images.sh's archives into the real node again
+#   hack/cluster.sh down           stop what `up` started, remove its state (and for a real node
+#                                  put the host back as `up` found it)
 #
 # State (PKI, kubeconfig, etcd data, logs, pids) lives in $RINGMASTER_CLUSTER_DIR, by default
 # a new ~/.cache/ringmaster/clusters/<id>; every port is picked free, so clusters run side by side.
@@ -21,6 +27,9 @@ START_TIMEOUT=${RINGMASTER_START_TIMEOUT:-180}
 
 log() { echo "cluster: $*" >&2; }
 die() { echo "cluster: error: $*" >&2; exit 1; }
+REAL_NODE=0
+# shellcheck source=hack/real-node.sh
+source "$HERE/real-node.sh"
 
 # --- ports -----------------------------------------------------------------------------
 # A port is ours when no socket uses it and no other cluster claimed it. Claims are
@@ -65,7 +74,7 @@ pki() {
   leaf apiserver "/CN=kube-apiserver" "basicConstraints=CA:FALSE
 keyUsage=critical,digitalSignature,keyEncipherment
 extendedKeyUsage=serverAuth
-subjectAltName=DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,IP:127.0.0.1,IP:$FIRST_SERVICE_IP"
+subjectAltName=DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,IP:127.0.0.1,IP:$FIRST_SERVICE_IP,IP:$API_ADDRESS"
   leaf admin "/O=system:masters/CN=ringmaster-admin" "basicConstraints=CA:FALSE
 keyUsage=critical,digitalSignature,keyEncipherment
 extendedKeyUsage=clientAuth"
@@ -143,6 +152,8 @@ wait_until() { # name what command... : poll until the command succeeds, the pro
 
 stop_all() {
   [[ -d $DIR/pids ]] || return 0
+  # A real node goes first: its agents release the node while the API server still runs.
+  if [[ -d $DIR/node ]]; then real_node_down; fi
   local name pid order=(kwok kube-scheduler kube-controller-manager kube-apiserver etcd)
   for name in "${order[@]}"; do
     alive "$name" || continue
@@ -169,6 +180,13 @@ env_lines() {
   printf 'export RINGMASTER_CLUSTER_DIR=%q\n' "$DIR"
   printf 'export RINGMASTER_APISERVER=%q\n' "$APISERVER"
   printf 'export PATH=%q:"$PATH"\n' "$BIN"
+  if [[ -n ${NODE_BIN:-} ]]; then
+    printf 'export RINGMASTER_REAL_NODE=%q\n' "$REAL_NODE_NAME"
+    printf 'export CONTAINER_RUNTIME_ENDPOINT=%q\n' "unix://$DIR/node/containerd.sock"
+    printf 'export PATH=%q:"$PATH"\n' "$NODE_BIN"
+  else
+    printf 'unset RINGMASTER_REAL_NODE\n'
+  fi
 }
 
 # --- commands --------------------------------------------------------------------------
@@ -194,15 +212,30 @@ up() {
   local t0=$SECONDS
   log "tools (first run builds them from Go modules: 15-30 min)"
   BIN=$("$HERE/build-tools.sh" all) || die "hack/build-tools.sh failed"
-  log "tools ready in $((SECONDS - t0))s: $BIN"
+  NODE_BIN=
+  if ((REAL_NODE)); then
+    NODE_BIN=$("$HERE/build-tools.sh" node) || die "hack/build-tools.sh node failed"
+  fi
+  log "tools ready in $((SECONDS - t0))s: $BIN${NODE_BIN:+ $NODE_BIN}"
 
+  # The API server's address: loopback, or for a real node the pod bridge's gateway, the
+  # address pods reach it at through the `kubernetes` Service.
+  API_ADDRESS=127.0.0.1
+  if ((REAL_NODE)); then
+    real_node_claim
+    snapshot_host
+    pod_bridge_up
+    API_ADDRESS=$POD_GATEWAY
+  fi
   pki
   local etcd_port etcd_peer api_port kcm_port sched_port kwok_port
   etcd_port=$(claim_port); etcd_peer=$(claim_port); api_port=$(claim_port)
   kcm_port=$(claim_port); sched_port=$(claim_port); kwok_port=$(claim_port)
-  APISERVER=https://127.0.0.1:$api_port
+  APISERVER=https://$API_ADDRESS:$api_port
   kubeconfig "$APISERVER" > "$DIR/admin.kubeconfig"
-  printf 'BIN=%q\nAPISERVER=%q\n' "$BIN" "$APISERVER" > "$DIR/cluster.env"
+  REAL_NODE_NAME=
+  if ((REAL_NODE)); then REAL_NODE_NAME=$(node_name); fi
+  printf 'BIN=%q\nNODE_BIN=%q\nREAL_NODE_NAME=%q\nAPISERVER=%q\n' "$BIN" "$NODE_BIN" "$REAL_NODE_NAME" "$APISERVER" > "$DIR/cluster.env"
   local P=$DIR/pki KC=$DIR/admin.kubeconfig
 
   start etcd "$BIN/etcd" --name=ringmaster --data-dir="$DIR/etcd" \
@@ -211,10 +244,19 @@ up() {
     --initial-cluster="ringmaster=http://127.0.0.1:$etcd_peer" --unsafe-no-fsync --log-level=warn
   wait_until etcd "etcd health" curl -sf "http://127.0.0.1:$etcd_port/health"
 
+  local api_node_flags=(--endpoint-reconciler-type=none)
+  if ((REAL_NODE)); then
+    # Pods reach us through the `kubernetes` Service: its endpoint is the advertise address.
+    # We reach the kubelet at the node's InternalIP (no DNS here) as a client RBAC allows.
+    api_node_flags=(--kubelet-preferred-address-types=InternalIP
+      --kubelet-client-certificate="$P/apiserver-kubelet-client.crt" --kubelet-client-key="$P/apiserver-kubelet-client.key"
+      --kubelet-certificate-authority="$P/ca.crt")
+  fi
+  if ((REAL_NODE)); then node_pki; fi
   start kube-apiserver "$BIN/kube-apiserver" \
     --etcd-servers="http://127.0.0.1:$etcd_port" \
-    --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$api_port" \
-    --endpoint-reconciler-type=none \
+    --bind-address="$API_ADDRESS" --advertise-address="$API_ADDRESS" --secure-port="$api_port" \
+    "${api_node_flags[@]}" \
     --tls-cert-file="$P/apiserver.crt" --tls-private-key-file="$P/apiserver.key" \
     --client-ca-file="$P/ca.crt" \
     --authorization-mode=Node,RBAC --allow-privileged=true \
@@ -243,6 +285,7 @@ up() {
   # The service-account controller works once the default namespace has its ServiceAccount.
   wait_until kube-controller-manager "ServiceAccount default/default" \
     "$BIN/kubectl" --kubeconfig="$KC" get serviceaccount default -n default
+  if ((REAL_NODE)); then real_node_up; fi
   log "up in $((SECONDS - t0))s: $APISERVER (state and logs in $DIR)"
   env_lines
 }
@@ -252,6 +295,8 @@ down() {
   [[ -n $DIR ]] || die "RINGMASTER_CLUSTER_DIR is not set: run 'eval \"\$(hack/cluster.sh up)\"' first, or set it to the cluster's dir"
   [[ -d $DIR ]] || { log "nothing at $DIR"; return 0; }
   [[ -f $DIR/cluster.env || -d $DIR/pids ]] || die "$DIR does not look like a cluster dir; not removing it"
+  # shellcheck disable=SC1091
+  [[ -f $DIR/cluster.env ]] && source "$DIR/cluster.env"
   stop_all
   release_ports
   rm -rf "$DIR"
@@ -260,10 +305,16 @@ down() {
 
 case ${1:-} in
   up)
+    case ${2:-} in
+      --real-node) REAL_NODE=1 ;;
+      "") ;;
+      *) echo "usage: $0 up [--real-node]" >&2; exit 2 ;;
+    esac
     # On failure print a line that makes `eval "$(hack/cluster.sh up)"` fail too.
     for attempt in 1 2 3; do
       # (Not `(up) || ...`: errexit is ignored inside the left side of || .)
-      set +e; (set -e; up); rc=$?; set -e
+      # Any failing step stops what this attempt started (fail() does it for waits).
+      set +e; (set -eE; trap 'rc=$?; log "error: up failed at line $LINENO (exit $rc)"; [[ -n ${DIR:-} ]] && { stop_all; release_ports; }; exit $rc' ERR; up); rc=$?; set -e
       ((rc == 3 && attempt < 3)) && { log "port clash, retrying with other ports"; continue; }
       break
     done
@@ -273,5 +324,12 @@ case ${1:-} in
     DIR=${RINGMASTER_CLUSTER_DIR:?RINGMASTER_CLUSTER_DIR is not set}
     [[ -f $DIR/cluster.env ]] || die "no cluster in $DIR"
     env_lines ;;
-  *) echo "usage: $0 up|down|env   (eval \"\$($0 up)\")" >&2; exit 2 ;;
+  load-images)
+    DIR=${RINGMASTER_CLUSTER_DIR:?RINGMASTER_CLUSTER_DIR is not set}
+    [[ -f $DIR/cluster.env ]] || die "no cluster in $DIR"
+    # shellcheck disable=SC1091
+    source "$DIR/cluster.env"
+    [[ -n $NODE_BIN ]] || die "the cluster in $DIR has no real node ('up --real-node')"
+    load_images ;;
+  *) echo "usage: $0 up [--real-node]|down|env|load-images   (eval \"\$($0 up)\")" >&2; exit 2 ;;
 esac

@@ -46,25 +46,46 @@ cargo test --locked -p ringmaster-e2e --no-run
 step "OCI images without a container engine (hack/images.sh)"
 RINGMASTER_BIN_DIR="$CARGO_TARGET_DIR/debug" hack/images.sh
 
-step "control plane up (hack/cluster.sh)"
+# Three e2e stages, each on clusters of its own: the kwok tests (fleets, scale, failure modes on
+# simulated nodes) never see the real node, so their agent DaemonSets cannot land on it and
+# change their counts or this host's sysctls; the real-node tests share one real node; the
+# tests that bring up (and tear down) a real node of their own run last, alone.
+E2E_ENV=(RINGMASTER_BIN_DIR="$CARGO_TARGET_DIR/debug" RINGMASTER_E2E_LOG_DIR="$CARGO_TARGET_DIR/e2e-logs")
 # A cluster of our own, whatever the caller's shell has set.
-unset RINGMASTER_CLUSTER_DIR KUBECONFIG
-cluster_env=$(hack/cluster.sh up)
-eval "$cluster_env"
+unset RINGMASTER_CLUSTER_DIR KUBECONFIG RINGMASTER_REAL_NODE
 # On failure keep the control plane's logs (the cluster dir itself is removed).
 cluster_down() {
   local rc=$?
-  if ((rc != 0)) && [[ -d ${RINGMASTER_CLUSTER_DIR:-}/logs ]]; then
-    rm -rf "$CARGO_TARGET_DIR/cluster-logs" && cp -r "$RINGMASTER_CLUSTER_DIR/logs" "$CARGO_TARGET_DIR/cluster-logs"
-    echo "control-plane logs: $CARGO_TARGET_DIR/cluster-logs" >&2
+  if [[ -n ${RINGMASTER_CLUSTER_DIR:-} ]]; then
+    if ((rc != 0)) && [[ -d $RINGMASTER_CLUSTER_DIR/logs ]]; then
+      rm -rf "$CARGO_TARGET_DIR/cluster-logs" && cp -r "$RINGMASTER_CLUSTER_DIR/logs" "$CARGO_TARGET_DIR/cluster-logs"
+      echo "control-plane logs: $CARGO_TARGET_DIR/cluster-logs" >&2
+    fi
+    hack/cluster.sh down || true
+    unset RINGMASTER_CLUSTER_DIR KUBECONFIG RINGMASTER_REAL_NODE
   fi
-  hack/cluster.sh down || true
-  echo "test.sh: exit $rc after $((SECONDS / 60))m$((SECONDS % 60))s" >&2
+  return "$rc"
 }
-trap cluster_down EXIT
+trap 'cluster_down; echo "test.sh: exit $? after $((SECONDS / 60))m$((SECONDS % 60))s" >&2' EXIT
 
-step "end-to-end tests"
-RINGMASTER_BIN_DIR="$CARGO_TARGET_DIR/debug" RINGMASTER_E2E_LOG_DIR="$CARGO_TARGET_DIR/e2e-logs" \
-  cargo test --locked -p ringmaster-e2e -- --test-threads=1
+step "control plane up (hack/cluster.sh up)"
+eval "$(hack/cluster.sh up)"
+
+step "end-to-end tests on kwok nodes"
+env "${E2E_ENV[@]}" cargo test --locked -p ringmaster-e2e -- --test-threads=1 --skip real_node_
+cluster_down
+
+step "control plane up with this host as a real node (hack/cluster.sh up --real-node)"
+t0=$SECONDS
+eval "$(RINGMASTER_IMAGES_DIR="$CARGO_TARGET_DIR/images" hack/cluster.sh up --real-node)"
+echo "up --real-node took $((SECONDS - t0))s"
+
+step "end-to-end tests on the real node"
+env "${E2E_ENV[@]}" cargo test --locked -p ringmaster-e2e --test real_node -- --test-threads=1
+cluster_down
+
+step "end-to-end tests that bring up a real node of their own (demo, lifecycle)"
+env "${E2E_ENV[@]}" RINGMASTER_IMAGES_DIR="$CARGO_TARGET_DIR/images" \
+  cargo test --locked -p ringmaster-e2e --test demo --test own_real_node -- --test-threads=1
 
 step done

@@ -1,12 +1,15 @@
-//! The README's "run the main job": `hack/demo.sh` on its own control plane (beside the test
-//! cluster), with the operator and a real agent on this host. Checks what it prints (the
-//! StorageCluster counting this node's report, the StorageNode's verdict, the node labels,
-//! how to explore and tear down), then `hack/demo.sh down` and that it put everything back.
-//! Needs root (the agent tunes fs.aio-max-nr) and the binaries in RINGMASTER_BIN_DIR.
+//! The README's "run the main job", exactly as written: `hack/demo.sh` with its defaults (no
+//! RINGMASTER_DEMO_DIR, no prebuilt binaries: the state under ~/.cache/ringmaster/demo, a cargo
+//! build, the images) on a control plane of its own with this host as a real node. Checks what
+//! it prints (the StorageCluster counting the real node's report, its StorageNode with the verdict
+//! containerd's RuntimeDefault gives, the node labels, the release's pods running on the real
+//! node, how to explore and tear down), then `hack/demo.sh down` and that it put everything back,
+//! fs.aio-max-nr included. Needs root and no other real node on this host (hack/test.sh runs it
+//! in its last stage).
 
 use std::process::Command;
 
-use ringmaster_e2e::{bin_dir, repo_root, unique_name};
+use ringmaster_e2e::repo_root;
 
 fn aio_max_nr() -> u64 {
     std::fs::read_to_string("/proc/sys/fs/aio-max-nr")
@@ -18,6 +21,7 @@ fn aio_max_nr() -> u64 {
 
 /// Runs `hack/demo.sh down` on drop, so a failed assertion leaves no cluster or agent behind.
 struct Demo {
+    /// The demo's default state dir (not passed to it: only to check it is removed).
     dir: std::path::PathBuf,
 }
 
@@ -25,12 +29,13 @@ impl Demo {
     fn run(&self, arg: &str) -> (bool, String) {
         let out = Command::new(repo_root().join("hack/demo.sh"))
             .arg(arg)
-            .env("RINGMASTER_DEMO_DIR", &self.dir)
-            .env("RINGMASTER_BIN_DIR", bin_dir())
-            // The demo starts a control plane of its own; it must not see the test cluster's.
+            // The README's command as a user runs it: none of the test environment's settings.
+            .env_remove("RINGMASTER_DEMO_DIR")
+            .env_remove("RINGMASTER_BIN_DIR")
             .env_remove("KUBECONFIG")
             .env_remove("RINGMASTER_CLUSTER_DIR")
             .env_remove("RINGMASTER_APISERVER")
+            .env_remove("RINGMASTER_REAL_NODE")
             .output()
             .expect("running hack/demo.sh");
         let text = format!(
@@ -53,33 +58,44 @@ impl Drop for Demo {
     }
 }
 
+fn host_node_name() -> String {
+    let out = Command::new("hostname").arg("-s").output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_lowercase()
+}
+
 #[test]
-fn demo_shows_a_populated_cluster_and_tears_down_cleanly() {
+fn own_real_node_demo_runs_the_release_on_this_host_and_tears_down_cleanly() {
     assert!(
         // SAFETY: geteuid has no preconditions.
         unsafe { libc::geteuid() } == 0,
-        "the demo's agent tunes fs.aio-max-nr: run the e2e tests as root"
+        "the demo makes this host a real node: run the e2e tests as root"
     );
-    let before = aio_max_nr();
+    let home = std::env::var("HOME").expect("HOME");
+    let cache = std::env::var("RINGMASTER_CACHE").unwrap_or(format!("{home}/.cache/ringmaster"));
     let demo = Demo {
-        dir: std::env::temp_dir().join(unique_name("ringmaster-demo")),
+        dir: std::path::PathBuf::from(cache).join("demo"),
     };
+    assert!(
+        !demo.dir.join("env").exists(),
+        "a demo is already up in {}: this test runs the README's command with its defaults; \
+         hack/demo.sh down first",
+        demo.dir.display()
+    );
+    let node = host_node_name();
+    let before = aio_max_nr();
     let (ok, out) = demo.run("up");
     eprintln!("{out}");
     assert!(ok, "hack/demo.sh failed:\n{out}");
 
-    // The chart, the nodes, the operator and the agent came up in order.
     for step in [
-        "install the Helm chart",
-        "create simulated nodes: demo-node-1 demo-node-2 demo-node-3",
-        "run the operator",
+        "hack/cluster.sh up --real-node",
+        "helm install ringmaster charts/ringmaster",
+        "add simulated nodes beside",
         "storagecluster.ringmaster.io/storage created",
-        "run the real agent for demo-node-1",
+        "wait for the agent pod on",
     ] {
         assert!(out.contains(step), "the demo did not {step:?}:\n{out}");
     }
-    // kubectl get stc,stn: the cluster selects the three nodes and counts one report; the
-    // StorageNode of this host carries a real verdict.
     // A table row: `name` in its first or second column, at least `min` columns.
     let row = |name: &str, min: usize| {
         out.lines()
@@ -95,33 +111,52 @@ fn demo_shows_a_populated_cluster_and_tears_down_cleanly() {
     assert_eq!(stc[0], "ringmaster-demo");
     assert_eq!(
         stc[2], "3",
-        "DESIRED should count the three simulated nodes: {stc:?}"
+        "DESIRED should count the real node and the two simulated ones: {stc:?}"
     );
-    let stn = row("storagenode.ringmaster.io/demo-node-1", 8);
-    // NAME CLUSTER IO_URING [REASON] MODE AIO-MAX-NR READY GEN AGE: REASON is empty when supported.
-    let raised: u64 = stn[stn.len() - 4]
+    // NAME CLUSTER IO_URING REASON MODE AIO-MAX-NR READY GEN AGE: RuntimeDefault refuses io_uring.
+    let stn = row(&format!("storagenode.ringmaster.io/{node}"), 9);
+    assert_eq!(stn[1], "ringmaster-demo/storage", "{stn:?}");
+    assert_eq!(
+        (stn[2], stn[3], stn[4]),
+        ("unsupported", "EPERM", "pread"),
+        "containerd's RuntimeDefault should refuse io_uring with EPERM: {stn:?}"
+    );
+    let raised: u64 = stn[5]
         .parse()
         .unwrap_or_else(|_| panic!("no AIO-MAX-NR column in {stn:?}"));
-    assert_eq!(stn[1], "ringmaster-demo/storage", "{stn:?}");
+    assert!(raised >= 1_048_576, "{stn:?}");
+    // Node labels: the real node labelled, the simulated ones (no agent reports) not.
+    let n1 = row(&node, 5);
     assert!(
-        stn[2] == "supported" || stn[2] == "unsupported",
-        "StorageNode demo-node-1 has no io_uring verdict: {stn:?}"
-    );
-    // Node labels: the agent's node labelled, the simulated ones (no agent) not.
-    let n1 = row("demo-node-1", 5);
-    assert!(
-        n1.contains(&stn[2]),
-        "demo-node-1's io-uring label does not match its StorageNode: {n1:?}"
+        n1.contains(&"unsupported") && n1.contains(&"EPERM"),
+        "{node}'s labels do not match its StorageNode: {n1:?}"
     );
     let n2 = row("demo-node-2", 5);
     assert!(
-        !n2.contains(&"supported") && !n2.contains(&"true"),
+        !n2.contains(&"unsupported") && !n2.contains(&"supported"),
         "demo-node-2 has no agent: {n2:?}"
     );
-    // Where to go next.
+    // The release's pods run on the real node: the operator's and the agent's (2/2).
+    let op = out
+        .lines()
+        .find(|l| l.starts_with("ringmaster-operator-"))
+        .unwrap_or_else(|| panic!("no operator pod listed:\n{out}"));
+    assert!(
+        op.contains("1/1") && op.contains("Running") && op.contains(&node),
+        "{op}"
+    );
+    let agent = out
+        .lines()
+        .find(|l| l.starts_with("storage-agent-") && l.contains(&node))
+        .unwrap_or_else(|| panic!("no agent pod on {node} listed:\n{out}"));
+    assert!(
+        agent.contains("2/2") && agent.contains("Running"),
+        "{agent}"
+    );
     for hint in [
         "source ",
-        "kubectl get stn demo-node-1 -o yaml",
+        &format!("kubectl get stn {node} -o yaml"),
+        "localhostProfile",
         "hack/demo.sh down",
     ] {
         assert!(
@@ -131,7 +166,7 @@ fn demo_shows_a_populated_cluster_and_tears_down_cleanly() {
     }
     let (ok, status) = demo.run("status");
     assert!(
-        ok && status.contains("storagenode.ringmaster.io/demo-node-1"),
+        ok && status.contains(&format!("storagenode.ringmaster.io/{node}")),
         "status:\n{status}"
     );
 
@@ -143,29 +178,15 @@ fn demo_shows_a_populated_cluster_and_tears_down_cleanly() {
         "the demo's state dir is left: {}",
         demo.dir.display()
     );
-    // The agent's raise is undone. (Compared with the value the agent set rather than only
-    // with `before`: on a shared development machine other tests may move the value meanwhile;
-    // in CI nothing else runs and it comes back to exactly `before`.)
-    let after = aio_max_nr();
-    if before < raised {
-        assert!(
-            after < raised,
-            "the demo did not put fs.aio-max-nr back: {before} before, {raised} set by the agent, {after} after down"
-        );
-    }
-    if std::env::var_os("CI").is_some() {
-        assert_eq!(
-            after, before,
-            "fs.aio-max-nr {before} before the demo, {after} after"
-        );
-    }
-    let ps = Command::new("pgrep")
-        .args(["-f", demo.dir.to_str().unwrap()])
-        .output()
-        .unwrap();
+    // `down` puts fs.aio-max-nr back exactly (the snapshot `up --real-node` took).
+    assert_eq!(
+        aio_max_nr(),
+        before,
+        "fs.aio-max-nr {before} before the demo, {} after down",
+        aio_max_nr()
+    );
     assert!(
-        String::from_utf8_lossy(&ps.stdout).trim().is_empty(),
-        "processes of the demo still run: {}",
-        String::from_utf8_lossy(&ps.stdout)
+        !std::path::Path::new("/run/ringmaster-real-node").exists(),
+        "the real node is still claimed after down"
     );
 }

@@ -70,7 +70,7 @@ struct Args {
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
     /// Image of the agent pods (both containers), by digest where you can
-    /// (`repo@sha256:...`). A StorageCluster cannot choose it: the agent runs privileged.
+    /// (`repo@sha256:...`). A StorageCluster cannot choose it: the agent runs as root.
     #[arg(long, env = "RINGMASTER_AGENT_IMAGE", default_value = ringmaster_api::DEFAULT_AGENT_IMAGE, value_parser = parse_image)]
     agent_image: String,
     /// Host directory below which data dirs may lie (repeat, or comma-separated). None by
@@ -83,6 +83,10 @@ struct Args {
     /// Let StorageClusters tolerate the control-plane taints (and so run agents there).
     #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
     allow_control_plane_tolerations: bool,
+    /// The kubelet's seccomp dir on the nodes (`<kubelet root dir>/seccomp`): the agents
+    /// install the Localhost profile ringmaster/io-uring.json there.
+    #[arg(long, default_value = render::DEFAULT_HOST_SECCOMP_DIR, value_parser = parse_seccomp_dir)]
+    agent_seccomp_dir: String,
 }
 
 fn parse_image(s: &str) -> Result<String, String> {
@@ -98,6 +102,15 @@ fn parse_root(s: &str) -> Result<String, String> {
     if !ringmaster_api::limits::is_clean_absolute(s) {
         return Err(format!(
             "{s:?} must be a clean absolute directory other than / (e.g. /srv/storage)"
+        ));
+    }
+    Ok(s.into())
+}
+
+fn parse_seccomp_dir(s: &str) -> Result<String, String> {
+    if !ringmaster_api::limits::is_clean_absolute(s) {
+        return Err(format!(
+            "{s:?} must be the kubelet's seccomp dir as a clean absolute host path (e.g. /var/lib/kubelet/seccomp)"
         ));
     }
     Ok(s.into())
@@ -195,6 +208,7 @@ async fn main() -> anyhow::Result<()> {
         instance: identity.clone(),
         render: render::RenderSettings {
             agent_image: args.agent_image.clone(),
+            host_seccomp_dir: args.agent_seccomp_dir.clone(),
         },
         policy: ringmaster_api::limits::AdminPolicy {
             allowed_data_dir_roots: args.allowed_data_dir_roots.clone(),
@@ -207,6 +221,7 @@ async fn main() -> anyhow::Result<()> {
         allowed_data_dir_roots = ?args.allowed_data_dir_roots,
         allow_unconfined_seccomp = args.allow_unconfined_seccomp,
         allow_control_plane_tolerations = args.allow_control_plane_tolerations,
+        agent_seccomp_dir = %args.agent_seccomp_dir,
         "admin settings"
     );
 

@@ -29,9 +29,17 @@ pub const AGENT_CONTAINER: &str = "agent";
 pub const READER_CONTAINER: &str = "reader";
 /// The reader's unprivileged uid/gid ("nonroot" in distroless images).
 pub const READER_UID: i64 = 65532;
-/// Host directories the privileged agent needs.
+/// Host directories the agent writes.
 pub const HOST_SYSCTL_DIR: &str = "/etc/sysctl.d";
-pub const HOST_SECCOMP_DIR: &str = "/var/lib/kubelet/seccomp";
+/// The kubelet's seccomp dir (`<kubelet root dir>/seccomp`) on a default install; k0s,
+/// microk8s and others root the kubelet elsewhere (`--agent-seccomp-dir`).
+pub const DEFAULT_HOST_SECCOMP_DIR: &str = "/var/lib/kubelet/seccomp";
+/// Where the agent container sees the host's /proc/sys (read-only; `fs/` writable):
+/// `ringmaster-agent run` reads and writes sysctls there (`RINGMASTER_PROC_SYS`).
+pub const HOST_PROC_SYS_MOUNT: &str = "/host/proc/sys";
+/// Where the agent container sees the host's seccomp dir (`ringmaster-agent run`'s default
+/// `--seccomp-profile-dir`), whatever its host path.
+pub const AGENT_SECCOMP_MOUNT: &str = "/var/lib/kubelet/seccomp";
 /// Where the reader container sees each data dir's PARENT: `/data-parents/<name>`, so
 /// dir `<name>` is `/data-parents/<name>/<basename(hostPath)>` (`reader --data-root`).
 pub const DATA_PARENTS_ROOT: &str = "/data-parents";
@@ -46,6 +54,9 @@ pub struct RenderSettings {
     /// Image of both containers (`--agent-image`): a StorageCluster never names the image
     /// of a privileged container.
     pub agent_image: String,
+    /// The kubelet's seccomp dir on the nodes (`--agent-seccomp-dir`), where the agent
+    /// installs the Localhost profile.
+    pub host_seccomp_dir: String,
 }
 
 /// Identity of one StorageCluster as the renderer needs it.
@@ -341,7 +352,7 @@ pub fn exclusion_affinity(excluded: &BTreeSet<String>) -> Option<Affinity> {
     })
 }
 
-/// The agent DaemonSet `<cluster>-agent`: a privileged `agent` container (tunes sysctls,
+/// The agent DaemonSet `<cluster>-agent`: a root but unprivileged `agent` container (tunes sysctls,
 /// installs the seccomp profile, labels the node, writes the StorageNode) and an
 /// unprivileged `reader` container under `spec.seccomp` (probes io_uring, serves reads).
 /// The pod template carries `spec.pod_hash()`: only changes that need new pods roll them;
@@ -397,6 +408,7 @@ pub fn daemon_set(
                 ..Default::default()
             },
             env("RINGMASTER_CLUSTER", &id.key()),
+            env("RINGMASTER_PROC_SYS", HOST_PROC_SYS_MOUNT),
         ]),
         ports: Some(vec![ContainerPort {
             name: Some("agent-http".into()),
@@ -407,18 +419,41 @@ pub fn daemon_set(
         liveness_probe: Some(http_probe("/healthz", agent_port, 10)),
         readiness_probe: Some(http_probe("/readyz", agent_port, 5)),
         resources: spec.agent.resources.clone(),
-        // Privileged only for what needs it: writing /proc/sys, /etc/sysctl.d and the
-        // kubelet's seccomp dir. It never probes io_uring (a privileged process is never
-        // seccomp-filtered, so its verdict would say nothing about the readers).
+        // Least privilege, proven on a real node (kubelet + containerd + runc): not privileged,
+        // no capabilities, the runtime's default seccomp profile. uid 0 (the image's user is
+        // 65532) because what it writes is owned by root with mode 0644/0755: the host's
+        // fs.aio-max-nr (through a mount of the host's /proc/sys/fs, its own /proc/sys is
+        // read-only), /etc/sysctl.d, the kubelet's seccomp dir, its host state dir. Owner
+        // permissions need no capability. It never probes io_uring (the reader does, under the
+        // workload's profile).
         security_context: Some(SecurityContext {
-            privileged: Some(true),
+            run_as_user: Some(0),
+            run_as_group: Some(0),
+            run_as_non_root: Some(false),
+            privileged: Some(false),
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                add: None,
+            }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                localhost_profile: None,
+            }),
             ..Default::default()
         }),
         volume_mounts: Some(vec![
             mount("state", state_dir, false),
             mount("host-state", keys::HOST_STATE_DIR, false),
             mount("sysctl-d", HOST_SYSCTL_DIR, false),
-            mount("seccomp", HOST_SECCOMP_DIR, false),
+            mount("seccomp", AGENT_SECCOMP_MOUNT, false),
+            mount("host-proc-sys", HOST_PROC_SYS_MOUNT, true),
+            mount(
+                "host-proc-sys-fs",
+                &format!("{HOST_PROC_SYS_MOUNT}/fs"),
+                false,
+            ),
             mount("agent-token", AGENT_TOKEN_DIR, true),
         ]),
         ..Default::default()
@@ -433,7 +468,9 @@ pub fn daemon_set(
         },
         host_path_volume("host-state", keys::HOST_STATE_DIR, "DirectoryOrCreate"),
         host_path_volume("sysctl-d", HOST_SYSCTL_DIR, "DirectoryOrCreate"),
-        host_path_volume("seccomp", HOST_SECCOMP_DIR, "DirectoryOrCreate"),
+        host_path_volume("seccomp", &settings.host_seccomp_dir, "DirectoryOrCreate"),
+        host_path_volume("host-proc-sys", "/proc/sys", "Directory"),
+        host_path_volume("host-proc-sys-fs", "/proc/sys/fs", "Directory"),
         agent_token_volume(),
     ];
     for d in &spec.read_service.data_dirs {
@@ -562,6 +599,7 @@ mod tests {
     fn settings() -> RenderSettings {
         RenderSettings {
             agent_image: "registry.local/ringmaster-agent@sha256:0123".into(),
+            host_seccomp_dir: DEFAULT_HOST_SECCOMP_DIR.into(),
         }
     }
 
@@ -615,10 +653,62 @@ mod tests {
     }
 
     #[test]
-    fn agent_container_is_privileged_with_host_paths_and_downward_node_name() {
+    fn agent_seccomp_host_dir_is_the_one_given() {
+        let ds = daemon_set(
+            &cluster(StorageClusterSpec::default()),
+            &id(),
+            &RenderSettings {
+                host_seccomp_dir: "/var/lib/k0s/kubelet/seccomp".into(),
+                ..settings()
+            },
+            &BTreeSet::new(),
+        );
+        let vol = pod(&ds)
+            .volumes
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|v| v.name == "seccomp")
+            .unwrap();
+        assert_eq!(
+            vol.host_path.as_ref().unwrap().path,
+            "/var/lib/k0s/kubelet/seccomp"
+        );
+        // Inside the container it stays where `ringmaster-agent run` looks by default.
+        let m = container(&ds, "agent")
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.name == "seccomp")
+            .unwrap();
+        assert_eq!(m.mount_path, AGENT_SECCOMP_MOUNT);
+    }
+
+    #[test]
+    fn agent_container_is_uid_0_without_privileges_with_host_paths_and_downward_node_name() {
         let ds = render_ds(&cluster(StorageClusterSpec::default()));
         let a = container(&ds, "agent");
-        assert_eq!(a.security_context.as_ref().unwrap().privileged, Some(true));
+        let sc = a.security_context.as_ref().unwrap();
+        // The image's user is 65532, who owns none of what the agent writes: uid 0, but
+        // nothing more (no privileged, no capabilities, RuntimeDefault).
+        assert_eq!(sc.run_as_user, Some(0));
+        assert_eq!(sc.run_as_non_root, Some(false));
+        assert_eq!(sc.privileged, Some(false));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        let caps = sc.capabilities.as_ref().unwrap();
+        assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_string()][..]));
+        assert_eq!(caps.add, None);
+        assert_eq!(sc.seccomp_profile.as_ref().unwrap().type_, "RuntimeDefault");
+        let proc_sys = a
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|e| e.name == "RINGMASTER_PROC_SYS")
+            .unwrap();
+        assert_eq!(proc_sys.value.as_deref(), Some("/host/proc/sys"));
         let args = a.args.as_ref().unwrap().join(" ");
         assert_eq!(
             args,
@@ -654,9 +744,21 @@ mod tests {
                 "/var/lib/ringmaster",
                 "/etc/sysctl.d",
                 "/var/lib/kubelet/seccomp",
+                "/host/proc/sys",
+                "/host/proc/sys/fs",
                 "/var/run/secrets/kubernetes.io/serviceaccount"
             ]
         );
+        // Only the host's fs sysctls are writable.
+        let ro: Vec<_> = a
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .filter(|m| m.mount_path.starts_with("/host/proc/sys"))
+            .map(|m| (m.mount_path.as_str(), m.read_only == Some(true)))
+            .collect();
+        assert_eq!(ro, [("/host/proc/sys", true), ("/host/proc/sys/fs", false)]);
         let probe = a
             .readiness_probe
             .as_ref()

@@ -57,9 +57,17 @@ impl SysctlError {
     }
 }
 
-/// `/proc/sys/...` path of a dotted sysctl name.
+/// Env var naming another mount of the host's /proc/sys: the agent container is not
+/// privileged, so the runtime mounts its own /proc/sys read-only; the DaemonSet mounts the
+/// host's /proc/sys there instead (read-only, with fs/ writable).
+pub const PROC_SYS_ENV: &str = "RINGMASTER_PROC_SYS";
+
+/// `/proc/sys/...` path of a dotted sysctl name (under `$RINGMASTER_PROC_SYS` when set).
 pub fn path_of(name: &str) -> PathBuf {
-    PathBuf::from(PROC_SYS).join(name.replace('.', "/"))
+    let root = std::env::var_os(PROC_SYS_ENV)
+        .filter(|v| !v.is_empty())
+        .map_or_else(|| PathBuf::from(PROC_SYS), PathBuf::from);
+    root.join(name.replace('.', "/"))
 }
 
 fn classify(name: &str, op: &'static str, e: io::Error) -> SysctlError {
