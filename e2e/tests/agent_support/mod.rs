@@ -239,7 +239,9 @@ impl NodeAgent {
     pub async fn agent_addr(&self) -> String {
         let f = self.agent_dir().join("agent.addr");
         wait_for(T, "agent.addr in the state dir", || async {
-            Ok(std::fs::read_to_string(&f)?)
+            let text = std::fs::read_to_string(&f)?;
+            text.parse::<std::net::SocketAddr>()?;
+            Ok(text)
         })
         .await
     }
