@@ -18,6 +18,9 @@ cargo fmt --all -- --check
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "host core and read service know no Kubernetes (hack/check-boundaries.sh)"
+hack/check-boundaries.sh
+
 step "CRDs up to date (cargo run -p ringmaster-api --bin crdgen)"
 cargo run -q --locked -p ringmaster-api --bin crdgen > "$CARGO_TARGET_DIR/crds.yaml"
 if ! diff -u crds/ringmaster.io.yaml "$CARGO_TARGET_DIR/crds.yaml"; then
@@ -26,6 +29,9 @@ fi
 if ! diff -u crds/ringmaster.io.yaml charts/ringmaster/files/crds/ringmaster.io.yaml; then
   echo "charts/ringmaster/files/crds/ringmaster.io.yaml is stale: run 'hack/gen-crds.sh' and commit" >&2; exit 1
 fi
+
+step "alerting rules: promtool on the rules the chart renders (hack/test-rules.sh)"
+hack/test-rules.sh
 
 step "unit and real-kernel tests"
 cargo test --workspace --locked --exclude ringmaster-e2e

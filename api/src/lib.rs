@@ -7,6 +7,7 @@
 pub mod cluster;
 pub mod keys;
 pub mod node;
+pub mod reasons;
 pub mod sizing;
 
 pub use cluster::*;

@@ -161,6 +161,17 @@ pub mod data_dir_reasons {
     pub const PERMISSION_DENIED: &str = "PermissionDenied";
 }
 
+/// Where a data dir sits in its StorageCluster, as conditions and events name it (the agent per
+/// node, the operator across nodes): `spec.readService.dataDirs[1].hostPath`, or, once the
+/// entry has left the spec (`index` is `None`), `dataDir d1 (no longer in
+/// spec.readService.dataDirs)`.
+pub fn data_dir_field(index: Option<usize>, name: &str) -> String {
+    match index {
+        Some(i) => format!("spec.readService.dataDirs[{i}].hostPath"),
+        None => format!("dataDir {name} (no longer in spec.readService.dataDirs)"),
+    }
+}
+
 /// `fs.aio-max-nr` bookkeeping.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]

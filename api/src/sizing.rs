@@ -1,5 +1,10 @@
-//! How much `fs.aio-max-nr` a node needs. Pure arithmetic shared by the agent (which
-//! tunes) and the operator (which reports); see DESIGN.md §5.
+//! How much `fs.aio-max-nr` a node needs: [`Sizing`] and the pure arithmetic behind it.
+//! Every storage worker thread calls `io_setup(max_events)`, and the kernel charges
+//! `max_events` against `fs.aio-max-nr` for each, so a node needs
+//! `processes × workers × max_events` plus what others already hold (`fs.aio-nr`) plus
+//! headroom, never below the cluster's floor (`spec.sysctl.aioMaxNr`).
+
+use crate::cluster::{AioSpec, SysctlSpec};
 
 /// Extra libaio events on top of what the storage processes and everything else
 /// already hold, so a restart of one process (old context not yet freed) still fits.
@@ -38,6 +43,77 @@ pub fn required_aio_max_nr(
 /// (somebody else may have raised it for their own reasons).
 pub fn target_aio_max_nr(current: u64, required: u64) -> u64 {
     current.max(required)
+}
+
+/// How the storage workers are sized, and so what `fs.aio-max-nr` must hold: the one sizing
+/// type of the agent's `check`, `tune` and cluster pass (field widths as in `spec.aio`).
+#[derive(serde::Serialize, serde::Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sizing {
+    pub max_events: u32,
+    pub workers: u32,
+    pub processes_per_node: u32,
+    /// Never set `fs.aio-max-nr` below this.
+    pub aio_max_nr_floor: u64,
+}
+
+impl Default for Sizing {
+    fn default() -> Self {
+        Self::from_spec(&AioSpec::default(), &SysctlSpec::default())
+    }
+}
+
+impl Sizing {
+    /// From a StorageCluster's `spec.aio` and `spec.sysctl`.
+    pub fn from_spec(aio: &AioSpec, sysctl: &SysctlSpec) -> Self {
+        Self {
+            max_events: aio.max_events,
+            workers: aio.workers,
+            processes_per_node: aio.processes_per_node,
+            aio_max_nr_floor: sysctl.aio_max_nr,
+        }
+    }
+
+    /// libaio events the storage processes open (`processes × workers × max_events`).
+    pub fn storage_events(&self) -> u64 {
+        storage_events(
+            self.processes_per_node.into(),
+            self.workers.into(),
+            self.max_events.into(),
+        )
+    }
+
+    /// Required `fs.aio-max-nr` given what others hold now (`fs.aio-nr`).
+    pub fn required(&self, aio_nr: u64) -> u64 {
+        required_aio_max_nr(
+            self.processes_per_node.into(),
+            self.workers.into(),
+            self.max_events.into(),
+            aio_nr,
+            self.aio_max_nr_floor,
+        )
+    }
+
+    /// `2 processes × 8 workers × 512 events`, for people.
+    pub fn demand_text(&self) -> String {
+        let n = |v: u32, one: &str, many: &str| format!("{v} {}", if v == 1 { one } else { many });
+        format!(
+            "{} × {} × {}",
+            n(self.processes_per_node, "process", "processes"),
+            n(self.workers, "worker", "workers"),
+            n(self.max_events, "event", "events")
+        )
+    }
+
+    /// How [`Self::required`] is made up, for people.
+    pub fn explain(&self, aio_nr: u64) -> String {
+        let events = self.storage_events();
+        format!(
+            "{} = {events} + fs.aio-nr {aio_nr} + headroom {}, floor {}",
+            self.demand_text(),
+            headroom(events),
+            self.aio_max_nr_floor
+        )
+    }
 }
 
 #[cfg(test)]

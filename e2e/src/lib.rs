@@ -22,7 +22,7 @@ pub use namespace::TestNamespace;
 pub use nodes::{
     delete_node, wait_node_ready, FakeNode, FakeNodeHandle, KWOK_ANNOTATION, KWOK_TAINT_KEY,
 };
-pub use process::{spawn_bin, Process};
+pub use process::{spawn_bin, spawn_program, Process};
 pub use resources::{install_crds, wait_crd_established, CRD_NAMES};
 pub use token::{jwt_claims, pod_token, write_token_kubeconfig};
 pub use wait::{wait_for, wait_for_sync};

@@ -33,10 +33,20 @@ pub fn spawn_bin(name: &str, args: &[&str], env: &[(&str, &str)]) -> Process {
         "{} is missing: build it (cargo build --bins -p <package>) or fix RINGMASTER_BIN_DIR",
         bin.display()
     );
+    spawn_program(&bin, args, env)
+}
+
+/// [`spawn_bin`] for any program (`prometheus` from `PATH`, …), with the same guard, log
+/// and environment rules.
+pub fn spawn_program(bin: &Path, args: &[&str], env: &[(&str, &str)]) -> Process {
+    let name = bin
+        .file_name()
+        .map_or("program".into(), |n| n.to_string_lossy().into_owned());
+    let name = name.as_str();
     let log = log_dir().join(format!("{}.log", unique_name(name)));
     let out = File::create(&log).unwrap_or_else(|e| panic!("creating {}: {e}", log.display()));
     let err = out.try_clone().expect("dup log fd");
-    let mut cmd = Command::new(&bin);
+    let mut cmd = Command::new(bin);
     cmd.args(args)
         .env_remove("KUBECONFIG")
         .env("RUST_BACKTRACE", "1")

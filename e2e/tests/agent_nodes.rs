@@ -10,6 +10,7 @@
 mod agent_support;
 mod operator_support;
 
+use ringmaster_api::reasons;
 use std::time::Duration;
 
 use agent_support::*;
@@ -137,7 +138,7 @@ async fn agents_report_verdicts_labels_taints_and_settings() {
     assert_eq!(st.worker_mode.as_deref(), Some("io_uring"));
     assert_eq!(condition(&st, cond::TUNED).0, "True");
     assert_eq!(condition(&st, cond::IO_URING_SUPPORTED).0, "True");
-    assert_eq!(condition(&st, cond::READY), ("True", "Serving"));
+    assert_eq!(condition(&st, cond::READY), ("True", reasons::SERVING));
     let aio = st.aio.clone().unwrap();
     assert!(aio.tuned && aio.current >= aio.required);
     let owner = &sns[0].owner_references()[0];
@@ -243,8 +244,8 @@ async fn agents_report_verdicts_labels_taints_and_settings() {
     }
 
     // Events on transitions.
-    wait_event(&f.client, &enosys, "IoUringUnsupported").await;
-    wait_event(&f.client, &eperm, "IoUringUnsupported").await;
+    wait_event(&f.client, &enosys, reasons::IO_URING_UNSUPPORTED).await;
+    wait_event(&f.client, &eperm, reasons::IO_URING_UNSUPPORTED).await;
     // The three agents share this host's sysctl: the one that raised it recorded the
     // original (the others found it high enough) and announced it.
     let mut raisers = Vec::new();
@@ -259,7 +260,7 @@ async fn agents_report_verdicts_labels_taints_and_settings() {
         "no agent recorded raising fs.aio-max-nr from 65536"
     );
     for n in &raisers {
-        wait_event(&f.client, n, "Tuned").await;
+        wait_event(&f.client, n, reasons::TUNED).await;
     }
 
     // The shipped seccomp profile is installed for the kubelet; health and metrics served.
@@ -278,28 +279,23 @@ async fn agents_report_verdicts_labels_taints_and_settings() {
     .await;
     let (code, metrics) = http_get(&addr, "/metrics");
     assert_eq!(code, 200);
-    assert!(
-        metrics.contains("ringmaster_agent_io_uring_supported 1"),
+    assert_eq!(
+        sample(&metrics, "ringmaster_agent_io_uring_supported"),
+        Some(1),
         "{metrics}"
     );
-    assert!(
-        metrics.contains(&format!("ringmaster_agent_applied_generation {gen}")),
+    assert_eq!(
+        sample(&metrics, "ringmaster_agent_applied_generation"),
+        Some(gen as u64),
         "{metrics}"
     );
 
     // A steady node makes no API writes: two resync passes (3 s each) later, the count is the same.
     let writes = |m: &str| {
-        m.lines()
-            .find_map(|l| l.strip_prefix("ringmaster_agent_api_writes_total "))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .expect("api_writes_total in /metrics")
+        sample(m, "ringmaster_agent_api_writes_total").expect("api_writes_total in /metrics")
     };
-    let passes = |m: &str| {
-        m.lines()
-            .find_map(|l| l.strip_prefix("ringmaster_agent_passes_total "))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .expect("passes_total in /metrics")
-    };
+    let passes =
+        |m: &str| sample(m, "ringmaster_agent_passes_total").expect("passes_total in /metrics");
     let before = http_get(&addr, "/metrics").1;
     tokio::time::sleep(Duration::from_secs(7)).await;
     let after = http_get(&addr, "/metrics").1;
@@ -400,7 +396,10 @@ async fn config_changes_reach_agents_and_restart_converges() {
         .unwrap();
     let st = f.wait_applied(&bad, g3r).await.status.unwrap();
     assert_eq!(st.worker_mode.as_deref(), Some("none"));
-    assert_eq!(condition(&st, cond::READY), ("False", "IoUringRequired"));
+    assert_eq!(
+        condition(&st, cond::READY),
+        ("False", reasons::IO_URING_REQUIRED)
+    );
     assert!(!st.service_settings.unwrap().enable_io_uring);
     let st_ok = f.wait_applied(&ok, g3r).await.status.unwrap();
     assert_eq!(st_ok.worker_mode.as_deref(), Some("io_uring"));
@@ -525,7 +524,7 @@ async fn deleting_the_cluster_restores_the_node() {
         f.agents[0].settings_toml().is_none(),
         "aio.toml left behind"
     );
-    wait_event(&f.client, &node, "Restored").await;
+    wait_event(&f.client, &node, reasons::RESTORED).await;
 
     // The "operator" releases its finalizer; the cluster goes.
     f.release_finalizer().await;
@@ -570,8 +569,9 @@ async fn missing_node_and_bad_reader_report_do_not_crash_the_agent() {
                 .find(|c| c.type_ == cond::IO_URING_SUPPORTED)
                 .cloned();
             anyhow::ensure!(
-                c.as_ref()
-                    .is_some_and(|c| c.status == "Unknown" && c.reason == "ReaderReportInvalid"),
+                c.as_ref().is_some_and(
+                    |c| c.status == "Unknown" && c.reason == reasons::READER_REPORT_INVALID
+                ),
                 "{c:?}"
             );
             Ok(())
@@ -582,8 +582,11 @@ async fn missing_node_and_bad_reader_report_do_not_crash_the_agent() {
     f.agents[0].start_reader();
     let sn = f.wait_applied(&node, gen).await;
     let st = sn.status.unwrap();
-    assert_eq!(condition(&st, cond::TUNED), ("False", "BelowRequired"));
-    assert_eq!(condition(&st, cond::READY), ("False", "NotTuned"));
+    assert_eq!(
+        condition(&st, cond::TUNED),
+        ("False", reasons::BELOW_REQUIRED)
+    );
+    assert_eq!(condition(&st, cond::READY), ("False", reasons::NOT_TUNED));
     assert_eq!(read_aio_max_nr(), low, "Verify mode wrote the sysctl");
     assert_eq!(
         ringmaster_labels(&f.node(&node).await)[keys::LABEL_AIO_TUNED],
@@ -646,7 +649,7 @@ async fn read_only_proc_sys_is_a_condition_not_a_crash() {
         let st = sn.status.unwrap_or_default();
         let c = st.conditions.iter().find(|c| c.type_ == cond::TUNED);
         anyhow::ensure!(
-            c.is_some_and(|c| c.status == "False" && c.reason == "ReadOnlySysctl"),
+            c.is_some_and(|c| c.status == "False" && c.reason == reasons::READ_ONLY_SYSCTL),
             "{:?}",
             st.conditions
         );
@@ -661,7 +664,7 @@ async fn read_only_proc_sys_is_a_condition_not_a_crash() {
         .message;
     assert!(msg.contains("read-only") && msg.contains("fix"), "{msg}");
     assert_eq!(read_aio_max_nr(), low);
-    wait_event(&f.client, &node, "TuneFailed").await;
+    wait_event(&f.client, &node, reasons::TUNE_FAILED).await;
     assert_eq!(
         ringmaster_labels(&f.node(&node).await)[keys::LABEL_AIO_TUNED],
         "false"
@@ -726,7 +729,7 @@ async fn missing_data_dir_is_a_condition_naming_the_field_and_heals() {
         .unwrap_or_else(|| panic!("no DataDirsReady in {:?}", st.conditions));
     assert_eq!(
         (dirs_ready.status.as_str(), dirs_ready.reason.as_str()),
-        ("False", "DataDirMissing"),
+        ("False", reasons::DATA_DIR_MISSING),
         "{}",
         dirs_ready.message
     );
@@ -739,7 +742,10 @@ async fn missing_data_dir_is_a_condition_naming_the_field_and_heals() {
         "DataDirsReady message\n  got: {}\n want: {want}...",
         dirs_ready.message
     );
-    assert_eq!(condition(&st, cond::READY), ("False", "DataDirUnavailable"));
+    assert_eq!(
+        condition(&st, cond::READY),
+        ("False", reasons::DATA_DIR_UNAVAILABLE)
+    );
     let by_name = |n: &str| st.data_dirs.iter().find(|d| d.name == n).cloned().unwrap();
     assert!(by_name("d0").available, "{:?}", st.data_dirs);
     let d1 = by_name("d1");
@@ -750,7 +756,7 @@ async fn missing_data_dir_is_a_condition_naming_the_field_and_heals() {
         ringmaster_labels(&f.node(&node).await)[keys::LABEL_READY],
         "false"
     );
-    wait_event(&f.client, &node, "DataDirUnavailable").await;
+    wait_event(&f.client, &node, reasons::DATA_DIR_UNAVAILABLE).await;
 
     // The existing dir still serves a real range read through the reader.
     let state = f.agents[0].state_dir.path().to_path_buf();
@@ -771,7 +777,7 @@ async fn missing_data_dir_is_a_condition_naming_the_field_and_heals() {
             let d = operator_support::cond(sc, cc::DEGRADED)
                 .ok_or_else(|| anyhow::anyhow!("no Degraded"))?;
             anyhow::ensure!(
-                d.status == "True" && d.reason == "DataDirUnavailable",
+                d.status == "True" && d.reason == reasons::DATA_DIR_UNAVAILABLE,
                 "Degraded {} {}",
                 d.status,
                 d.reason
@@ -818,7 +824,7 @@ async fn missing_data_dir_is_a_condition_naming_the_field_and_heals() {
                 .iter()
                 .find(|c| c.type_ == cond::DATA_DIRS_READY);
             anyhow::ensure!(
-                c.is_some_and(|c| c.status == "True" && c.reason == "AllAvailable"),
+                c.is_some_and(|c| c.status == "True" && c.reason == reasons::ALL_AVAILABLE),
                 "{c:?}"
             );
             anyhow::ensure!(
@@ -840,7 +846,7 @@ async fn missing_data_dir_is_a_condition_naming_the_field_and_heals() {
         Ok(())
     })
     .await;
-    wait_event(&f.client, &node, "DataDirsAvailable").await;
+    wait_event(&f.client, &node, reasons::DATA_DIRS_AVAILABLE).await;
     let addr = reader_listen_addr(&state).expect("the reader serves d0 and d1");
     assert_eq!(
         http_range(&addr, "/v1/files/d1/x.txt", "2-4"),

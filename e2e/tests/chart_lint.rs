@@ -9,9 +9,10 @@ use chart_support::{chart_dir, find, helm, parse_docs, render, repo_root, rule_s
 #[test]
 fn helm_lint_strict_is_clean() {
     let chart = chart_dir();
-    let variants: [&[&str]; 4] = [
+    let variants: [&[&str]; 5] = [
         &[],
         &["storageCluster.create=true", "serviceMonitor.enabled=true"],
+        &["monitoring.podMonitor.enabled=true", "monitoring.prometheusRule.enabled=true", "monitoring.grafanaDashboard.enabled=true"],
         &["crds.install=false", "admissionPolicy.enabled=false", "rbac.create=false"],
         &["operator.replicas=1", "operator.image.digest=sha256:0000000000000000000000000000000000000000000000000000000000000000"],
     ];
@@ -260,6 +261,104 @@ fn optional_objects_render_only_when_enabled() {
         find(&docs, "StorageCluster", "default")["spec"]["agent"]["image"],
         "reg/agent:1"
     );
+}
+
+/// The monitoring parts: nothing by default; the PrometheusRule and PodMonitor only when
+/// the cluster serves their CRDs; every alert links its own section of docs/monitoring.md;
+/// the dashboard ConfigMap carries the repository's dashboard JSON as is.
+#[test]
+fn monitoring_objects_render_when_enabled_and_link_their_runbooks() {
+    let kinds = ["PrometheusRule", "PodMonitor", "ConfigMap"];
+    let docs = render("ringmaster", "rm", &[]);
+    for kind in kinds {
+        assert!(
+            !docs.iter().any(|d| d["kind"] == kind),
+            "{kind} rendered by default"
+        );
+    }
+    let all = [
+        "monitoring.podMonitor.enabled=true",
+        "monitoring.prometheusRule.enabled=true",
+        "monitoring.grafanaDashboard.enabled=true",
+    ];
+    // Enabled, CRDs not served: only the dashboard ConfigMap (NOTES warns about the rest).
+    let docs = render("ringmaster", "rm", &all);
+    assert!(!docs
+        .iter()
+        .any(|d| d["kind"] == "PrometheusRule" || d["kind"] == "PodMonitor"));
+    let cm = find(&docs, "ConfigMap", "ringmaster-dashboard");
+    assert_eq!(cm["metadata"]["labels"]["grafana_dashboard"], "1");
+    let shipped: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_root().join("charts/ringmaster/dashboards/ringmaster.json"))
+            .unwrap(),
+    )
+    .expect("dashboards/ringmaster.json is valid JSON");
+    let in_cm: serde_json::Value =
+        serde_json::from_str(cm["data"]["ringmaster.json"].as_str().unwrap()).unwrap();
+    assert_eq!(in_cm, shipped);
+
+    let chart = chart_dir();
+    let mut args = vec![
+        "template",
+        "ringmaster",
+        chart.as_str(),
+        "-n",
+        "rm",
+        "--kube-version",
+        "1.33.0",
+        "--api-versions",
+        "monitoring.coreos.com/v1/PrometheusRule",
+        "--api-versions",
+        "monitoring.coreos.com/v1/PodMonitor",
+    ];
+    for s in all {
+        args.extend(["--set", s]);
+    }
+    args.extend([
+        "--set",
+        "monitoring.prometheusRule.alerts.RingmasterAgentDown.enabled=false",
+    ]);
+    let docs = parse_docs(&helm(&args).ok());
+    let pm = find(&docs, "PodMonitor", "ringmaster-agents");
+    assert_eq!(
+        pm["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"],
+        "ringmaster-agent"
+    );
+    assert_eq!(pm["spec"]["podMetricsEndpoints"][0]["port"], "agent-http");
+    let rule = find(&docs, "PrometheusRule", "ringmaster");
+    let rules = rule["spec"]["groups"][0]["rules"].as_sequence().unwrap();
+    let doc = std::fs::read_to_string(repo_root().join("docs/monitoring.md")).unwrap();
+    let names: Vec<String> = rules.iter().map(|r| str_of(&r["alert"])).collect();
+    assert_eq!(names.len(), 10, "{names:?}");
+    assert!(
+        !names.contains(&"RingmasterAgentDown".to_string()),
+        "disabled alert rendered"
+    );
+    for r in rules {
+        let name = str_of(&r["alert"]);
+        let url = str_of(&r["annotations"]["runbook_url"]);
+        assert_eq!(
+            url,
+            format!(
+                "https://github.com/ringmaster-io/ringmaster/blob/main/docs/monitoring.md#{}",
+                name.to_lowercase()
+            )
+        );
+        assert!(
+            doc.contains(&format!("\n### {name}\n")),
+            "docs/monitoring.md has no section {name}"
+        );
+        for key in ["summary", "description"] {
+            assert!(
+                !str_of(&r["annotations"][key]).is_empty(),
+                "{name} has no {key}"
+            );
+        }
+        assert!(
+            !str_of(&r["labels"]["severity"]).is_empty(),
+            "{name} has no severity"
+        );
+    }
 }
 
 /// The chart ships the operator's and the agent's RBAC exactly as operator/rbac/ defines it

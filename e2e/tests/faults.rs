@@ -12,6 +12,7 @@
 mod agent_support;
 mod operator_support;
 
+use ringmaster_api::reasons;
 use std::time::Duration;
 
 use agent_support::*;
@@ -164,7 +165,7 @@ async fn node_deleted_while_agent_reports() {
         let evs = events.list(&Default::default()).await?.items;
         let hits: Vec<_> = evs
             .iter()
-            .filter(|e| e.reason.as_deref() == Some("NodeNotFound"))
+            .filter(|e| e.reason.as_deref() == Some(reasons::NODE_NOT_FOUND))
             .collect();
         anyhow::ensure!(hits.len() == 1, "{} NodeNotFound events", hits.len());
         let note = hits[0].note.clone().unwrap_or_default();
@@ -180,7 +181,7 @@ async fn node_deleted_while_agent_reports() {
     let again = events.list(&Default::default()).await.unwrap().items;
     let n = again
         .iter()
-        .filter(|e| e.reason.as_deref() == Some("NodeNotFound"))
+        .filter(|e| e.reason.as_deref() == Some(reasons::NODE_NOT_FOUND))
         .count();
     assert_eq!(n, 1, "NodeNotFound announced again on every pass");
     // The other node is unaffected.

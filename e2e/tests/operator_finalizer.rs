@@ -6,6 +6,7 @@
 
 mod operator_support;
 
+use ringmaster_api::reasons;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::DaemonSet;
@@ -150,7 +151,7 @@ async fn delete_waits_for_agents_then_cleans_leftovers_and_releases() {
         |sc| {
             let f = cond(sc, cc::FINALIZING).ok_or_else(|| anyhow::anyhow!("no Finalizing yet"))?;
             anyhow::ensure!(
-                f.status == "True" && f.reason == "WaitingForAgents",
+                f.status == "True" && f.reason == reasons::WAITING_FOR_AGENTS,
                 "{f:?}"
             );
             anyhow::ensure!(f.message.contains("3 of 3 nodes"), "{}", f.message);
@@ -255,7 +256,7 @@ async fn delete_waits_for_agents_then_cleans_leftovers_and_releases() {
     )
     .await;
 
-    let ev = wait_event(&n, "gone", "CleanupTimedOut").await;
+    let ev = wait_event(&n, "gone", reasons::CLEANUP_TIMED_OUT).await;
     assert!(ev.contains("1 of 3 agents restored their nodes"), "{ev}");
     assert!(ev.contains(nodes[1]) && ev.contains(nodes[2]), "{ev}");
     drop(handles);
@@ -306,7 +307,7 @@ async fn delete_with_every_agent_restored_releases_at_once() {
         started.elapsed() < Duration::from_secs(30),
         "released without waiting for the 600 s timeout"
     );
-    let ev = wait_event(&n, "quick", "CleanupComplete").await;
+    let ev = wait_event(&n, "quick", reasons::CLEANUP_COMPLETE).await;
     assert!(ev.contains("1 of 1 agents restored their nodes"), "{ev}");
 }
 
@@ -387,7 +388,7 @@ async fn a_node_leaving_the_node_selector_is_released() {
     })
     .await;
     assert_only_foreign_marks_left(&admin_nodes.get(&leave).await.unwrap());
-    let ev = wait_event(&n, "shrink", "NodeReleased").await;
+    let ev = wait_event(&n, "shrink", reasons::NODE_RELEASED).await;
     assert!(
         ev.contains(&leave) && ev.contains("spec.nodeSelector"),
         "{ev}"

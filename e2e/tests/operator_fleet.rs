@@ -7,6 +7,7 @@
 
 mod operator_support;
 
+use ringmaster_api::reasons;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ServiceAccount;
@@ -107,7 +108,11 @@ async fn operator_places_agents_aggregates_reports_and_flips_degraded() {
             counts(sc)
         );
         let p = cond(sc, cc::PROGRESSING).ok_or_else(|| anyhow::anyhow!("no Progressing"))?;
-        anyhow::ensure!(p.reason == "WaitingForReports", "Progressing {}", p.reason);
+        anyhow::ensure!(
+            p.reason == reasons::WAITING_FOR_REPORTS,
+            "Progressing {}",
+            p.reason
+        );
         anyhow::ensure!(
             sc.status.as_ref().unwrap().observed_generation == Some(1),
             "observedGeneration"
@@ -169,7 +174,7 @@ async fn operator_places_agents_aggregates_reports_and_flips_degraded() {
     let ready = cond(&sc, cc::READY).unwrap();
     assert_eq!(
         (ready.status.as_str(), ready.reason.as_str()),
-        ("False", "NodesNotReady")
+        ("False", reasons::NODES_NOT_READY)
     );
     assert!(
         ready
@@ -185,7 +190,7 @@ async fn operator_places_agents_aggregates_reports_and_flips_degraded() {
         degraded.message
     );
     let progressing = cond(&sc, cc::PROGRESSING).unwrap();
-    assert_eq!(progressing.reason, "RolloutComplete");
+    assert_eq!(progressing.reason, reasons::ROLLOUT_COMPLETE);
     let ev = wait_event(
         &n,
         "fast",
@@ -196,7 +201,7 @@ async fn operator_places_agents_aggregates_reports_and_flips_degraded() {
     )
     .await;
     assert!(ev.starts_with("Warning IoUringUnsupported"), "{ev}");
-    wait_event(&n, "fast", "RolloutComplete").await;
+    wait_event(&n, "fast", reasons::ROLLOUT_COMPLETE).await;
 
     // Required: the same fleet is Degraded, with the node and the fix in the message.
     let ds_gen = daemon_set(&c, &n, "fast").await.metadata.generation;
@@ -211,7 +216,7 @@ async fn operator_places_agents_aggregates_reports_and_flips_degraded() {
         |sc| {
             let d = cond(sc, cc::DEGRADED).ok_or_else(|| anyhow::anyhow!("no Degraded"))?;
             anyhow::ensure!(
-                d.status == "True" && d.reason == "IoUringUnsupported",
+                d.status == "True" && d.reason == reasons::IO_URING_UNSUPPORTED,
                 "Degraded {} {}",
                 d.status,
                 d.reason
@@ -233,7 +238,10 @@ async fn operator_places_agents_aggregates_reports_and_flips_degraded() {
     assert!(d.message.contains("spec.aio.ioUring"), "{}", d.message);
     // Generation 2 is not applied anywhere yet.
     assert_eq!(counts(&sc).6, 0, "upToDate after the spec change");
-    assert_eq!(cond(&sc, cc::PROGRESSING).unwrap().reason, "ApplyingConfig");
+    assert_eq!(
+        cond(&sc, cc::PROGRESSING).unwrap().reason,
+        reasons::APPLYING_CONFIG
+    );
     wait_event(&n, "fast", "spec.aio.ioUring is Required").await;
     // A sizing/policy change is hot-reloaded: the DaemonSet was not rewritten.
     assert_eq!(daemon_set(&c, &n, "fast").await.metadata.generation, ds_gen);
@@ -250,7 +258,11 @@ async fn operator_places_agents_aggregates_reports_and_flips_degraded() {
     wait_status(&c, &n, "fast", "upToDate 3 at generation 2", T, |sc| {
         anyhow::ensure!(counts(sc).6 == 3, "upToDate {}", counts(sc).6);
         let p = cond(sc, cc::PROGRESSING).unwrap();
-        anyhow::ensure!(p.reason == "RolloutComplete", "Progressing {}", p.reason);
+        anyhow::ensure!(
+            p.reason == reasons::ROLLOUT_COMPLETE,
+            "Progressing {}",
+            p.reason
+        );
         Ok(())
     })
     .await;

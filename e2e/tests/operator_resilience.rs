@@ -5,6 +5,7 @@
 
 mod operator_support;
 
+use ringmaster_api::reasons;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
@@ -193,7 +194,7 @@ async fn later_cluster_on_the_same_nodes_is_degraded_node_conflict() {
     let sc = wait_status(&c, &n, "second", "second Degraded NodeConflict", T, |sc| {
         let d = cond(sc, cc::DEGRADED).ok_or_else(|| anyhow::anyhow!("no Degraded"))?;
         anyhow::ensure!(
-            d.status == "True" && d.reason == "NodeConflict",
+            d.status == "True" && d.reason == reasons::NODE_CONFLICT,
             "{} {}",
             d.status,
             d.reason
@@ -208,7 +209,7 @@ async fn later_cluster_on_the_same_nodes_is_degraded_node_conflict() {
     );
     assert!(msg.contains(&names[0]) && msg.contains(&names[1]), "{msg}");
     assert!(msg.contains("spec.nodeSelector"), "{msg}");
-    wait_event(&n, "second", "NodeConflict").await;
+    wait_event(&n, "second", reasons::NODE_CONFLICT).await;
     let first = Api::<StorageCluster>::namespaced(c.clone(), &n)
         .get("first")
         .await

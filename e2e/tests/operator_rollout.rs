@@ -6,6 +6,7 @@
 
 mod operator_support;
 
+use ringmaster_api::reasons;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -66,7 +67,7 @@ async fn converged(c: &kube::Client, ns: &str, name: &str, generation: i64) {
             );
             let p = cond(sc, cc::PROGRESSING).unwrap();
             anyhow::ensure!(
-                p.reason == "RolloutComplete",
+                p.reason == reasons::ROLLOUT_COMPLETE,
                 "Progressing {} {}",
                 p.reason,
                 p.message

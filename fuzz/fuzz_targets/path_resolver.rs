@@ -4,9 +4,7 @@
 
 use libfuzzer_sys::fuzz_target;
 
-#[path = "../../node-agent/src/serve/paths.rs"]
-#[allow(dead_code)]
-mod paths;
+use ringmaster_serve::paths;
 
 fuzz_target!(|path: &str| {
     if let Ok(p) = paths::check_relative(path) {

@@ -3,10 +3,7 @@
 
 use libfuzzer_sys::fuzz_target;
 
-// The parser depends on std alone; include it directly rather than building the whole agent.
-#[path = "../../node-agent/src/serve/range.rs"]
-#[allow(dead_code)]
-mod range;
+use ringmaster_serve::range;
 
 fuzz_target!(|input: (&str, u64)| {
     let (header, size) = input;

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::handoff::Policy;
-use crate::io::{
+use ringmaster_ring::io::Policy;
+use ringmaster_ring::io::{
     cached, AlignedBuf, Pool, PoolConfig, ReadJob, ReadOutcome, RingFlags, WorkerMode,
 };
 

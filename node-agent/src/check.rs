@@ -8,9 +8,9 @@ use std::path::PathBuf;
 use ringmaster_api::cluster::AioSpec;
 use serde::{Deserialize, Serialize};
 
-use crate::host::{self, HostFacts};
-use crate::probe::{self, AioProbe, ProbeParams, UringProbe};
 use crate::tune::{Sizing, SizingArgs};
+use ringmaster_ring::host::{self, HostFacts};
+use ringmaster_ring::probe::{self, AioProbe, ProbeParams, UringProbe};
 
 /// Exit status: ready.
 pub const EXIT_READY: i32 = 0;

@@ -9,7 +9,7 @@ use rustix::fs::{Access, AtFlags, Mode, OFlags, CWD};
 use rustix::io::Errno;
 
 use crate::handoff::DataDirCheck;
-use crate::probe::errno::errno_name;
+use ringmaster_ring::probe::errno::errno_name;
 
 /// `DataDirCheck::reason` values (the same strings as `ringmaster_api::data_dir_reasons`).
 pub mod reason {

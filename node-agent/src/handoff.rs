@@ -22,8 +22,8 @@ use crate::safe_fs::Dir;
 
 use serde::{Deserialize, Serialize};
 
-use crate::host::HostFacts;
-use crate::probe::UringProbe;
+use ringmaster_ring::host::HostFacts;
+use ringmaster_ring::probe::UringProbe;
 
 pub const CONFIG_FILE: &str = "config.json";
 pub const READER_FILE: &str = "reader.json";
@@ -37,33 +37,18 @@ pub const READER_DIR: &str = ringmaster_api::keys::HANDOFF_READER_DIR;
 /// messages is tens of KiB; anything far larger is not a report.
 pub const MAX_FILE_BYTES: u64 = 1 << 20;
 
-/// io_uring policy as the reader sees it (mirrors the API's `aio.ioUring`).
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Policy {
-    Required,
-    #[default]
-    Preferred,
-    Disabled,
-}
+pub use ringmaster_ring::io::Policy;
 
-impl From<ringmaster_api::IoUringPolicy> for Policy {
-    fn from(p: ringmaster_api::IoUringPolicy) -> Self {
-        match p {
-            ringmaster_api::IoUringPolicy::Required => Policy::Required,
-            ringmaster_api::IoUringPolicy::Preferred => Policy::Preferred,
-            ringmaster_api::IoUringPolicy::Disabled => Policy::Disabled,
-        }
+/// The worker pool's policy for the API's `aio.ioUring`.
+pub fn policy(p: ringmaster_api::IoUringPolicy) -> Policy {
+    match p {
+        ringmaster_api::IoUringPolicy::Required => Policy::Required,
+        ringmaster_api::IoUringPolicy::Preferred => Policy::Preferred,
+        ringmaster_api::IoUringPolicy::Disabled => Policy::Disabled,
     }
 }
 
-/// Worker modes the reader reports (`io_uring` | `pread` | `none`).
-pub mod worker_mode {
-    pub const IO_URING: &str = "io_uring";
-    pub const PREAD: &str = "pread";
-    /// `Required` policy and io_uring unavailable: nothing serves, on purpose.
-    pub const NONE: &str = "none";
-}
+pub use ringmaster_ring::io::WorkerMode;
 
 /// Agent → reader.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -110,7 +95,7 @@ impl ReaderReport {
     /// report says which and why).
     pub fn settled(&self) -> bool {
         self.serving
-            || self.worker_mode == worker_mode::NONE
+            || self.worker_mode == WorkerMode::Off
             || !self.service_configured
             || (!self.data_dirs.is_empty() && self.data_dirs.iter().all(|d| !d.available))
     }
@@ -132,7 +117,7 @@ impl ReaderReport {
 
     /// The storage read path can run: workers usable and, when asked for, serving.
     pub fn usable(&self) -> bool {
-        self.worker_mode != worker_mode::NONE && (self.serving || !self.service_configured)
+        self.worker_mode != WorkerMode::Off && (self.serving || !self.service_configured)
     }
 }
 
@@ -154,8 +139,8 @@ pub struct ReaderReport {
     pub host: HostFacts,
     /// The io_uring probe, run in the reader's own security context.
     pub io_uring: UringProbe,
-    /// `io_uring`, `pread` or `none` (see [`worker_mode`]).
-    pub worker_mode: String,
+    /// `io_uring`, `pread` or `none` on the wire.
+    pub worker_mode: WorkerMode,
     /// Why the workers run in that mode, for people.
     pub worker_mode_reason: String,
     /// The HTTP read service is listening.
@@ -307,7 +292,7 @@ mod tests {
             config_hash: "abc".into(),
             host: HostFacts::default(),
             io_uring: UringProbe::default(),
-            worker_mode: worker_mode::PREAD.into(),
+            worker_mode: WorkerMode::Pread,
             worker_mode_reason: String::new(),
             serving: true,
             service_configured: true,

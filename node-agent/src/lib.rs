@@ -1,12 +1,11 @@
 //! Ringmaster node agent as a library, so integration tests and benches reach the parts.
 //!
-//! Layout (one module per concern; the I/O core knows nothing of Kubernetes):
-//! - [`host`]    facts about this host: kernel, sysctls, seccomp mode, rlimits, capabilities
-//! - [`probe`]   io_uring and libaio probes with errno classification (the verdict)
+//! The host core (host facts, sysctls, probes, read workers) is the `ringmaster-ring` crate and
+//! the HTTP read service the `ringmaster-serve` crate; neither knows Kubernetes. Here, one
+//! module per concern:
 //! - [`tune`]    the fs.aio-max-nr tuner with its state file (never lowers, restorable)
 //! - [`check`]   the `check` report (text/JSON) built from host + probe
-//! - [`io`]      the read workers: io_uring pool, pread pool, page-cache fast path
-//! - [`serve`]   HTTP range reads over the pool
+//! - [`serve`]   the `serve` command line over `ringmaster-serve`
 //! - [`bench`]   random-read benchmark
 //! - [`handoff`] files the privileged agent and the unprivileged reader exchange
 //! - [`datadirs`] checks of the data dirs as the reader uses them (exists, dir, searchable)
@@ -22,9 +21,6 @@ pub mod check;
 pub mod cluster;
 pub mod datadirs;
 pub mod handoff;
-pub mod host;
-pub mod io;
-pub mod probe;
 pub mod reader;
 pub mod safe_fs;
 pub mod serve;

@@ -12,10 +12,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::datadirs;
-use crate::handoff::{self, worker_mode, DataDirCheck, Policy, ReaderConfig, ReaderReport};
-use crate::host;
-use crate::probe::{self, ProbeParams, UringProbe};
-use crate::serve;
+use crate::handoff::{self, DataDirCheck, Policy, ReaderConfig, ReaderReport, WorkerMode};
+use ringmaster_ring::host;
+use ringmaster_ring::probe::{self, ProbeParams, UringProbe};
+use ringmaster_serve as serve;
 
 /// Flags of `ringmaster-agent reader`.
 #[derive(clap::Args, Debug, Clone)]
@@ -39,7 +39,15 @@ pub struct ReaderArgs {
 }
 
 /// How the workers will run for a probe result under a policy, and why.
-pub fn decide_mode(policy: Policy, probe: &UringProbe) -> (&'static str, String) {
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModeDecision {
+    pub mode: WorkerMode,
+    /// For people: names the policy and, when io_uring is out, the errno.
+    pub reason: String,
+}
+
+/// How the workers will run for a probe result under a policy, and why.
+pub fn decide_mode(policy: Policy, probe: &UringProbe) -> ModeDecision {
     let why = || {
         format!(
             "io_uring unavailable ({}{})",
@@ -51,30 +59,31 @@ pub fn decide_mode(policy: Policy, probe: &UringProbe) -> (&'static str, String)
                 .unwrap_or_default()
         )
     };
-    match (policy, probe.supported) {
+    let (mode, reason) = match (policy, probe.supported) {
         (Policy::Disabled, _) => (
-            worker_mode::PREAD,
+            WorkerMode::Pread,
             "aio.ioUring is Disabled: pread thread pool".into(),
         ),
         (_, true) => (
-            worker_mode::IO_URING,
+            WorkerMode::IoUring,
             format!(
                 "io_uring works with {} ring entries per worker",
                 probe.ring_entries
             ),
         ),
         (Policy::Preferred, false) => (
-            worker_mode::PREAD,
+            WorkerMode::Pread,
             format!("{}; aio.ioUring is Preferred: pread thread pool", why()),
         ),
         (Policy::Required, false) => (
-            worker_mode::NONE,
+            WorkerMode::Off,
             format!(
                 "{}; aio.ioUring is Required: not serving (fix io_uring or set Preferred)",
                 why()
             ),
         ),
-    }
+    };
+    ModeDecision { mode, reason }
 }
 
 /// What the reader runs for the current config.
@@ -145,7 +154,7 @@ async fn start_idle(bind: SocketAddr, reason: String) -> anyhow::Result<Running>
 }
 
 fn now_rfc3339() -> String {
-    k8s_openapi::jiff::Timestamp::now().to_string()
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
 }
 
 /// Probe under this process's security context (blocking: rings, a temp file read).
@@ -166,8 +175,8 @@ async fn apply_config(args: &ReaderArgs, cfg: &ReaderConfig) -> (ReaderReport, O
     let scratch = args.state_dir.join(handoff::READER_DIR);
     let (facts, uring) = probe(cfg, &scratch).await;
     let (checks, usable) = check_data_dirs(cfg, args.data_root.as_deref()).await;
-    let (mode, mut reason) = decide_mode(cfg.policy, &uring);
-    let mut worker_mode = mode.to_string();
+    let ModeDecision { mode, mut reason } = decide_mode(cfg.policy, &uring);
+    let mut worker_mode = mode;
     let service_configured = !cfg.data_dirs.is_empty();
     let bind = args
         .bind
@@ -175,12 +184,12 @@ async fn apply_config(args: &ReaderArgs, cfg: &ReaderConfig) -> (ReaderReport, O
     let mut serving = false;
     let mut listen_addr = None;
     let mut error = None;
-    let running = if mode != worker_mode::NONE && !usable.is_empty() {
+    let running = if mode != WorkerMode::Off && !usable.is_empty() {
         match start_service(cfg, usable, bind).await {
             Ok(h) => {
                 serving = true;
                 listen_addr = Some(h.local_addr().to_string());
-                worker_mode = h.worker_mode().to_string();
+                worker_mode = h.worker_mode();
                 reason = h.worker_mode_reason().to_string();
                 Some(Running::Service(h))
             }
@@ -190,7 +199,7 @@ async fn apply_config(args: &ReaderArgs, cfg: &ReaderConfig) -> (ReaderReport, O
             }
         }
     } else {
-        if mode != worker_mode::NONE {
+        if mode != WorkerMode::Off {
             reason = if service_configured {
                 format!("{reason}; no data dir is usable: read service off")
             } else {
@@ -437,14 +446,29 @@ mod tests {
 
     #[test]
     fn policy_decides_mode() {
-        assert_eq!(decide_mode(Policy::Preferred, &probe(true)).0, "io_uring");
-        assert_eq!(decide_mode(Policy::Required, &probe(true)).0, "io_uring");
-        assert_eq!(decide_mode(Policy::Disabled, &probe(true)).0, "pread");
-        let (m, why) = decide_mode(Policy::Preferred, &probe(false));
-        assert_eq!(m, "pread");
+        assert_eq!(
+            decide_mode(Policy::Preferred, &probe(true)).mode.as_str(),
+            "io_uring"
+        );
+        assert_eq!(
+            decide_mode(Policy::Required, &probe(true)).mode.as_str(),
+            "io_uring"
+        );
+        assert_eq!(
+            decide_mode(Policy::Disabled, &probe(true)).mode.as_str(),
+            "pread"
+        );
+        let ModeDecision {
+            mode: m,
+            reason: why,
+        } = decide_mode(Policy::Preferred, &probe(false));
+        assert_eq!(m.as_str(), "pread");
         assert!(why.contains("EPERM"), "{why}");
-        let (m, why) = decide_mode(Policy::Required, &probe(false));
-        assert_eq!(m, "none");
+        let ModeDecision {
+            mode: m,
+            reason: why,
+        } = decide_mode(Policy::Required, &probe(false));
+        assert_eq!(m.as_str(), "none");
         assert!(why.contains("Required") && why.contains("EPERM"), "{why}");
     }
 }

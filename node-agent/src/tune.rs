@@ -1,4 +1,4 @@
-//! `ringmaster-agent tune`: raise `fs.aio-max-nr` safely, and the [`Tuner`] library the
+//! `ringmaster-agent tune`: raise `fs.aio-max-nr` safely, and the [`AioMaxNrTuner`] library the
 //! cluster agent calls.
 //!
 //! Rules: never lower the value; record the ORIGINAL value in a state file *before* the
@@ -29,9 +29,11 @@ use std::path::{Path, PathBuf};
 
 use ringmaster_api::cluster::{AioSpec, SysctlSpec};
 use ringmaster_api::sizing;
+/// The one sizing type (`ringmaster_api::sizing::Sizing`), re-exported for `check` and `tune`.
+pub use ringmaster_api::sizing::Sizing;
 use serde::{Deserialize, Serialize};
 
-use crate::host::{sysctl, sysctl::SysctlError, AIO_MAX_NR, AIO_NR};
+use ringmaster_ring::host::{sysctl, sysctl::SysctlError, AIO_MAX_NR, AIO_NR};
 
 /// Where `tune` keeps its state unless `--state` says otherwise.
 pub const DEFAULT_STATE_PATH: &str = "/var/lib/ringmaster/aio-max-nr.json";
@@ -41,76 +43,6 @@ pub const DEFAULT_PERSIST_PATH: &str = "/etc/sysctl.d/60-ringmaster.conf";
 pub const PERSIST_MARKER: &str = "# Written by ringmaster-agent tune";
 /// Version of the state file format.
 pub const STATE_VERSION: u32 = 1;
-
-/// How the storage workers are sized: what `fs.aio-max-nr` must hold.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Sizing {
-    pub max_events: u32,
-    pub workers: u32,
-    pub processes_per_node: u32,
-    /// Never set `fs.aio-max-nr` below this.
-    pub aio_max_nr_floor: u64,
-}
-
-impl Default for Sizing {
-    fn default() -> Self {
-        Self::from_spec(&AioSpec::default(), &SysctlSpec::default())
-    }
-}
-
-impl Sizing {
-    /// From a StorageCluster's `spec.aio` and `spec.sysctl`.
-    pub fn from_spec(aio: &AioSpec, sysctl: &SysctlSpec) -> Self {
-        Self {
-            max_events: aio.max_events,
-            workers: aio.workers,
-            processes_per_node: aio.processes_per_node,
-            aio_max_nr_floor: sysctl.aio_max_nr,
-        }
-    }
-
-    /// libaio events the storage processes open (`processes × workers × max_events`).
-    pub fn storage_events(&self) -> u64 {
-        sizing::storage_events(
-            self.processes_per_node.into(),
-            self.workers.into(),
-            self.max_events.into(),
-        )
-    }
-
-    /// Required `fs.aio-max-nr` given what others hold now (`fs.aio-nr`).
-    pub fn required(&self, aio_nr: u64) -> u64 {
-        sizing::required_aio_max_nr(
-            self.processes_per_node.into(),
-            self.workers.into(),
-            self.max_events.into(),
-            aio_nr,
-            self.aio_max_nr_floor,
-        )
-    }
-
-    /// `2 processes × 8 workers × 512 events`, for people.
-    pub fn demand_text(&self) -> String {
-        let n = |v: u32, one: &str, many: &str| format!("{v} {}", if v == 1 { one } else { many });
-        format!(
-            "{} × {} × {}",
-            n(self.processes_per_node, "process", "processes"),
-            n(self.workers, "worker", "workers"),
-            n(self.max_events, "event", "events")
-        )
-    }
-
-    /// How [`Self::required`] is made up, for people.
-    pub fn explain(&self, aio_nr: u64) -> String {
-        let events = self.storage_events();
-        format!(
-            "{} = {events} + fs.aio-nr {aio_nr} + headroom {}, floor {}",
-            self.demand_text(),
-            sizing::headroom(events),
-            self.aio_max_nr_floor
-        )
-    }
-}
 
 /// The sizing flags `check` and `tune` share; defaults are the StorageCluster defaults.
 #[derive(clap::Args, Debug, Clone)]
@@ -170,7 +102,7 @@ pub fn state_holds_across_boot(st: &TuneState, now: Option<&str>, persist_ours: 
     }
 }
 
-/// What [`Tuner::apply`] would do now.
+/// What [`AioMaxNrTuner::apply`] would do now.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct Plan {
     pub current: u64,
@@ -187,7 +119,7 @@ pub struct Plan {
     pub explanation: String,
 }
 
-/// What [`Tuner::apply`] did.
+/// What [`AioMaxNrTuner::apply`] did.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct Outcome {
     pub previous: u64,
@@ -200,7 +132,7 @@ pub struct Outcome {
     pub persisted: Option<PathBuf>,
 }
 
-/// What [`Tuner::restore`] did.
+/// What [`AioMaxNrTuner::restore`] did.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum RestoreOutcome {
@@ -243,13 +175,15 @@ pub enum TuneError {
     Persist { path: PathBuf, reason: String },
 }
 
-/// Raises, records, verifies and restores `fs.aio-max-nr`.
+/// This host's `fs.aio-max-nr`: raises it (never lowers), records the original in a state file
+/// before the first write, verifies and restores it. The `tune` command uses it directly; the
+/// cluster agent through [`crate::cluster::tuning::ClusterTuning`].
 #[derive(Clone, Debug)]
-pub struct Tuner {
+pub struct AioMaxNrTuner {
     state_path: PathBuf,
 }
 
-impl Tuner {
+impl AioMaxNrTuner {
     pub fn new(state_path: impl Into<PathBuf>) -> Self {
         Self {
             state_path: state_path.into(),
@@ -567,7 +501,7 @@ pub fn run(a: TuneArgs) -> i32 {
 fn run_inner(a: &TuneArgs) -> Result<Vec<String>, TuneError> {
     let dry = if a.dry_run { "dry run: " } else { "" };
     if let Some(state) = &a.restore {
-        let t = Tuner::new(state);
+        let t = AioMaxNrTuner::new(state);
         let persisted = t.state()?.and_then(|st| st.persist_path);
         let outcome = if a.dry_run {
             let o = t.plan_restore()?;
@@ -614,7 +548,7 @@ fn run_inner(a: &TuneArgs) -> Result<Vec<String>, TuneError> {
     }
 
     let s = Sizing::from(&a.sizing);
-    let t = Tuner::new(&a.state);
+    let t = AioMaxNrTuner::new(&a.state);
     let plan = t.plan(&s)?;
     let required = format!("required {} = {}", plan.required, plan.explanation);
     if a.dry_run {
@@ -736,7 +670,7 @@ mod tests {
     #[test]
     fn state_round_trips_and_rejects_foreign_files() {
         let dir = std::env::temp_dir().join(format!("rm-tune-unit-{}", std::process::id()));
-        let t = Tuner::new(dir.join("state.json"));
+        let t = AioMaxNrTuner::new(dir.join("state.json"));
         assert_eq!(t.state().unwrap(), None);
         let st = TuneState {
             version: STATE_VERSION,

@@ -661,11 +661,11 @@ fn sysctl_value_above_kernel_max_is_a_clear_error() {
         "kernel.io_uring_disabled is missing: this test needs Linux >= 6.6"
     );
     let before = read_sysctl("kernel.io_uring_disabled");
-    let e = ringmaster_agent::host::sysctl::write_str("kernel.io_uring_disabled", "3").unwrap_err();
+    let e = ringmaster_ring::host::sysctl::write_str("kernel.io_uring_disabled", "3").unwrap_err();
     assert!(
         matches!(
             e,
-            ringmaster_agent::host::sysctl::SysctlError::OutOfRange { .. }
+            ringmaster_ring::host::sysctl::SysctlError::OutOfRange { .. }
         ),
         "{e:?}"
     );
@@ -679,10 +679,10 @@ fn sysctl_value_above_kernel_max_is_a_clear_error() {
 
 #[test]
 fn tuner_library_writes_the_original_before_the_sysctl_and_verify_reports() {
-    use ringmaster_agent::tune::{Sizing, Tuner};
+    use ringmaster_agent::tune::{AioMaxNrTuner, Sizing};
     let _l = lock();
     let dir = TempDir::new("lib");
-    let t = Tuner::new(dir.path().join("state.json"));
+    let t = AioMaxNrTuner::new(dir.path().join("state.json"));
     let _g = SysctlGuard::set("fs.aio-max-nr", 65_545);
     let s = Sizing::default();
     let plan = t.verify(&s).unwrap();

@@ -7,6 +7,7 @@
 //! running and serves afterwards. Bounded in count (REQUESTS) and time (30 s read
 //! timeout per request), loopback only. No timing is asserted.
 
+#[path = "../../ring/tests/io_support/mod.rs"]
 mod io_support;
 
 use std::io::{BufRead, BufReader};

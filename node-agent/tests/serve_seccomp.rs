@@ -1,6 +1,7 @@
 //! `serve` under a real seccomp filter that denies io_uring (seccomp-exec): `preferred` runs on
 //! the pread pool and says so (header and /metrics), `required` exits non-zero naming the errno.
 
+#[path = "../../ring/tests/io_support/mod.rs"]
 mod io_support;
 
 use std::io::{BufRead, BufReader};

@@ -2,6 +2,7 @@
 //! backoff. Everything it decides comes from `render` (objects) and `status`
 //! (aggregation); this file only reads caches and writes what changed.
 
+use ringmaster_api::reasons;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex};
@@ -41,6 +42,17 @@ pub enum Error {
     #[error("StorageCluster {0} has no namespace")]
     NoNamespace(String),
 }
+
+/// Every value of [`Error::kind`]: the error counter starts at 0 for each, so the first
+/// failure is an increase `rate()` can see, and the series exist before anything fails.
+pub const ERROR_KINDS: [&str; 6] = [
+    "conflict",
+    "forbidden",
+    "invalid",
+    "kube",
+    "json",
+    "no_namespace",
+];
 
 impl Error {
     fn kind(&self) -> &'static str {
@@ -294,7 +306,8 @@ async fn apply(sc: &StorageCluster, id: &ClusterId, ctx: &Context) -> Result<Act
             ctx.publish(sc, t).await;
         }
     }
-    ctx.metrics.set_fleet(&id.key(), &out.status);
+    ctx.metrics
+        .set_fleet(&id.key(), sc.metadata.generation.unwrap_or(0), &out.status);
 
     release_departed(sc, id, ctx, &sns).await?;
     withdraw_stale_claims(sc, id, ctx, &out.stale).await?;
@@ -431,7 +444,7 @@ async fn release_departed(
             sc,
             &status::Transition {
                 warning: false,
-                reason: "NodeReleased".into(),
+                reason: reasons::NODE_RELEASED.into(),
                 action: "Release",
                 node: Some(name.clone()),
                 note,
@@ -478,7 +491,7 @@ async fn cleanup(sc: &StorageCluster, id: &ClusterId, ctx: &Context) -> Result<A
             &prev,
             cc::FINALIZING,
             true,
-            "WaitingForAgents",
+            reasons::WAITING_FOR_AGENTS,
             format!(
                 "waiting for the agents on {} of {} nodes to restore them (Restored=True on their StorageNode): {}; leftovers are cleaned by the operator after {} (--cleanup-timeout {}s)",
                 sorted.len(),
@@ -571,9 +584,9 @@ async fn cleanup(sc: &StorageCluster, id: &ClusterId, ctx: &Context) -> Result<A
     let t = status::Transition {
         warning: timed_out,
         reason: if timed_out {
-            "CleanupTimedOut"
+            reasons::CLEANUP_TIMED_OUT
         } else {
-            "CleanupComplete"
+            reasons::CLEANUP_COMPLETE
         }
         .into(),
         action: "Cleanup",

@@ -123,6 +123,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_tracing(args.log_format);
     let metrics = Arc::new(Metrics::default());
+    metrics.init_error_kinds(&controller::ERROR_KINDS);
     let ready = Arc::new(AtomicBool::new(false));
 
     let config = Config::infer()

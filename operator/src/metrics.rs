@@ -48,7 +48,15 @@ pub struct Metrics {
     pub reconcile_duration: Histogram,
     pub api_writes: Family<WriteLabels, Counter>,
     pub fleet: Family<FleetLabels, Gauge>,
+    /// `metadata.generation` per StorageCluster: what every agent must report applied.
+    pub generation: Family<ClusterLabels, Gauge>,
     pub leader: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterLabels {
+    /// `namespace/name` of the StorageCluster.
+    pub cluster: String,
 }
 
 impl Default for Metrics {
@@ -59,6 +67,7 @@ impl Default for Metrics {
         let reconcile_duration = Histogram::new(exponential_buckets(0.001, 2.0, 14));
         let api_writes = Family::<WriteLabels, Counter>::default();
         let fleet = Family::<FleetLabels, Gauge>::default();
+        let generation = Family::<ClusterLabels, Gauge>::default();
         let leader = Gauge::default();
         registry.register("reconciles", "Reconciles by result", reconciles.clone());
         registry.register(
@@ -82,6 +91,11 @@ impl Default for Metrics {
             fleet.clone(),
         );
         registry.register(
+            "cluster_generation",
+            "metadata.generation of each StorageCluster: the generation its agents must report applied (up_to_date)",
+            generation.clone(),
+        );
+        registry.register(
             "leader",
             "1 while this replica holds the leader Lease",
             leader.clone(),
@@ -93,6 +107,7 @@ impl Default for Metrics {
             reconcile_duration,
             api_writes,
             fleet,
+            generation,
             leader,
         }
     }
@@ -107,7 +122,21 @@ impl Metrics {
         s
     }
 
-    pub fn set_fleet(&self, cluster: &str, st: &StorageClusterStatus) {
+    /// Create the error counter of each kind at 0.
+    pub fn init_error_kinds(&self, kinds: &[&str]) {
+        for k in kinds {
+            let _ = self
+                .reconcile_errors
+                .get_or_create(&ErrorLabels { error: (*k).into() });
+        }
+    }
+
+    pub fn set_fleet(&self, cluster: &str, generation: i64, st: &StorageClusterStatus) {
+        self.generation
+            .get_or_create(&ClusterLabels {
+                cluster: cluster.into(),
+            })
+            .set(generation);
         for (state, v) in [
             ("desired", st.desired),
             ("reporting", st.reporting),
@@ -127,6 +156,9 @@ impl Metrics {
     }
 
     pub fn forget_fleet(&self, cluster: &str) {
+        self.generation.remove(&ClusterLabels {
+            cluster: cluster.into(),
+        });
         for state in [
             "desired",
             "reporting",
@@ -236,6 +268,20 @@ mod tests {
             ),
             Some(("leases".into(), "PATCH".into()))
         );
+    }
+
+    #[test]
+    fn cluster_generation_is_set_with_the_fleet_and_forgotten_with_it() {
+        let m = Metrics::default();
+        m.set_fleet("s/main", 7, &StorageClusterStatus::default());
+        let text = m.encode();
+        assert!(
+            text.contains("ringmaster_operator_cluster_generation{cluster=\"s/main\"} 7\n"),
+            "{text}"
+        );
+        m.forget_fleet("s/main");
+        let text = m.encode();
+        assert!(!text.contains("cluster=\"s/main\""), "{text}");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! status with conditions a person can act on, and the transitions worth an Event.
 //! No I/O; the controller feeds it from its watch caches.
 
+use ringmaster_api::reasons;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use k8s_openapi::api::apps::v1::DaemonSet;
@@ -211,11 +212,7 @@ impl DataDirProblems {
 
     /// `spec.readService.dataDirs[1].hostPath`, or the name once it left the spec.
     fn field(index: usize, name: &str) -> String {
-        if index == usize::MAX {
-            format!("dataDir {name} (no longer in spec.readService.dataDirs)")
-        } else {
-            format!("spec.readService.dataDirs[{index}].hostPath")
-        }
+        ringmaster_api::data_dir_field((index != usize::MAX).then_some(index), name)
     }
 
     fn what(reason: &str) -> String {
@@ -427,7 +424,7 @@ pub fn aggregate(i: &Inputs) -> Outcome {
             &prev.conditions,
             cc::READY,
             false,
-            "NoNodesSelected",
+            reasons::NO_NODES_SELECTED,
             format!(
                 "spec.nodeSelector {:?} (with spec.tolerations) selects no node: label the storage nodes or change spec.nodeSelector",
                 sc.spec.node_selector
@@ -440,7 +437,7 @@ pub fn aggregate(i: &Inputs) -> Outcome {
             &prev.conditions,
             cc::READY,
             true,
-            "AllNodesReady",
+            reasons::ALL_NODES_READY,
             format!("all {} selected nodes are ready", st.desired),
             generation,
             i.now,
@@ -487,7 +484,7 @@ pub fn aggregate(i: &Inputs) -> Outcome {
             &prev.conditions,
             cc::READY,
             false,
-            "NodesNotReady",
+            reasons::NODES_NOT_READY,
             msg,
             generation,
             i.now,
@@ -507,7 +504,7 @@ pub fn aggregate(i: &Inputs) -> Outcome {
             &prev.conditions,
             cc::PROGRESSING,
             false,
-            "NoNodesSelected",
+            reasons::NO_NODES_SELECTED,
             "nothing to roll out: no node selected".into(),
             generation,
             i.now,
@@ -516,7 +513,7 @@ pub fn aggregate(i: &Inputs) -> Outcome {
             &prev.conditions,
             cc::PROGRESSING,
             true,
-            "CreatingAgents",
+            reasons::CREATING_AGENTS,
             format!("creating the agent DaemonSet {ns}/{ds_name}"),
             generation,
             i.now,
@@ -528,7 +525,7 @@ pub fn aggregate(i: &Inputs) -> Outcome {
                 &prev.conditions,
                 cc::PROGRESSING,
                 true,
-                "RollingOut",
+                reasons::ROLLING_OUT,
                 format!(
                     "agent DaemonSet {ns}/{ds_name}: {updated} of {want} pods updated, {available} available (kubectl -n {ns} rollout status ds/{ds_name})"
                 ),
@@ -540,7 +537,7 @@ pub fn aggregate(i: &Inputs) -> Outcome {
             &prev.conditions,
             cc::PROGRESSING,
             true,
-            "WaitingForReports",
+            reasons::WAITING_FOR_REPORTS,
             format!(
                 "{} of {} selected nodes have no StorageNode yet: {}",
                 not_reporting.len(),
@@ -554,7 +551,7 @@ pub fn aggregate(i: &Inputs) -> Outcome {
             &prev.conditions,
             cc::PROGRESSING,
             true,
-            "ApplyingConfig",
+            reasons::APPLYING_CONFIG,
             format!(
                 "{} of {} nodes have not applied generation {gen_txt} yet: {}",
                 stale.len(),
@@ -568,7 +565,7 @@ pub fn aggregate(i: &Inputs) -> Outcome {
             &prev.conditions,
             cc::PROGRESSING,
             false,
-            "RolloutComplete",
+            reasons::ROLLOUT_COMPLETE,
             format!("all {} nodes run generation {gen_txt}", st.desired),
             generation,
             i.now,
@@ -590,7 +587,7 @@ pub fn aggregate(i: &Inputs) -> Outcome {
             &prev.conditions,
             cc::DEGRADED,
             true,
-            "NodeConflict",
+            reasons::NODE_CONFLICT,
             format!(
                 "{}; a node belongs to one StorageCluster: narrow spec.nodeSelector so they do not overlap",
                 parts.join("; ")
@@ -630,7 +627,7 @@ pub fn aggregate(i: &Inputs) -> Outcome {
             &prev.conditions,
             cc::DEGRADED,
             true,
-            "IoUringUnsupported",
+            reasons::IO_URING_UNSUPPORTED,
             format!(
                 "spec.aio.ioUring is Required but io_uring fails on {} of {} nodes: {}; fix the node (see status.unsupportedNodes and kubectl get stn <node> -o yaml) or set spec.aio.ioUring: Preferred to use the pread fallback there",
                 unsupported_all.len(),
@@ -645,7 +642,7 @@ pub fn aggregate(i: &Inputs) -> Outcome {
             &prev.conditions,
             cc::DEGRADED,
             true,
-            "DataDirUnavailable",
+            reasons::DATA_DIR_UNAVAILABLE,
             dirs.message(st.desired),
             generation,
             i.now,
@@ -665,7 +662,7 @@ pub fn aggregate(i: &Inputs) -> Outcome {
             &prev.conditions,
             cc::DEGRADED,
             true,
-            "TuningFailed",
+            reasons::TUNING_FAILED,
             format!(
                 "fs.aio-max-nr is below what spec.aio needs on {} nodes: {}",
                 untuned.len(),
@@ -687,7 +684,7 @@ pub fn aggregate(i: &Inputs) -> Outcome {
             &prev.conditions,
             cc::DEGRADED,
             false,
-            "AsExpected",
+            reasons::AS_EXPECTED,
             msg,
             generation,
             i.now,
@@ -732,7 +729,7 @@ fn transitions(
         };
         out.push(Transition {
             warning: true,
-            reason: "IoUringUnsupported".into(),
+            reason: reasons::IO_URING_UNSUPPORTED.into(),
             action: "ProbeNode",
             node: Some(u.name.clone()),
             note: format!(
@@ -747,12 +744,14 @@ fn transitions(
     let p = |s: &StorageClusterStatus, t: &str| find(&s.conditions, t).cloned();
     if let Some(np) = p(new, cc::PROGRESSING) {
         let was = p(prev, cc::PROGRESSING);
-        if np.reason == "RolloutComplete"
-            && was.as_ref().is_none_or(|w| w.reason != "RolloutComplete")
+        if np.reason == reasons::ROLLOUT_COMPLETE
+            && was
+                .as_ref()
+                .is_none_or(|w| w.reason != reasons::ROLLOUT_COMPLETE)
         {
             out.push(Transition {
                 warning: false,
-                reason: "RolloutComplete".into(),
+                reason: reasons::ROLLOUT_COMPLETE.into(),
                 action: "Rollout",
                 node: None,
                 note: np.message.clone(),
@@ -773,7 +772,7 @@ fn transitions(
         } else if nd.status == "False" && was.is_some_and(|w| w.status == "True") {
             out.push(Transition {
                 warning: false,
-                reason: "Recovered".into(),
+                reason: reasons::RECOVERED.into(),
                 action: "Recover",
                 node: None,
                 note: format!("no longer degraded: {}", nd.message),
@@ -785,7 +784,7 @@ fn transitions(
         if nr.status == "True" && was.is_none_or(|w| w.status != "True") {
             out.push(Transition {
                 warning: false,
-                reason: "Ready".into(),
+                reason: reasons::READY.into(),
                 action: "Ready",
                 node: None,
                 note: nr.message.clone(),
@@ -1112,14 +1111,14 @@ mod tests {
         let prog = get(&o, cc::PROGRESSING);
         assert_eq!(
             (prog.status.as_str(), prog.reason.as_str()),
-            ("True", "ApplyingConfig")
+            ("True", reasons::APPLYING_CONFIG)
         );
         assert!(prog.message.contains("n2"));
         // Preferred: unsupported nodes are not a problem to fix.
         let deg = get(&o, cc::DEGRADED);
         assert_eq!(
             (deg.status.as_str(), deg.reason.as_str()),
-            ("False", "AsExpected")
+            ("False", reasons::AS_EXPECTED)
         );
         assert!(deg.message.contains("1 nodes use the pread fallback"));
     }
@@ -1138,18 +1137,17 @@ mod tests {
         let deg = get(&o, cc::DEGRADED);
         assert_eq!(
             (deg.status.as_str(), deg.reason.as_str()),
-            ("True", "IoUringUnsupported")
+            ("True", reasons::IO_URING_UNSUPPORTED)
         );
         assert!(deg.message.contains("n2 (EPERM)"), "{}", deg.message);
         assert!(deg.message.contains("spec.aio.ioUring"), "{}", deg.message);
+        assert!(o.transitions.iter().any(|t| t.warning
+            && t.reason == reasons::IO_URING_UNSUPPORTED
+            && t.note.contains("node n2")));
         assert!(o
             .transitions
             .iter()
-            .any(|t| t.warning && t.reason == "IoUringUnsupported" && t.note.contains("node n2")));
-        assert!(o
-            .transitions
-            .iter()
-            .any(|t| t.reason == "IoUringUnsupported" && t.note.contains("1 of 2")));
+            .any(|t| t.reason == reasons::IO_URING_UNSUPPORTED && t.note.contains("1 of 2")));
     }
 
     #[test]
@@ -1163,10 +1161,10 @@ mod tests {
         let sc = cluster("fast", 10, &[("tier", "storage")]);
         let o = w.run(&sc);
         assert_eq!(get(&o, cc::READY).status, "True");
-        assert_eq!(get(&o, cc::PROGRESSING).reason, "RolloutComplete");
+        assert_eq!(get(&o, cc::PROGRESSING).reason, reasons::ROLLOUT_COMPLETE);
         assert_eq!(get(&o, cc::DEGRADED).status, "False");
         let reasons: Vec<_> = o.transitions.iter().map(|t| t.reason.as_str()).collect();
-        assert_eq!(reasons, ["RolloutComplete", "Ready"]);
+        assert_eq!(reasons, [reasons::ROLLOUT_COMPLETE, reasons::READY]);
 
         // Steady state: feeding the written status back gives the same status, no events.
         let mut written = sc.clone();
@@ -1185,24 +1183,27 @@ mod tests {
             clusters: vec![],
             ds: None,
         };
-        assert_eq!(get(&w.run(&sc), cc::PROGRESSING).reason, "CreatingAgents");
+        assert_eq!(
+            get(&w.run(&sc), cc::PROGRESSING).reason,
+            reasons::CREATING_AGENTS
+        );
         w.ds = Some(ds(2, 1, 1));
         let p = w.run(&sc);
         let c = get(&p, cc::PROGRESSING);
-        assert_eq!(c.reason, "RollingOut");
+        assert_eq!(c.reason, reasons::ROLLING_OUT);
         assert!(c.message.contains("1 of 2 pods updated"), "{}", c.message);
         w.ds = Some(ds(2, 2, 2));
         w.reports = vec![report("n1", None, 3)];
         let p = w.run(&sc);
         let c = get(&p, cc::PROGRESSING);
-        assert_eq!(c.reason, "WaitingForReports");
+        assert_eq!(c.reason, reasons::WAITING_FOR_REPORTS);
         assert!(c.message.contains("n2"));
         let r = get(&p, cc::READY);
         assert!(r.message.contains("no report from: n2"), "{}", r.message);
         // Nothing selected.
         let none = cluster("none", 10, &[("tier", "nothing")]);
         let o = w.run(&none);
-        assert_eq!(get(&o, cc::READY).reason, "NoNodesSelected");
+        assert_eq!(get(&o, cc::READY).reason, reasons::NO_NODES_SELECTED);
         assert!(get(&o, cc::READY).message.contains("spec.nodeSelector"));
         assert_eq!(o.status.desired, 0);
     }
@@ -1221,7 +1222,7 @@ mod tests {
         let d = get(&o, cc::DEGRADED);
         assert_eq!(
             (d.status.as_str(), d.reason.as_str()),
-            ("True", "NodeConflict")
+            ("True", reasons::NODE_CONFLICT)
         );
         assert!(
             d.message
@@ -1321,7 +1322,7 @@ mod tests {
         assert_eq!(o.status.reporting, 2);
         assert_eq!(o.status.tuned, 0);
         let d = get(&o, cc::DEGRADED);
-        assert_eq!(d.reason, "TuningFailed");
+        assert_eq!(d.reason, reasons::TUNING_FAILED);
         assert!(
             d.message.contains("on 1 nodes: n1 (ReadOnlyProcSys: m)"),
             "{}",
@@ -1342,7 +1343,7 @@ mod tests {
         for c in &mut st.conditions {
             if c.type_ == nc::READY {
                 c.status = "False".into();
-                c.reason = "DataDirUnavailable".into();
+                c.reason = reasons::DATA_DIR_UNAVAILABLE.into();
             }
         }
         sn
@@ -1387,7 +1388,7 @@ mod tests {
         let d = get(&o, cc::DEGRADED);
         assert_eq!(
             (d.status.as_str(), d.reason.as_str()),
-            ("True", "DataDirUnavailable")
+            ("True", reasons::DATA_DIR_UNAVAILABLE)
         );
         assert_eq!(
             d.message,
@@ -1405,7 +1406,7 @@ mod tests {
         let ev: Vec<_> = o
             .transitions
             .iter()
-            .filter(|t| t.reason == "DataDirUnavailable")
+            .filter(|t| t.reason == reasons::DATA_DIR_UNAVAILABLE)
             .collect();
         assert_eq!(ev.len(), 1);
         assert!(ev[0].warning && ev[0].note == d.message);
@@ -1423,7 +1424,10 @@ mod tests {
         };
         let o2 = healed.run(&written);
         assert_eq!(get(&o2, cc::DEGRADED).status, "False");
-        assert!(o2.transitions.iter().any(|t| t.reason == "Recovered"));
+        assert!(o2
+            .transitions
+            .iter()
+            .any(|t| t.reason == reasons::RECOVERED));
     }
 
     #[test]
@@ -1448,7 +1452,7 @@ mod tests {
             ds: Some(ds(3, 3, 3)),
         };
         let d = get(&w.run(&sc), cc::DEGRADED).clone();
-        assert_eq!(d.reason, "DataDirUnavailable");
+        assert_eq!(d.reason, reasons::DATA_DIR_UNAVAILABLE);
         assert!(
             d.message.starts_with(
                 "spec.readService.dataDirs[0].hostPath \"/storage/data0\" is missing on 2 of 3 nodes: n1, n3; \
@@ -1472,7 +1476,7 @@ mod tests {
         w2.reports[last] = report("n9", Some(("ENOSYS", 38)), 3);
         assert_eq!(
             get(&w2.run(&req), cc::DEGRADED).reason,
-            "IoUringUnsupported"
+            reasons::IO_URING_UNSUPPORTED
         );
     }
 

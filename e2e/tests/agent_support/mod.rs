@@ -58,6 +58,20 @@ pub fn read_aio_nr() -> u64 {
         .unwrap()
 }
 
+/// The value of the first sample of `name` in a Prometheus text exposition, whatever its
+/// labels (the agent labels every series with `node` and `cluster`).
+pub fn sample(metrics: &str, name: &str) -> Option<u64> {
+    metrics.lines().find_map(|l| {
+        let rest = l.strip_prefix(name)?;
+        let value = if rest.starts_with('{') {
+            rest.split_once("} ")?.1
+        } else {
+            rest.strip_prefix(' ')?
+        };
+        value.trim().parse().ok()
+    })
+}
+
 /// Holds the sysctl lock and puts `fs.aio-max-nr` back to what it was when dropped.
 pub struct SysctlGuard {
     original: u64,

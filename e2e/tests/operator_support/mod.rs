@@ -3,6 +3,7 @@
 //! reports and node labels the way an agent does (under the agent's own identity).
 #![allow(dead_code)]
 
+use ringmaster_api::reasons;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -471,17 +472,21 @@ pub async fn report(agent: &Client, ns: &str, cluster: &str, node: &str, r: &Rep
         condition(
             nc::TUNED,
             r.tuned,
-            if r.tuned { "Tuned" } else { "TuneFailed" },
+            if r.tuned {
+                reasons::TUNED
+            } else {
+                reasons::TUNE_FAILED
+            },
         ),
         condition(
             nc::IO_URING_SUPPORTED,
             supported,
-            r.failure.map(|f| f.0).unwrap_or("Supported"),
+            r.failure.map(|f| f.0).unwrap_or(reasons::SUPPORTED),
         ),
         condition(nc::READY, supported && r.tuned, "Probe"),
     ];
     if r.restored {
-        conditions.push(condition(nc::RESTORED, true, "Restored"));
+        conditions.push(condition(nc::RESTORED, true, reasons::RESTORED));
     }
     let status = StorageNodeStatus {
         kernel: Some("6.8.0-e2e".into()),
@@ -663,7 +668,11 @@ pub async fn operator_watches_survive_restart(component: &str, tag: &str) -> Dur
                 counts(sc)
             );
             let d = cond(sc, cc::DEGRADED).unwrap();
-            anyhow::ensure!(d.reason == "IoUringUnsupported", "Degraded {}", d.reason);
+            anyhow::ensure!(
+                d.reason == reasons::IO_URING_UNSUPPORTED,
+                "Degraded {}",
+                d.reason
+            );
             Ok(())
         },
     )

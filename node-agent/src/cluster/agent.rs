@@ -5,6 +5,7 @@
 //! settings) and mark the StorageNode `Restored`. Errors become conditions, events and
 //! retries; nothing in a pass makes the process exit.
 
+use ringmaster_api::reasons;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,7 +29,7 @@ use super::http::{self, Health};
 use super::labels;
 use super::node;
 use super::report::{self, Observation};
-use super::tuning::AioTuner;
+use super::tuning::ClusterTuning;
 use super::RunArgs;
 use crate::handoff::{self, ReaderConfig, ReaderReport};
 use crate::settings;
@@ -81,7 +82,7 @@ struct Agent {
     cluster_ref: String,
     nodes: Api<Node>,
     storage_nodes: Api<StorageNode>,
-    tuner: AioTuner,
+    tuner: ClusterTuning,
     events: NodeEvents,
     health: Arc<Health>,
     kernel: String,
@@ -113,7 +114,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             args.state_dir.display()
         )
     })?;
-    let health = Health::new(Duration::from_secs(args.resync_seconds * 4 + 60));
+    let health = Health::new(
+        Duration::from_secs(args.resync_seconds * 4 + 60),
+        &args.node_name,
+        &format!("{ns}/{name}"),
+    );
     let addr = SocketAddr::new(args.http_addr, args.http_port);
     let bound = http::serve(addr, health.clone()).await?;
     tracing::info!(%bound, node = %args.node_name, cluster = %format!("{ns}/{name}"), "agent HTTP endpoint listening");
@@ -148,7 +153,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         cluster_ref: format!("{ns}/{name}"),
         nodes: Api::all(client.clone()),
         storage_nodes: Api::all(client.clone()),
-        tuner: AioTuner {
+        tuner: ClusterTuning {
             host_state_dir: args.host_state_dir.clone(),
             sysctl_d_dir: args.sysctl_d_dir.clone(),
         },
@@ -321,7 +326,7 @@ impl Agent {
                 };
                 let t = Transition {
                     warning: true,
-                    reason: "NodeNotFound",
+                    reason: reasons::NODE_NOT_FOUND,
                     action: "Report",
                     note: msg,
                 };
@@ -335,7 +340,7 @@ impl Agent {
     }
 
     async fn apply(&mut self, d: &Desired) -> anyhow::Result<()> {
-        let tune = self.tuner.ensure(&d.aio);
+        let tune = self.tuner.ensure(&d.sysctl);
         if let Some(e) = &tune.error {
             tracing::warn!(error = %e, "fs.aio-max-nr not tuned");
         }
@@ -354,7 +359,7 @@ impl Agent {
                 self.events
                     .publish(&Transition {
                         warning: true,
-                        reason: "ReaderReportInvalid",
+                        reason: reasons::READER_REPORT_INVALID,
                         action: "Report",
                         note: e.clone(),
                     })
@@ -508,8 +513,14 @@ impl Agent {
             .set(i64::from(verdict.io_uring_supported == Some(true)));
         m.aio_tuned.set(i64::from(tune.tuned));
         m.node_ready.set(i64::from(verdict.ready));
+        m.set_verdict(verdict.io_uring_supported);
         m.aio_max_nr.set(tune.current as i64);
         m.aio_max_nr_required.set(tune.required as i64);
+        m.aio_nr.set(tune.aio_nr as i64);
+        let sizing = &d.sysctl.sizing;
+        m.aio_process_events
+            .set(i64::from(sizing.workers) * i64::from(sizing.max_events));
+        m.last_report_timestamp.set(http::unix_now());
         m.applied_generation
             .set(self.applied.as_ref().map_or(0, |a| a.0));
         let ready_reason = if obs.agent_ready() {
@@ -570,7 +581,7 @@ impl Agent {
             let mut c = report::restored_condition(message.clone(), Timestamp::now());
             if !restored_ok {
                 c.status = "False".into();
-                c.reason = "RestoreFailed".into();
+                c.reason = reasons::RESTORE_FAILED.into();
             }
             status.conditions.push(c);
             if let (Some(aio), Ok(now)) = (
@@ -588,9 +599,9 @@ impl Agent {
                 .publish(&Transition {
                     warning: !restored_ok,
                     reason: if restored_ok {
-                        "Restored"
+                        reasons::RESTORED
                     } else {
-                        "RestoreFailed"
+                        reasons::RESTORE_FAILED
                     },
                     action: "Cleanup",
                     note: format!("StorageCluster {} deleted: {message}", d.cluster),

@@ -3,35 +3,18 @@
 
 use std::path::PathBuf;
 
-use ringmaster_api::{
-    sizing, StorageCluster, StorageClusterSpec, SysctlMode, UnsupportedNodesPolicy,
-};
+use ringmaster_api::sizing::Sizing;
+use ringmaster_api::{StorageCluster, StorageClusterSpec, SysctlMode, UnsupportedNodesPolicy};
 
-use crate::handoff::{Policy, ReaderConfig};
+use crate::handoff::ReaderConfig;
 
-/// Sizing of `fs.aio-max-nr` for this cluster (DESIGN.md §5).
+/// What this cluster asks of the node's `fs.aio-max-nr`: how much, and how to apply it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AioSizing {
-    pub processes_per_node: u64,
-    pub workers: u64,
-    pub max_events: u64,
-    /// `sysctl.aioMaxNr`: never set less than this.
-    pub floor: u64,
+pub struct SysctlTuning {
+    /// `spec.aio` sizing and the `sysctl.aioMaxNr` floor.
+    pub sizing: Sizing,
     pub mode: SysctlMode,
     pub persist: bool,
-}
-
-impl AioSizing {
-    /// Required `fs.aio-max-nr` given what other processes hold now (`fs.aio-nr`).
-    pub fn required(&self, aio_nr: u64) -> u64 {
-        sizing::required_aio_max_nr(
-            self.processes_per_node,
-            self.workers,
-            self.max_events,
-            aio_nr,
-            self.floor,
-        )
-    }
 }
 
 /// Everything the agent applies for one StorageCluster generation.
@@ -43,7 +26,7 @@ pub struct Desired {
     pub generation: i64,
     pub config_hash: String,
     pub reader: ReaderConfig,
-    pub aio: AioSizing,
+    pub sysctl: SysctlTuning,
     pub unsupported_nodes: UnsupportedNodesPolicy,
     pub restore_on_delete: bool,
     /// `metadata.deletionTimestamp` is set: clean up instead of applying.
@@ -68,7 +51,7 @@ impl Desired {
                 max_events: spec.aio.max_events,
                 min_max_events: spec.aio.min_max_events.min(spec.aio.max_events),
                 workers: spec.aio.workers,
-                policy: Policy::from(spec.aio.io_uring),
+                policy: crate::handoff::policy(spec.aio.io_uring),
                 data_dirs: spec
                     .read_service
                     .data_dirs
@@ -77,11 +60,8 @@ impl Desired {
                     .collect(),
                 port: spec.read_service.port,
             },
-            aio: AioSizing {
-                processes_per_node: spec.aio.processes_per_node.into(),
-                workers: spec.aio.workers.into(),
-                max_events: spec.aio.max_events.into(),
-                floor: spec.sysctl.aio_max_nr,
+            sysctl: SysctlTuning {
+                sizing: Sizing::from_spec(&spec.aio, &spec.sysctl),
                 mode: spec.sysctl.mode,
                 persist: spec.sysctl.persist,
             },
@@ -95,6 +75,7 @@ impl Desired {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::handoff::Policy;
 
     fn cluster(yaml: &str) -> StorageCluster {
         let mut sc = StorageCluster::new("main", serde_yaml::from_str(yaml).unwrap());
@@ -120,11 +101,11 @@ mod tests {
         assert_eq!(d.reader.policy, Policy::Required);
         assert_eq!(d.reader.port, 9000);
         assert_eq!(d.reader.data_dirs, vec![("d0".into(), "/data/0".into())]);
-        assert_eq!(d.aio.mode, SysctlMode::Verify);
+        assert_eq!(d.sysctl.mode, SysctlMode::Verify);
         assert_eq!(d.unsupported_nodes, UnsupportedNodesPolicy::Taint);
         assert!(d.restore_on_delete && !d.deleting);
         // 2 × 32 × 1024 = 65536 demand + 65536 headroom, above the 4096 floor.
-        assert_eq!(d.aio.required(0), 131_072);
+        assert_eq!(d.sysctl.sizing.required(0), 131_072);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::Client;
+use ringmaster_api::reasons;
 
 use super::labels::NodeVerdict;
 use super::tuning::TuneOutcome;
@@ -50,14 +51,14 @@ pub fn transitions(
             if !d.unavailable.is_empty() {
                 out.push(Transition {
                     warning: true,
-                    reason: "DataDirUnavailable",
+                    reason: reasons::DATA_DIR_UNAVAILABLE,
                     action: "CheckDataDirs",
                     note: d.message.clone(),
                 });
             } else if before.is_some_and(|b| !b.is_empty()) {
                 out.push(Transition {
                     warning: false,
-                    reason: "DataDirsAvailable",
+                    reason: reasons::DATA_DIRS_AVAILABLE,
                     action: "CheckDataDirs",
                     note: d.message.clone(),
                 });
@@ -71,7 +72,7 @@ pub fn transitions(
         if verdict.io_uring_supported == Some(false) {
             out.push(Transition {
                 warning: true,
-                reason: "IoUringUnsupported",
+                reason: reasons::IO_URING_UNSUPPORTED,
                 action: "Probe",
                 note: format!(
                     "io_uring unsupported ({}): {}",
@@ -82,7 +83,7 @@ pub fn transitions(
         } else {
             out.push(Transition {
                 warning: false,
-                reason: "IoUringSupported",
+                reason: reasons::IO_URING_SUPPORTED,
                 action: "Probe",
                 note: "io_uring works under the read workers' security context".into(),
             });
@@ -92,7 +93,7 @@ pub fn transitions(
     if tune.changed {
         out.push(Transition {
             warning: false,
-            reason: "Tuned",
+            reason: reasons::TUNED,
             action: "Tune",
             note: format!(
                 "raised fs.aio-max-nr to {} (required {}, original {})",
@@ -106,7 +107,7 @@ pub fn transitions(
         if let Some(e) = &tune.error {
             out.push(Transition {
                 warning: true,
-                reason: "TuneFailed",
+                reason: reasons::TUNE_FAILED,
                 action: "Tune",
                 note: e.clone(),
             });
@@ -185,7 +186,7 @@ mod tests {
         let t = TuneOutcome::default();
         let first = transitions(&mut a, &bad, Some("seccomp"), &t, None);
         assert_eq!(first.len(), 1);
-        assert_eq!(first[0].reason, "IoUringUnsupported");
+        assert_eq!(first[0].reason, reasons::IO_URING_UNSUPPORTED);
         assert!(first[0].note.contains("EPERM"));
         assert!(transitions(&mut a, &bad, Some("seccomp"), &t, None).is_empty());
         let good = NodeVerdict {
@@ -193,7 +194,7 @@ mod tests {
             ..Default::default()
         };
         let back = transitions(&mut a, &good, None, &t, None);
-        assert_eq!(back[0].reason, "IoUringSupported");
+        assert_eq!(back[0].reason, reasons::IO_URING_SUPPORTED);
         // No report: nothing to say.
         assert!(transitions(&mut a, &NodeVerdict::default(), None, &t, None).is_empty());
         let raised = TuneOutcome {
@@ -204,7 +205,7 @@ mod tests {
             ..Default::default()
         };
         let r = transitions(&mut a, &good, None, &raised, None);
-        assert_eq!(r[0].reason, "Tuned");
+        assert_eq!(r[0].reason, reasons::TUNED);
         assert!(r[0].note.contains("original 5"));
         let failed = TuneOutcome {
             error: Some("read-only".into()),
@@ -212,7 +213,7 @@ mod tests {
         };
         assert_eq!(
             transitions(&mut a, &good, None, &failed, None)[0].reason,
-            "TuneFailed"
+            reasons::TUNE_FAILED
         );
         assert!(transitions(&mut a, &good, None, &failed, None).is_empty());
     }
@@ -234,13 +235,13 @@ mod tests {
         };
         let w = transitions(&mut a, &v, None, &t, Some(&bad));
         assert_eq!(w.len(), 1);
-        assert!(w[0].warning && w[0].reason == "DataDirUnavailable");
+        assert!(w[0].warning && w[0].reason == reasons::DATA_DIR_UNAVAILABLE);
         assert!(w[0].note.contains("dataDirs[1]"));
         assert!(transitions(&mut a, &v, None, &t, Some(&bad)).is_empty());
         // No report this pass: no change either way.
         assert!(transitions(&mut a, &v, None, &t, None).is_empty());
         let back = transitions(&mut a, &v, None, &t, Some(&ok));
         assert_eq!(back.len(), 1);
-        assert!(!back[0].warning && back[0].reason == "DataDirsAvailable");
+        assert!(!back[0].warning && back[0].reason == reasons::DATA_DIRS_AVAILABLE);
     }
 }

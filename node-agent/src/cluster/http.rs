@@ -2,6 +2,7 @@
 //! (the process and its loop are alive), `/readyz` (tuned, probed, and the reader serving
 //! or deliberately not).
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,19 +14,38 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-/// Gauges and counters the agent loop updates.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerdictLabels {
+    /// `supported`, `unsupported` or `unknown` (no current reader report).
+    pub verdict: &'static str,
+}
+
+/// Gauges and counters the agent loop updates. Every series carries the constant labels
+/// `node` and `cluster` (`namespace/name`), so alerts name the node whatever the scrape
+/// config adds.
 #[derive(Default)]
 pub struct Metrics {
     pub io_uring_supported: Gauge,
+    /// State set: 1 for the current verdict, 0 for the other two.
+    pub io_uring_verdict: Family<VerdictLabels, Gauge>,
     pub aio_tuned: Gauge,
     pub node_ready: Gauge,
     pub aio_max_nr: Gauge,
     pub aio_max_nr_required: Gauge,
+    /// `fs.aio-nr`: events all io_setup contexts on the host hold now.
+    pub aio_nr: Gauge,
+    /// Events one storage process charges (`aio.workers × aio.maxEvents`): less free
+    /// than this and its next start fails io_setup with EAGAIN.
+    pub aio_process_events: Gauge,
     pub applied_generation: Gauge,
+    /// Unix time of the end of the last pass that confirmed the StorageNode current.
+    pub last_report_timestamp: Gauge,
     pub passes: Counter,
     pub pass_errors: Counter,
     pub api_writes: Counter,
@@ -45,14 +65,68 @@ pub struct Health {
     stall_after: Duration,
 }
 
+impl Metrics {
+    /// Set the verdict state set (`None` = no current reader report).
+    pub fn set_verdict(&self, supported: Option<bool>) {
+        let now = match supported {
+            Some(true) => "supported",
+            Some(false) => "unsupported",
+            None => "unknown",
+        };
+        for verdict in ["supported", "unsupported", "unknown"] {
+            self.io_uring_verdict
+                .get_or_create(&VerdictLabels { verdict })
+                .set(i64::from(verdict == now));
+        }
+    }
+
+    /// Re-read `fs.aio-nr` and `fs.aio-max-nr` (a scrape sees them as they are now, not
+    /// as of the last pass); an unreadable value keeps the last one.
+    pub fn refresh_aio(&self) {
+        let read = |name: &str| -> Option<i64> {
+            std::fs::read_to_string(format!("/proc/sys/fs/{name}"))
+                .ok()?
+                .trim()
+                .parse()
+                .ok()
+        };
+        if let Some(v) = read("aio-nr") {
+            self.aio_nr.set(v);
+        }
+        if let Some(v) = read("aio-max-nr") {
+            self.aio_max_nr.set(v);
+        }
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |t| t.as_secs() as i64)
+}
+
 impl Health {
-    pub fn new(stall_after: Duration) -> Arc<Self> {
+    /// `node` and `cluster` (`namespace/name`) label every series.
+    pub fn new(stall_after: Duration, node: &str, cluster: &str) -> Arc<Self> {
         let metrics = Metrics::default();
-        let mut registry = Registry::with_prefix("ringmaster_agent");
+        metrics.set_verdict(None);
+        // Until the first report, staleness counts from the start.
+        metrics.last_report_timestamp.set(unix_now());
+        let labels = [
+            (Cow::Borrowed("node"), Cow::Owned(node.to_string())),
+            (Cow::Borrowed("cluster"), Cow::Owned(cluster.to_string())),
+        ];
+        let mut registry = Registry::with_prefix_and_labels("ringmaster_agent", labels.into_iter());
         registry.register(
             "io_uring_supported",
             "1 when io_uring works under the reader's security context",
             metrics.io_uring_supported.clone(),
+        );
+        registry.register(
+            "io_uring_verdict",
+            "The reader's io_uring verdict as a state set: 1 for the current one of supported, unsupported, unknown",
+            metrics.io_uring_verdict.clone(),
         );
         registry.register(
             "aio_tuned",
@@ -73,6 +147,21 @@ impl Health {
             "aio_max_nr_required",
             "fs.aio-max-nr the cluster needs on this node",
             metrics.aio_max_nr_required.clone(),
+        );
+        registry.register(
+            "aio_nr",
+            "fs.aio-nr now: libaio events allocated on the host",
+            metrics.aio_nr.clone(),
+        );
+        registry.register(
+            "aio_process_events",
+            "libaio events one storage process allocates (aio.workers x aio.maxEvents); fs.aio-max-nr - fs.aio-nr below this fails its next io_setup with EAGAIN",
+            metrics.aio_process_events.clone(),
+        );
+        registry.register(
+            "last_report_timestamp_seconds",
+            "Unix time the agent last confirmed its StorageNode report current with the API server",
+            metrics.last_report_timestamp.clone(),
         );
         registry.register(
             "applied_generation",
@@ -123,6 +212,7 @@ impl Health {
 }
 
 async fn metrics(State(h): State<Arc<Health>>) -> impl IntoResponse {
+    h.metrics.refresh_aio();
     let mut body = String::new();
     if encode(&mut body, &h.registry).is_err() {
         return (
@@ -181,4 +271,91 @@ pub async fn serve(addr: SocketAddr, health: Arc<Health>) -> anyhow::Result<Sock
         }
     });
     Ok(bound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encoded(h: &Health) -> String {
+        let mut s = String::new();
+        encode(&mut s, &h.registry).unwrap();
+        s
+    }
+
+    #[test]
+    fn every_series_names_its_node_and_cluster_and_the_verdict_is_a_state_set() {
+        let h = Health::new(Duration::from_secs(60), "n1", "storage/main");
+        let l = r#"node="n1",cluster="storage/main""#;
+        let text = encoded(&h);
+        assert!(
+            text.contains(&format!(
+                "ringmaster_agent_io_uring_verdict{{{l},verdict=\"unknown\"}} 1\n"
+            )),
+            "{text}"
+        );
+        h.metrics.set_verdict(Some(true));
+        h.metrics.set_verdict(Some(false));
+        let text = encoded(&h);
+        for (verdict, v) in [("supported", 0), ("unsupported", 1), ("unknown", 0)] {
+            assert!(
+                text.contains(&format!(
+                    "ringmaster_agent_io_uring_verdict{{{l},verdict=\"{verdict}\"}} {v}\n"
+                )),
+                "{verdict}: {text}"
+            );
+        }
+        // Stale-report age counts from the start until the first report.
+        let started = text
+            .lines()
+            .find_map(|x| {
+                x.strip_prefix(&format!(
+                    "ringmaster_agent_last_report_timestamp_seconds{{{l}}} "
+                ))
+            })
+            .and_then(|v| v.parse::<i64>().ok())
+            .unwrap_or_else(|| panic!("{text}"));
+        assert!((unix_now() - started).abs() <= 5, "{started}");
+    }
+
+    #[test]
+    fn a_scrape_reads_aio_nr_and_aio_max_nr_as_they_are_now() {
+        let h = Health::new(Duration::from_secs(60), "n1", "storage/main");
+        let now = |name: &str| -> i64 {
+            std::fs::read_to_string(format!("/proc/sys/fs/{name}"))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap()
+        };
+        // Hold a libaio context so fs.aio-nr is not 0 (a scrape that never read it would
+        // still say 0).
+        let mut ctx: libc::c_ulong = 0;
+        // SAFETY: io_setup writes one aio_context_t to the pointer we pass.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_io_setup,
+                64 as libc::c_long,
+                &mut ctx as *mut libc::c_ulong,
+            )
+        };
+        assert_eq!(r, 0, "io_setup(64): {}", std::io::Error::last_os_error());
+        // Other processes on the host open and close contexts: compare only when the
+        // values did not move around the refresh.
+        let mut seen = None;
+        for _ in 0..100 {
+            let (nr, max) = (now("aio-nr"), now("aio-max-nr"));
+            h.metrics.refresh_aio();
+            if (now("aio-nr"), now("aio-max-nr")) == (nr, max) {
+                seen = Some((nr, max));
+                break;
+            }
+        }
+        // SAFETY: ctx is the context io_setup created above.
+        unsafe { libc::syscall(libc::SYS_io_destroy, ctx) };
+        let (nr, max) = seen.expect("fs.aio-nr never held still for one refresh");
+        assert!(nr > 0, "fs.aio-nr {nr} while this test holds a context");
+        assert_eq!(h.metrics.aio_nr.get(), nr);
+        assert_eq!(h.metrics.aio_max_nr.get(), max);
+    }
 }

@@ -4,6 +4,7 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use ringmaster_api::node_conditions as cond;
+use ringmaster_api::reasons;
 use ringmaster_api::{
     data_dir_reasons, AioReport, DataDirReport, IoUringReport, StorageNodeStatus,
     UnsupportedNodesPolicy,
@@ -13,7 +14,7 @@ use super::desired::Desired;
 use super::events::DataDirsVerdict;
 use super::labels::NodeVerdict;
 use super::tuning::TuneOutcome;
-use crate::handoff::{worker_mode, ReaderReport};
+use crate::handoff::{ReaderReport, WorkerMode};
 use crate::settings::VerifiedSettings;
 
 /// What one agent pass observed.
@@ -60,16 +61,13 @@ impl Observation<'_> {
 
     /// Where data dir `name` is in the current spec, as a field path.
     fn data_dir_field(&self, name: &str) -> String {
-        match self
+        let index = self
             .desired
             .reader
             .data_dirs
             .iter()
-            .position(|(n, _)| n == name)
-        {
-            Some(i) => format!("spec.readService.dataDirs[{i}].hostPath"),
-            None => "spec.readService.dataDirs[] (an entry no longer in the spec)".into(),
-        }
+            .position(|(n, _)| n == name);
+        ringmaster_api::data_dir_field(index, name)
     }
 
     /// What to announce about the data dirs (`None` until the reader checked them).
@@ -107,26 +105,26 @@ impl Observation<'_> {
                 let fix = "remove the entry, or narrow spec.nodeSelector";
                 let (reason, msg) = match d.reason.as_deref() {
                     Some(data_dir_reasons::NOT_FOUND) => (
-                        "DataDirMissing",
+                        reasons::DATA_DIR_MISSING,
                         format!(
                             "{at} does not exist on node {node}: create it (Ringmaster never creates host directories), {fix}"
                         ),
                     ),
                     Some(data_dir_reasons::NOT_A_DIRECTORY) => (
-                        "DataDirNotADirectory",
+                        reasons::DATA_DIR_NOT_A_DIRECTORY,
                         format!(
                             "{at} is not a directory on node {node}: make it one, {fix}"
                         ),
                     ),
                     Some(data_dir_reasons::PERMISSION_DENIED) => (
-                        "DataDirPermissionDenied",
+                        reasons::DATA_DIR_PERMISSION_DENIED,
                         format!(
                             "{at} cannot be opened by the reader on node {node} ({}): let the reader's uid/gid read and search it, {fix}",
                             d.message.as_deref().unwrap_or("permission denied")
                         ),
                     ),
                     other => (
-                        "DataDirUnavailable",
+                        reasons::DATA_DIR_UNAVAILABLE,
                         format!(
                             "{at} is unusable on node {node} ({}: {}): fix it on the node, {fix}",
                             other.unwrap_or("unknown"),
@@ -155,7 +153,7 @@ impl Observation<'_> {
     /// Settings for the storage service, once the reader answered the current config.
     pub fn settings(&self) -> Option<VerifiedSettings> {
         let r = self.report.filter(|_| self.report_current())?;
-        let io_uring = r.io_uring.supported && r.worker_mode == worker_mode::IO_URING;
+        let io_uring = r.io_uring.supported && r.worker_mode == WorkerMode::IoUring;
         Some(VerifiedSettings {
             max_events: if io_uring && r.io_uring.ring_entries > 0 {
                 r.io_uring.ring_entries
@@ -227,7 +225,7 @@ impl Observation<'_> {
             seccomp_mode: r
                 .map(|r| r.host.seccomp_mode.clone())
                 .filter(|m| !m.is_empty()),
-            worker_mode: r.map(|r| r.worker_mode.clone()),
+            worker_mode: r.map(|r| r.worker_mode.as_str().to_string()),
             worker_mode_reason: r
                 .map(|r| r.worker_mode_reason.clone())
                 .filter(|m| !m.is_empty()),
@@ -264,15 +262,15 @@ impl Observation<'_> {
         let t = self.tune;
         let (status, reason, message) = if let Some(e) = &t.error {
             let reason = if e.contains("read-only") {
-                "ReadOnlySysctl"
+                reasons::READ_ONLY_SYSCTL
             } else {
-                "TuneFailed"
+                reasons::TUNE_FAILED
             };
             (false, reason, e.clone())
         } else if t.tuned {
             (
                 true,
-                "Sufficient",
+                reasons::SUFFICIENT,
                 format!(
                     "fs.aio-max-nr={} >= required {} (fs.aio-nr={})",
                     t.current, t.required, t.aio_nr
@@ -281,7 +279,7 @@ impl Observation<'_> {
         } else {
             (
                 false,
-                "BelowRequired",
+                reasons::BELOW_REQUIRED,
                 format!(
                     "fs.aio-max-nr={} < required {} and sysctl.mode is Verify: raise it on the node \
                      (sysctl -w fs.aio-max-nr={}) or set sysctl.mode: Enforce",
@@ -297,7 +295,7 @@ impl Observation<'_> {
             (Some(r), _) if r.io_uring.supported => condition(
                 cond::IO_URING_SUPPORTED,
                 true,
-                "Supported",
+                reasons::SUPPORTED,
                 format!(
                     "io_uring_setup with {} entries works under the reader's security context \
                      (seccomp {}); read through the ring verified: {}",
@@ -307,7 +305,7 @@ impl Observation<'_> {
             (Some(r), _) => condition(
                 cond::IO_URING_SUPPORTED,
                 false,
-                r.io_uring.reason.as_deref().unwrap_or("Unsupported"),
+                r.io_uring.reason.as_deref().unwrap_or(reasons::UNSUPPORTED),
                 uring_message(r).unwrap_or_else(|| "io_uring_setup failed".into()),
             ),
             (None, Some(e)) => Condition {
@@ -315,7 +313,7 @@ impl Observation<'_> {
                 ..condition(
                     cond::IO_URING_SUPPORTED,
                     false,
-                    "ReaderReportInvalid",
+                    reasons::READER_REPORT_INVALID,
                     format!("cannot read the reader's report: {e}"),
                 )
             },
@@ -324,7 +322,7 @@ impl Observation<'_> {
                 ..condition(
                     cond::IO_URING_SUPPORTED,
                     false,
-                    "WaitingForReader",
+                    reasons::WAITING_FOR_READER,
                     "the reader container has not reported its io_uring probe yet".into(),
                 )
             },
@@ -339,7 +337,7 @@ impl Observation<'_> {
         let configured = self.desired.reader.data_dirs.len();
         let Some(r) = self.report else {
             return unknown(
-                "WaitingForReader",
+                reasons::WAITING_FOR_READER,
                 "the reader container has not checked the data dirs yet".into(),
             );
         };
@@ -347,13 +345,13 @@ impl Observation<'_> {
             return condition(
                 cond::DATA_DIRS_READY,
                 true,
-                "NoDataDirs",
+                reasons::NO_DATA_DIRS,
                 "spec.readService.dataDirs is empty: nothing to serve".into(),
             );
         }
         if r.data_dirs.is_empty() {
             return unknown(
-                "WaitingForReader",
+                reasons::WAITING_FOR_READER,
                 format!(
                     "the reader has not checked the {configured} data dirs of generation {} yet",
                     self.desired.generation
@@ -370,7 +368,7 @@ impl Observation<'_> {
             return condition(
                 cond::DATA_DIRS_READY,
                 true,
-                "AllAvailable",
+                reasons::ALL_AVAILABLE,
                 format!(
                     "all {} data dirs exist and the reader can open them: {}",
                     list.len(),
@@ -382,7 +380,7 @@ impl Observation<'_> {
         let reason = if problems.iter().all(|p| p.1 == first) {
             first
         } else {
-            "DataDirUnavailable"
+            reasons::DATA_DIR_UNAVAILABLE
         };
         condition(
             cond::DATA_DIRS_READY,
@@ -418,7 +416,7 @@ impl Observation<'_> {
             return condition(
                 cond::READY,
                 false,
-                "NotTuned",
+                reasons::NOT_TUNED,
                 "fs.aio-max-nr is below what the storage processes need (see Tuned)".into(),
             );
         }
@@ -426,32 +424,32 @@ impl Observation<'_> {
             None => condition(
                 cond::READY,
                 false,
-                "WaitingForReader",
+                reasons::WAITING_FOR_READER,
                 "the reader container has not reported yet".into(),
             ),
-            Some(r) if r.worker_mode != worker_mode::NONE && !r.data_dirs_available() => condition(
+            Some(r) if r.worker_mode != WorkerMode::Off && !r.data_dirs_available() => condition(
                 cond::READY,
                 false,
-                "DataDirUnavailable",
+                reasons::DATA_DIR_UNAVAILABLE,
                 self.data_dirs_message(&self.data_dir_problems()),
             ),
             Some(r) if r.usable() => condition(
                 cond::READY,
                 true,
                 if r.serving {
-                    "Serving"
+                    reasons::SERVING
                 } else {
-                    "NoReadService"
+                    reasons::NO_READ_SERVICE
                 },
                 format!(
                     "read workers in {} mode: {}",
                     r.worker_mode, r.worker_mode_reason
                 ),
             ),
-            Some(r) if r.worker_mode == worker_mode::NONE => condition(
+            Some(r) if r.worker_mode == WorkerMode::Off => condition(
                 cond::READY,
                 false,
-                "IoUringRequired",
+                reasons::IO_URING_REQUIRED,
                 format!(
                     "aio.ioUring is Required and io_uring is unavailable: {}",
                     r.worker_mode_reason
@@ -460,7 +458,7 @@ impl Observation<'_> {
             Some(r) => condition(
                 cond::READY,
                 false,
-                "NotServing",
+                reasons::NOT_SERVING,
                 r.error
                     .clone()
                     .unwrap_or_else(|| "the read service is not listening".into()),
@@ -508,7 +506,7 @@ fn condition_reason(s: &str) -> String {
 pub fn restored_condition(message: String, now: Timestamp) -> Condition {
     Condition {
         last_transition_time: Time(Timestamp::from_second(now.as_second()).unwrap_or(now)),
-        ..condition(cond::RESTORED, true, "Restored", message)
+        ..condition(cond::RESTORED, true, reasons::RESTORED, message)
     }
 }
 
@@ -516,9 +514,9 @@ pub fn restored_condition(message: String, now: Timestamp) -> Condition {
 mod tests {
     use super::*;
     use crate::handoff::DataDirCheck;
-    use crate::host::HostFacts;
-    use crate::probe::UringProbe;
     use ringmaster_api::StorageCluster;
+    use ringmaster_ring::host::HostFacts;
+    use ringmaster_ring::probe::UringProbe;
 
     fn desired(policy: &str) -> Desired {
         let mut sc = StorageCluster::new(
@@ -530,7 +528,7 @@ mod tests {
         Desired::from_cluster(&sc)
     }
 
-    fn report(d: &Desired, supported: bool, mode: &str, serving: bool) -> ReaderReport {
+    fn report(d: &Desired, supported: bool, mode: WorkerMode, serving: bool) -> ReaderReport {
         ReaderReport {
             generation: d.generation,
             config_hash: d.config_hash.clone(),
@@ -547,7 +545,7 @@ mod tests {
                 ring_entries: if supported { 256 } else { 0 },
                 ..Default::default()
             },
-            worker_mode: mode.into(),
+            worker_mode: mode,
             worker_mode_reason: "why".into(),
             serving,
             service_configured: true,
@@ -596,7 +594,7 @@ mod tests {
     fn unsupported_under_taint_policy() {
         let d = desired("Taint");
         let t = tuned();
-        let r = report(&d, false, worker_mode::PREAD, true);
+        let r = report(&d, false, WorkerMode::Pread, true);
         let o = obs(&d, &t, Some(&r));
         assert!(o.want_taint());
         let v = o.verdict();
@@ -623,7 +621,7 @@ mod tests {
     fn supported_uses_ring_that_worked_and_no_taint() {
         let d = desired("Taint");
         let t = tuned();
-        let r = report(&d, true, worker_mode::IO_URING, true);
+        let r = report(&d, true, WorkerMode::IoUring, true);
         let o = obs(&d, &t, Some(&r));
         assert!(!o.want_taint());
         let s = o.settings().unwrap();
@@ -636,7 +634,7 @@ mod tests {
     fn label_policy_never_taints() {
         let d = desired("Label");
         let t = tuned();
-        let r = report(&d, false, worker_mode::PREAD, true);
+        let r = report(&d, false, WorkerMode::Pread, true);
         assert!(!obs(&d, &t, Some(&r)).want_taint());
     }
 
@@ -644,7 +642,7 @@ mod tests {
     fn stale_report_is_not_applied() {
         let d = desired("Label");
         let t = tuned();
-        let mut r = report(&d, true, worker_mode::IO_URING, true);
+        let mut r = report(&d, true, WorkerMode::IoUring, true);
         r.generation = 1;
         let o = obs(&d, &t, Some(&r));
         assert!(!o.report_current());
@@ -658,20 +656,20 @@ mod tests {
     fn required_and_unsupported_is_deliberately_not_serving() {
         let d = desired("Label");
         let t = tuned();
-        let r = report(&d, false, worker_mode::NONE, false);
+        let r = report(&d, false, WorkerMode::Off, false);
         let o = obs(&d, &t, Some(&r));
         assert!(!o.node_ready());
         assert!(o.agent_ready());
         let st = o.status(None, None, Timestamp::now());
         let c = st.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
-        assert_eq!(c.reason, "IoUringRequired");
+        assert_eq!(c.reason, reasons::IO_URING_REQUIRED);
     }
 
     #[test]
     fn transition_time_moves_only_on_status_change() {
         let d = desired("Label");
         let t = tuned();
-        let r = report(&d, true, worker_mode::IO_URING, true);
+        let r = report(&d, true, WorkerMode::IoUring, true);
         let o = obs(&d, &t, Some(&r));
         let t0 = Timestamp::from_second(1_000_000).unwrap();
         let first = o.status(None, None, t0);
@@ -729,7 +727,7 @@ mod tests {
     fn missing_data_dir_names_the_field_and_makes_the_node_not_ready() {
         let d = with_dirs();
         let t = tuned();
-        let mut r = report(&d, true, worker_mode::IO_URING, true);
+        let mut r = report(&d, true, WorkerMode::IoUring, true);
         r.data_dirs[1].available = false;
         r.data_dirs[1].reason = Some("NotFound".into());
         r.data_dirs[1].message = Some("/storage/data1 does not exist".into());
@@ -741,7 +739,7 @@ mod tests {
         let c = get(&st, "DataDirsReady");
         assert_eq!(
             (c.status.as_str(), c.reason.as_str()),
-            ("False", "DataDirMissing")
+            ("False", reasons::DATA_DIR_MISSING)
         );
         assert!(
             c.message.starts_with(
@@ -758,7 +756,7 @@ mod tests {
         let ready = get(&st, "Ready");
         assert_eq!(
             (ready.status.as_str(), ready.reason.as_str()),
-            ("False", "DataDirUnavailable")
+            ("False", reasons::DATA_DIR_UNAVAILABLE)
         );
         assert_eq!(ready.message, c.message);
         assert_eq!(st.data_dirs.len(), 2);
@@ -774,7 +772,7 @@ mod tests {
         r.data_dirs[0].message = Some("the reader (uid 65532, gid 65532) may not".into());
         let o = obs(&d, &t, Some(&r));
         let c = get(&o.status(None, None, Timestamp::now()), "DataDirsReady").clone();
-        assert_eq!(c.reason, "DataDirUnavailable", "mixed reasons");
+        assert_eq!(c.reason, reasons::DATA_DIR_UNAVAILABLE, "mixed reasons");
         assert!(
             c.message.contains("spec.readService.dataDirs[0].hostPath"),
             "{}",
@@ -786,31 +784,35 @@ mod tests {
         r.data_dirs[1].name = "gone".into();
         let o = obs(&d, &t, Some(&r));
         let c = get(&o.status(None, None, Timestamp::now()), "DataDirsReady").clone();
-        assert!(c.message.contains("no longer in the spec"), "{}", c.message);
+        assert!(
+            c.message.contains("no longer in spec.readService.dataDirs"),
+            "{}",
+            c.message
+        );
     }
 
     #[test]
     fn data_dirs_ready_when_all_available_or_none_configured() {
         let d = with_dirs();
         let t = tuned();
-        let r = report(&d, true, worker_mode::IO_URING, true);
+        let r = report(&d, true, WorkerMode::IoUring, true);
         let o = obs(&d, &t, Some(&r));
         assert!(o.node_ready());
         let st = o.status(None, None, Timestamp::now());
         let c = get(&st, "DataDirsReady");
         assert_eq!(
             (c.status.as_str(), c.reason.as_str()),
-            ("True", "AllAvailable")
+            ("True", reasons::ALL_AVAILABLE)
         );
         assert_eq!(get(&st, "Ready").status, "True");
         assert_eq!(o.data_dirs_verdict().unwrap().unavailable.len(), 0);
 
         let none = desired("Label");
-        let r = report(&none, true, worker_mode::IO_URING, true);
+        let r = report(&none, true, WorkerMode::IoUring, true);
         let st = obs(&none, &t, Some(&r)).status(None, None, Timestamp::now());
-        assert_eq!(get(&st, "DataDirsReady").reason, "NoDataDirs");
+        assert_eq!(get(&st, "DataDirsReady").reason, reasons::NO_DATA_DIRS);
         // A reader that predates the check: Unknown, not a failure.
-        let mut old = report(&d, true, worker_mode::IO_URING, true);
+        let mut old = report(&d, true, WorkerMode::IoUring, true);
         old.data_dirs.clear();
         let o = obs(&d, &t, Some(&old));
         let c = get(&o.status(None, None, Timestamp::now()), "DataDirsReady").clone();

@@ -1,4 +1,4 @@
-//! `fs.aio-max-nr` for the cluster, through the host tuner ([`crate::tune::Tuner`]):
+//! `fs.aio-max-nr` for the cluster, through the host tuner ([`crate::tune::AioMaxNrTuner`]):
 //! raise (Enforce; never lowers, original recorded before the first write) or only check
 //! (Verify); re-applied on drift by the agent's periodic pass; restored on the cluster's
 //! removal. The state file lives in the host state dir, so it survives agent restarts.
@@ -7,8 +7,8 @@ use std::path::PathBuf;
 
 use ringmaster_api::SysctlMode;
 
-use super::desired::AioSizing;
-use crate::tune::{RestoreOutcome, Sizing, TuneError, Tuner};
+use super::desired::SysctlTuning;
+use crate::tune::{AioMaxNrTuner, RestoreOutcome, TuneError};
 
 /// State file of the original value, in the host state dir.
 pub const STATE_FILE: &str = "aio-max-nr.json";
@@ -31,29 +31,26 @@ pub struct TuneOutcome {
     pub error: Option<String>,
 }
 
-/// The node's tuner.
+/// Applies a StorageCluster's `spec.sysctl` to this node on every agent pass (Enforce raises,
+/// Verify only checks, `persist` writes sysctl.d) and restores on the cluster's removal, through
+/// the host's [`AioMaxNrTuner`].
 #[derive(Clone, Debug)]
-pub struct AioTuner {
+pub struct ClusterTuning {
     pub host_state_dir: PathBuf,
     /// Directory for the sysctl.d file (`sysctl.persist`).
     pub sysctl_d_dir: PathBuf,
 }
 
-impl AioTuner {
-    fn tuner(&self) -> Tuner {
-        Tuner::new(self.host_state_dir.join(STATE_FILE))
+impl ClusterTuning {
+    fn tuner(&self) -> AioMaxNrTuner {
+        AioMaxNrTuner::new(self.host_state_dir.join(STATE_FILE))
     }
 
     /// One pass: raise (Enforce) or check (Verify). Never panics; failures land in `error`
     /// with what was read before the failure.
-    pub fn ensure(&self, a: &AioSizing) -> TuneOutcome {
+    pub fn ensure(&self, a: &SysctlTuning) -> TuneOutcome {
         let tuner = self.tuner();
-        let sizing = Sizing {
-            max_events: a.max_events as u32,
-            workers: a.workers as u32,
-            processes_per_node: a.processes_per_node as u32,
-            aio_max_nr_floor: a.floor,
-        };
+        let sizing = a.sizing;
         let plan = match tuner.plan(&sizing) {
             Ok(p) => p,
             Err(e) => {

@@ -1,4 +1,5 @@
-//! `ringmaster-agent serve`: HTTP/1.1 range reads over the worker pool.
+//! The HTTP read service (`ringmaster-agent serve`, and the reader container): HTTP/1.1 range
+//! reads over the worker pool. No Kubernetes here; the CLI lives in the agent binary.
 //!
 //! `GET /v1/files/{name}/{path}` with `Range: bytes=a-b` → 206 (416 unsatisfiable, 404 missing or
 //! outside the data dir, 400 bad path or range, 503 over the concurrency cap), confined to the
@@ -29,8 +30,9 @@ use axum::Router;
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 use tokio::sync::{oneshot, Semaphore};
 
-use crate::handoff::Policy;
-use crate::io::{Pool, PoolConfig};
+use ringmaster_ring::io::{
+    AlignedBuf, Policy, Pool, PoolConfig, ReadJob, ReadOutcome, SubmitError, WorkerMode,
+};
 
 use metrics::Metrics;
 
@@ -115,7 +117,7 @@ struct AppState {
 /// A running read service.
 pub struct ServeHandle {
     addr: SocketAddr,
-    mode: String,
+    mode: WorkerMode,
     reason: String,
     state: Arc<AppState>,
     stop: oneshot::Sender<()>,
@@ -127,9 +129,9 @@ impl ServeHandle {
         self.addr
     }
 
-    /// `io_uring` or `pread`.
-    pub fn worker_mode(&self) -> &str {
-        &self.mode
+    /// `IoUring` or `Pread` (a running pool is never `Off`).
+    pub fn worker_mode(&self) -> WorkerMode {
+        self.mode
     }
 
     pub fn worker_mode_reason(&self) -> &str {
@@ -196,9 +198,9 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<ServeHandle> {
     pc.cache_fast_path = cfg.cache_fast_path;
     pc.break_ring_after = cfg.break_ring_after;
     let pool = tokio::task::spawn_blocking(move || Pool::start(&pc)).await??;
-    let mode = pool.mode().as_str().to_string();
+    let mode = pool.mode();
     let reason = pool.reason().to_string();
-    let metrics = Metrics::new(&mode, &reason, pool.ring_entries(), cfg.workers);
+    let metrics = Metrics::new(mode, &reason, pool.ring_entries(), cfg.workers);
     let listener = tokio::net::TcpListener::bind(cfg.bind)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.bind))?;
@@ -209,11 +211,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<ServeHandle> {
         metrics,
         limit: Arc::new(Semaphore::new(cfg.max_concurrent as usize)),
         max_range: cfg.max_range_bytes,
-        mode: HeaderValue::from_static(if mode == "io_uring" {
-            "io_uring"
-        } else {
-            "pread"
-        }),
+        mode: HeaderValue::from_static(mode.as_str()),
         ready: AtomicBool::new(true),
     });
     let app = Router::new()
@@ -426,11 +424,7 @@ async fn serve_range(
         return (error(StatusCode::BAD_REQUEST, format!(
             "range of {len} bytes is over the {} byte cap (--max-range-bytes): request smaller ranges", st.max_range)), 0);
     }
-    let buf = match st
-        .pool
-        .read_async(Arc::new(file), first, len as usize, false)
-        .await
-    {
+    let buf = match read_async(&st.pool, Arc::new(file), first, len as usize, false).await {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
             return (
@@ -488,113 +482,35 @@ async fn serve_range(
     (resp, len)
 }
 
-/// Parse `NAME=PATH`.
-fn parse_data_dir(s: &str) -> Result<(String, PathBuf), String> {
-    let (n, p) = s
-        .split_once('=')
-        .ok_or_else(|| format!("--data-dir '{s}': expected NAME=PATH"))?;
-    if n.is_empty() || n.contains('/') || p.is_empty() {
-        return Err(format!(
-            "--data-dir '{s}': NAME must be non-empty without '/', PATH non-empty"
-        ));
-    }
-    Ok((n.to_string(), PathBuf::from(p)))
-}
-
-#[derive(clap::Args, Debug)]
-pub struct ServeArgs {
-    /// Data dir served under /v1/files/NAME/ (repeatable).
-    #[arg(long = "data-dir", value_name = "NAME=PATH", required = true, num_args = 1.., value_parser = parse_data_dir)]
-    pub data_dirs: Vec<(String, PathBuf)>,
-    /// TCP port (0: any free port, printed at start).
-    #[arg(long, default_value_t = ringmaster_api::keys::AGENT_HTTP_PORT)]
-    pub port: u16,
-    /// Address to listen on.
-    #[arg(long, default_value = "0.0.0.0")]
-    pub listen: std::net::IpAddr,
-    /// Worker threads (one io_uring ring each).
-    #[arg(long, default_value_t = 2)]
-    pub workers: u32,
-    /// Reads in flight per ring (ring entries).
-    #[arg(long, default_value_t = 128)]
-    pub max_events: u32,
-    /// io_uring policy: required (fail without it), preferred (fall back to pread), disabled.
-    #[arg(long = "io-uring", value_enum, default_value_t = Policy::Preferred)]
-    pub io_uring: Policy,
-    /// Largest range served in one request, bytes.
-    #[arg(long, default_value_t = DEFAULT_MAX_RANGE_BYTES)]
-    pub max_range_bytes: u64,
-    /// Requests served at once (more get 503).
-    #[arg(long, default_value_t = DEFAULT_MAX_CONCURRENT)]
-    pub max_concurrent: u32,
-    /// Connections open at once; more wait in the kernel's listen backlog.
-    #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS)]
-    pub max_connections: u32,
-    /// Seconds a client has to send a complete request head before its connection is
-    /// closed (slow clients); also the longest a keep-alive connection may sit idle.
-    #[arg(long, default_value_t = DEFAULT_HEADER_READ_TIMEOUT_SECS)]
-    pub header_read_timeout_secs: u64,
-    /// Always queue reads to the workers, skipping the page-cache attempt
-    /// (preadv2 RWF_NOWAIT) first: measures or exercises the rings alone.
-    #[arg(long)]
-    pub no_cache_fast_path: bool,
-}
-
-/// `serve` until SIGINT/SIGTERM. Prints `listening on ADDR worker_mode=MODE reason=...` on stdout.
-pub fn run(a: ServeArgs) -> i32 {
-    crate::init_tracing();
-    let Some(rt) = crate::async_runtime(None) else {
-        return 2;
-    };
-    rt.block_on(async move {
-        let cfg = ServeConfig {
-            data_dirs: a.data_dirs,
-            bind: SocketAddr::new(a.listen, a.port),
-            workers: a.workers,
-            max_events: a.max_events,
-            policy: a.io_uring,
-            max_range_bytes: a.max_range_bytes,
-            max_concurrent: a.max_concurrent,
-            max_connections: a.max_connections,
-            header_read_timeout: std::time::Duration::from_secs(a.header_read_timeout_secs),
-            cache_fast_path: !a.no_cache_fast_path,
-            break_ring_after: match break_ring_after_from_env() {
-                Ok(n) => n,
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    return 1;
-                }
-            },
-        };
-        let h = match start(cfg).await {
-            Ok(h) => h,
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                return 1;
-            }
-        };
-        println!(
-            "listening on {} worker_mode={} reason={}",
-            h.local_addr(),
-            h.worker_mode(),
-            h.worker_mode_reason()
-        );
-        use std::io::Write;
-        let _ = std::io::stdout().flush();
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    eprintln!("error: cannot watch SIGTERM: {e}");
-                    return 2;
-                }
-            };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+/// Read `len` bytes at `offset` through the pool (fast path first), awaiting the result on the
+/// caller's runtime. Ok is the buffer with `len()` = bytes read (short only at EOF).
+pub async fn read_async(
+    pool: &Pool,
+    file: Arc<File>,
+    offset: u64,
+    len: usize,
+    direct: bool,
+) -> std::io::Result<AlignedBuf> {
+    use std::io;
+    let (tx, rx) = oneshot::channel::<ReadOutcome>();
+    let job = ReadJob::new(
+        file,
+        offset,
+        len,
+        AlignedBuf::new(len),
+        direct,
+        Box::new(move |o| {
+            let _ = tx.send(o);
+        }),
+    );
+    pool.read(job).map_err(|e| match e {
+        SubmitError::Full(_) => io::Error::new(io::ErrorKind::WouldBlock, "read queue full"),
+        SubmitError::ShutDown(_) => {
+            io::Error::new(io::ErrorKind::BrokenPipe, "read pool shutting down")
         }
-        tracing::info!("shutting down: finishing in-flight reads");
-        h.shutdown().await;
-        0
-    })
+    })?;
+    let out = rx
+        .await
+        .map_err(|_| io::Error::other("read completion dropped"))?;
+    out.result.map(|_| out.buf)
 }

@@ -1,4 +1,5 @@
-// Shared helpers for the io_* and serve_* tests (`mod io_support;`).
+// Shared helpers for the io_* and serve_* tests of ringmaster-ring, ringmaster-serve and the
+// agent (`mod io_support;`, or `#[path = "../../ring/tests/io_support/mod.rs"]` from the others).
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};

@@ -1,14 +1,15 @@
 //! The HTTP read service in-process over both pools: 206 bodies and headers, 200, 416, 404, 400,
 //! path traversal refused, range caps, metrics, health, graceful shutdown.
 
+#[path = "../../ring/tests/io_support/mod.rs"]
 mod io_support;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use io_support::{http_get, pattern, Rng, TempDir};
-use ringmaster_agent::handoff::Policy;
-use ringmaster_agent::serve::{self, ServeConfig, ServeHandle};
+use ringmaster_ring::io::Policy;
+use ringmaster_serve::{self as serve, ServeConfig, ServeHandle};
 
 const SIZE: usize = 200_000 + 13;
 
@@ -75,7 +76,7 @@ async fn range_reads_return_the_right_bytes_and_headers_on_both_pools() {
     let (fx, data_dir) = fixture();
     for (policy, mode) in [(Policy::Required, "io_uring"), (Policy::Disabled, "pread")] {
         let h = start(data_dir.clone(), policy, 1 << 20).await;
-        assert_eq!(h.worker_mode(), mode);
+        assert_eq!(h.worker_mode().as_str(), mode);
         let addr = h.local_addr();
         let mut rng = Rng(77);
         let mut cases: Vec<(String, usize, usize)> = (0..40)

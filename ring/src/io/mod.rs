@@ -19,7 +19,18 @@ use std::sync::Arc;
 pub use buf::AlignedBuf;
 pub use completion::{Progress, Step};
 
-use crate::handoff::Policy;
+/// io_uring policy of a pool: `Required` (fail without io_uring), `Preferred` (fall back to
+/// pread), `Disabled` (pread). The agent maps the API's `aio.ioUring` onto it; the reader
+/// config file carries it in this lowercase form.
+#[derive(serde::Serialize, serde::Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[serde(rename_all = "lowercase")]
+pub enum Policy {
+    Required,
+    #[default]
+    Preferred,
+    Disabled,
+}
 
 /// Called once when a job finishes.
 pub type Completion = Box<dyn FnOnce(ReadOutcome) + Send>;
@@ -129,19 +140,36 @@ impl std::fmt::Debug for SubmitError {
     }
 }
 
-/// Which pool runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// How the read workers run: the one worker-mode type, from the pool to the reader's report
+/// (`reader.json`) and the StorageNode's `status.workerMode` (its wire value, [`Self::as_str`]).
+#[derive(serde::Serialize, serde::Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WorkerMode {
+    /// One io_uring ring per worker thread.
+    #[serde(rename = "io_uring")]
     IoUring,
+    /// The pread thread pool (io_uring disabled by policy, or unavailable under `Preferred`).
+    #[serde(rename = "pread")]
     Pread,
+    /// Nothing serves, on purpose: policy `Required` and io_uring unavailable. A running
+    /// [`Pool`] is never in this mode.
+    #[serde(rename = "none")]
+    Off,
 }
 
 impl WorkerMode {
+    /// The wire value: `io_uring`, `pread` or `none`.
     pub fn as_str(self) -> &'static str {
         match self {
             WorkerMode::IoUring => "io_uring",
             WorkerMode::Pread => "pread",
+            WorkerMode::Off => "none",
         }
+    }
+}
+
+impl std::fmt::Display for WorkerMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -327,38 +355,6 @@ impl Pool {
             }
         }
         self.submit(job)
-    }
-
-    /// Read `len` bytes at `offset` (fast path first), awaiting the result on the caller's runtime.
-    /// Ok is the buffer with `len()` = bytes read (short only at EOF).
-    pub async fn read_async(
-        &self,
-        file: Arc<File>,
-        offset: u64,
-        len: usize,
-        direct: bool,
-    ) -> io::Result<AlignedBuf> {
-        let (tx, rx) = tokio::sync::oneshot::channel::<ReadOutcome>();
-        let job = ReadJob::new(
-            file,
-            offset,
-            len,
-            AlignedBuf::new(len),
-            direct,
-            Box::new(move |o| {
-                let _ = tx.send(o);
-            }),
-        );
-        self.read(job).map_err(|e| match e {
-            SubmitError::Full(_) => io::Error::new(io::ErrorKind::WouldBlock, "read queue full"),
-            SubmitError::ShutDown(_) => {
-                io::Error::new(io::ErrorKind::BrokenPipe, "read pool shutting down")
-            }
-        })?;
-        let out = rx
-            .await
-            .map_err(|_| io::Error::other("read completion dropped"))?;
-        out.result.map(|_| out.buf)
     }
 
     /// Stop taking jobs, finish queued and in-flight reads, join the threads. Idempotent.

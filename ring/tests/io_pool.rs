@@ -11,8 +11,8 @@ use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use io_support::{pattern, Rng, TempDir};
-use ringmaster_agent::handoff::Policy;
-use ringmaster_agent::io::{
+use ringmaster_ring::io::Policy;
+use ringmaster_ring::io::{
     AlignedBuf, Pool, PoolConfig, ReadJob, ReadOutcome, SubmitError, WorkerMode,
 };
 
@@ -389,7 +389,7 @@ fn shutdown_finishes_every_queued_read() {
         );
         assert!(matches!(
             pool.submit(job),
-            Err(ringmaster_agent::io::SubmitError::ShutDown(_))
+            Err(ringmaster_ring::io::SubmitError::ShutDown(_))
         ));
     }
 }

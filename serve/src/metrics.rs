@@ -6,6 +6,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use ringmaster_ring::io::WorkerMode;
 
 type Labels = Vec<(String, String)>;
 
@@ -30,7 +31,7 @@ pub struct Metrics {
 const COMMON_STATUSES: [u16; 8] = [200, 206, 400, 404, 416, 500, 503, 405];
 
 impl Metrics {
-    pub fn new(mode: &str, reason: &str, ring_entries: u64, workers: u32) -> Self {
+    pub fn new(mode: WorkerMode, reason: &str, ring_entries: u64, workers: u32) -> Self {
         let mut registry = Registry::with_prefix("ringmaster");
         let reads = Family::<Labels, Counter>::default();
         registry.register("reads", "Range reads served, by HTTP status", reads.clone());
@@ -77,8 +78,8 @@ impl Metrics {
         workers_g.set(workers as i64);
         registry.register("workers", "Read worker threads", workers_g);
         let mode_g = Family::<Labels, Gauge>::default();
-        for m in ["io_uring", "pread"] {
-            let mut labels = vec![("mode".to_string(), m.to_string())];
+        for m in [WorkerMode::IoUring, WorkerMode::Pread] {
+            let mut labels = vec![("mode".to_string(), m.as_str().to_string())];
             if m == mode {
                 labels.push(("reason".to_string(), reason.to_string()));
             }
