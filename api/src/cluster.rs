@@ -37,7 +37,7 @@ pub struct StorageClusterSpec {
     /// Tolerations for the agent pods, so they can run on tainted storage nodes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tolerations: Vec<Toleration>,
-    /// The node agent's container image and resources.
+    /// The node agent's container resources (its image is the admin's: `--agent-image`).
     #[serde(default)]
     pub agent: AgentSpec,
     /// Read-worker sizing: ring size, worker threads, processes per node, io_uring policy.
@@ -59,32 +59,22 @@ pub struct StorageClusterSpec {
 }
 
 /// Agent container settings.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.image)").message("spec.agent.image is no longer accepted: the cluster admin sets the agent image (chart value agent.image, operator flag --agent-image); remove the field").field_path(".image").reason(Reason::FieldValueForbidden))]
 pub struct AgentSpec {
-    /// Container image of `ringmaster-agent`.
-    #[serde(default = "default_image")]
-    #[schemars(length(min = 1))]
-    pub image: String,
+    /// Refused (kept in the schema only to say so): the agent runs privileged, so its
+    /// image is the cluster admin's choice (operator flag `--agent-image`), never a
+    /// StorageCluster's. The operator ignores it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
     /// Resources of the agent containers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
 }
 
-impl Default for AgentSpec {
-    fn default() -> Self {
-        Self {
-            image: default_image(),
-            resources: None,
-        }
-    }
-}
-
-/// Default agent image.
+/// Agent image the operator uses when the admin names none (`--agent-image`).
 pub const DEFAULT_AGENT_IMAGE: &str = "ghcr.io/ringmaster-io/ringmaster-agent:0.1.0";
-fn default_image() -> String {
-    DEFAULT_AGENT_IMAGE.into()
-}
 
 /// Whether the read workers need io_uring.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
@@ -102,6 +92,7 @@ pub enum IoUringPolicy {
 /// context and an io_uring ring of `maxEvents` entries).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.workers * self.maxEvents * self.processesPerNode <= 1073741824").message("spec.aio: workers × maxEvents × processesPerNode (the libaio events a node's storage processes open) must be at most 1073741824: lower spec.aio.workers, spec.aio.maxEvents or spec.aio.processesPerNode").reason(Reason::FieldValueInvalid))]
 #[x_kube(validation = Rule::new("self.minMaxEvents <= self.maxEvents").message("spec.aio.minMaxEvents must not exceed spec.aio.maxEvents: lower minMaxEvents or raise maxEvents").field_path(".minMaxEvents").reason(Reason::FieldValueInvalid))]
 pub struct AioSpec {
     /// Ring entries and libaio events per worker thread (io_uring allows 1..32768).
@@ -164,9 +155,9 @@ pub enum SysctlMode {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SysctlSpec {
-    /// Floor for `fs.aio-max-nr`: the agent never sets less than this.
+    /// Floor for `fs.aio-max-nr`: the agent never sets less than this (at most 2^30).
     #[serde(default = "default_aio_max_nr")]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = 1073741824))]
     pub aio_max_nr: u64,
     /// `Enforce` (raise it) or `Verify` (report only).
     #[serde(default)]
@@ -242,9 +233,13 @@ pub struct DataDir {
         length(min = 1, max = 63)
     )]
     pub name: String,
-    /// Absolute host path, e.g. `/var/lib/storage/data0`.
-    #[x_kube(validation = Rule::new("self.startsWith('/') && !self.contains('/../') && !self.endsWith('/..')").message("spec.readService.dataDirs[].hostPath must be an absolute path without '..', e.g. /var/lib/storage/data0").reason(Reason::FieldValueInvalid))]
-    #[schemars(length(min = 1, max = 4096))]
+    /// Absolute host path, e.g. `/srv/storage/data0`. The reader is given its parent,
+    /// read-only: the parent must lie under a data dir root the admin allows, and may not
+    /// be `/` nor be, lie under or contain a system directory (`/etc`, `/proc`, `/var/lib/kubelet`, ...).
+    #[x_kube(validation = Rule::new("self.startsWith('/') && !self.contains('/../') && !self.endsWith('/..')").message("spec.readService.dataDirs[].hostPath must be an absolute path without '..', e.g. /srv/storage/data0").reason(Reason::FieldValueInvalid))]
+    #[x_kube(validation = Rule::new("self.matches('^(/[^/]+)+$') && !self.contains('/./') && !self.endsWith('/.')").message("spec.readService.dataDirs[].hostPath must be a clean absolute path below a parent other than / (no '.', '//' or trailing '/'), e.g. /srv/storage/data0").reason(Reason::FieldValueInvalid))]
+    #[x_kube(validation = Rule::new(crate::limits::host_path_parent_rule()).message(crate::limits::host_path_parent_message().as_str()).reason(Reason::FieldValueForbidden))]
+    #[schemars(length(min = 1, max = 1024))]
     pub host_path: String,
 }
 
@@ -354,11 +349,11 @@ impl StorageClusterSpec {
         short_hash(&serde_json::to_vec(self).expect("spec serializes"))
     }
 
-    /// Hash of the fields that change the agent pods themselves (image, resources,
+    /// Hash of the fields that change the agent pods themselves (resources,
     /// seccomp, port, data dirs, selection); only these roll the DaemonSet.
     pub fn pod_hash(&self) -> String {
         let v = serde_json::json!({
-            "agent": self.agent,
+            "resources": self.agent.resources,
             "seccomp": self.seccomp,
             "readService": self.read_service,
             "persist": self.sysctl.persist,
@@ -395,7 +390,9 @@ mod tests {
         b.aio.max_events = 1024;
         assert_eq!(a.pod_hash(), b.pod_hash());
         assert_ne!(a.config_hash(), b.config_hash());
-        b.agent.image = "other:1".into();
+        b.agent.image = Some("other:1".into());
+        assert_eq!(a.pod_hash(), b.pod_hash(), "the image field is ignored");
+        b.seccomp.type_ = SeccompType::Localhost;
         assert_ne!(a.pod_hash(), b.pod_hash());
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod cluster;
 pub mod keys;
+pub mod limits;
 pub mod node;
 pub mod reasons;
 pub mod sizing;

@@ -23,6 +23,9 @@ pub const APPLYING_CONFIG: &str = "ApplyingConfig";
 pub const ROLLOUT_COMPLETE: &str = "RolloutComplete";
 
 // --- StorageCluster `Degraded` (operator; each is also the warning event's reason) ---
+/// The spec breaks a static limit or the admin's settings: nothing is rendered (also
+/// `Progressing=False`).
+pub const SPEC_REFUSED: &str = "SpecRefused";
 /// A node is claimed by two StorageClusters.
 pub const NODE_CONFLICT: &str = "NodeConflict";
 /// Also the agent's event and the StorageNode `IoUringSupported=False` fallback.

@@ -698,7 +698,13 @@ async fn missing_data_dir_is_a_condition_naming_the_field_and_heals() {
     let node = f.agents[0].node.clone();
     let ns = f.ns().to_string();
     let id = operator_support::OperatorIdentity::create(&f.ns);
-    let mut op = operator_support::start_operator(&id, "datadir-op", &[]);
+    // The test's data dirs lie below the e2e log dir: the admin allows that root.
+    let root = ringmaster_e2e::log_dir();
+    let mut op = operator_support::start_operator(
+        &id,
+        "datadir-op",
+        &["--allowed-data-dir-root", root.to_str().unwrap()],
+    );
 
     // d0: the fleet's data dir (exists, holds hello.txt). d1: under an existing parent,
     // not created yet (the parent is removed on drop).

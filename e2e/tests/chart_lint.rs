@@ -117,12 +117,21 @@ fn operator_deployment_is_hardened() {
         "--log-format=json",
         "--cleanup-timeout=60",
         "--lease-name=ringmaster-operator",
+        "--agent-image=ghcr.io/ringmaster-io/ringmaster-agent:0.1.0",
+        "--allow-unconfined-seccomp=false",
+        "--allow-control-plane-tolerations=false",
     ] {
         assert!(
             args.iter().any(|a| a == want),
             "operator args {args:?} lack {want}"
         );
     }
+    assert!(
+        !args
+            .iter()
+            .any(|a| a.starts_with("--allowed-data-dir-root")),
+        "no data dir root unless the admin names one: {args:?}"
+    );
     assert!(
         c["resources"]["limits"]["memory"].is_string(),
         "operator has no memory limit"
@@ -196,7 +205,8 @@ fn chart_crds_are_the_repository_crds() {
 }
 
 /// Optional parts appear only when asked for: the ServiceMonitor only when its CRD is
-/// served, the default StorageCluster as a post-install hook with the agent image filled in.
+/// served, the default StorageCluster as a post-install hook (with no agent image: that is
+/// the operator's flag).
 #[test]
 fn optional_objects_render_only_when_enabled() {
     let docs = render("ringmaster", "rm", &[]);
@@ -245,22 +255,65 @@ fn optional_objects_render_only_when_enabled() {
         "post-install"
     );
     assert_eq!(stc["spec"]["aio"]["workers"], 32);
-    assert_eq!(
-        stc["spec"]["agent"]["image"],
-        "ghcr.io/ringmaster-io/ringmaster-agent:9.9"
+    assert!(
+        stc["spec"].get("agent").is_none(),
+        "a StorageCluster names no agent image: {:?}",
+        stc["spec"]
     );
+}
+
+/// The admin's settings reach the operator as flags and the StorageCluster admission policy
+/// as CEL literals; the agent image is pinned by digest when one is given.
+#[test]
+fn admin_settings_reach_the_operator_and_the_policy() {
     let docs = render(
         "ringmaster",
         "rm",
         &[
-            "storageCluster.create=true",
-            "storageCluster.spec.agent.image=reg/agent:1",
+            "agent.image.digest=sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            "agent.image.tag=9.9",
+            "agent.allowedDataDirRoots={/srv/storage,/mnt/disks}",
+            "agent.allowUnconfinedSeccomp=true",
+            "agent.allowControlPlaneTolerations=true",
         ],
     );
-    assert_eq!(
-        find(&docs, "StorageCluster", "default")["spec"]["agent"]["image"],
-        "reg/agent:1"
+    let dep = find(&docs, "Deployment", "ringmaster-operator");
+    let args: Vec<String> = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(str_of)
+        .collect();
+    for want in [
+        "--agent-image=ghcr.io/ringmaster-io/ringmaster-agent@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+        "--allowed-data-dir-root=/srv/storage",
+        "--allowed-data-dir-root=/mnt/disks",
+        "--allow-unconfined-seccomp=true",
+        "--allow-control-plane-tolerations=true",
+    ] {
+        assert!(args.iter().any(|a| a == want), "operator args {args:?} lack {want}");
+    }
+    let vap = find(
+        &docs,
+        "ValidatingAdmissionPolicy",
+        "ringmaster-storagecluster-admin-settings",
     );
+    let text = serde_yaml::to_string(vap).unwrap();
+    assert!(text.contains(r#"["/srv/storage","/mnt/disks"]"#), "{text}");
+    assert!(text.contains("/srv/storage, /mnt/disks"), "{text}");
+    // A digest that is not one is refused by the values schema.
+    let chart = chart_dir();
+    let err = helm([
+        "template",
+        "ringmaster",
+        chart.as_str(),
+        "--kube-version",
+        "1.33.0",
+        "--set",
+        "agent.image.digest=latest",
+    ])
+    .err();
+    assert!(err.contains("digest"), "{err}");
 }
 
 /// The monitoring parts: nothing by default; the PrometheusRule and PodMonitor only when

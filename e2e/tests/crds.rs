@@ -158,8 +158,11 @@ async fn empty_spec_gets_every_default_from_the_server() {
     .ok();
     let got = get_json(&["stc", "empty", "-n", &ns.name]);
     let spec = &got["spec"];
+    assert!(
+        spec["agent"].get("image").is_none(),
+        "the server must not default an agent image into the spec: {spec}"
+    );
     let expect = [
-        ("/agent/image", json!(ringmaster_api::DEFAULT_AGENT_IMAGE)),
         ("/aio/maxEvents", json!(512)),
         ("/aio/minMaxEvents", json!(64)),
         ("/aio/workers", json!(8)),
@@ -340,10 +343,70 @@ fn invalid_cases() -> Vec<Invalid> {
             "less than or equal to 65535",
         ),
         case(
-            "empty agent image",
-            json!({"agent": {"image": ""}}),
+            "an agent image",
+            json!({"agent": {"image": "example.invalid/evil:1"}}),
             "spec.agent.image",
-            "at least 1 chars long",
+            "no longer accepted",
+        ),
+        case(
+            "aioMaxNr above 2^30",
+            json!({"sysctl": {"aioMaxNr": 1073741825u64}}),
+            "spec.sysctl.aioMaxNr",
+            "less than or equal to",
+        ),
+        case(
+            "libaio need above 2^30",
+            json!({"aio": {"workers": 1024, "maxEvents": 32768, "processesPerNode": 64}}),
+            "spec.aio",
+            "workers × maxEvents × processesPerNode",
+        ),
+        case(
+            "hostPath /",
+            json!({"readService": {"dataDirs": [{"name": "d0", "hostPath": "/"}]}}),
+            "spec.readService.dataDirs[0].hostPath",
+            "clean absolute path below a parent other than /",
+        ),
+        case(
+            "hostPath directly below / (parent /)",
+            json!({"readService": {"dataDirs": [{"name": "d0", "hostPath": "/srv"}]}}),
+            "spec.readService.dataDirs[0].hostPath",
+            "the reader is given this directory's parent",
+        ),
+        case(
+            "hostPath /etc",
+            json!({"readService": {"dataDirs": [{"name": "d0", "hostPath": "/etc"}]}}),
+            "spec.readService.dataDirs[0].hostPath",
+            "the reader is given this directory's parent",
+        ),
+        case(
+            "hostPath under /etc",
+            json!({"readService": {"dataDirs": [{"name": "ok", "hostPath": "/srv/storage/d0"}, {"name": "d1", "hostPath": "/etc/ssl/private"}]}}),
+            "spec.readService.dataDirs[1].hostPath",
+            "may not be / nor be, lie under or contain a system directory",
+        ),
+        case(
+            "hostPath under /var/lib/kubelet",
+            json!({"readService": {"dataDirs": [{"name": "d0", "hostPath": "/var/lib/kubelet/pods"}]}}),
+            "spec.readService.dataDirs[0].hostPath",
+            "/var/lib/kubelet",
+        ),
+        case(
+            "hostPath whose parent contains /var/lib/kubelet",
+            json!({"readService": {"dataDirs": [{"name": "d0", "hostPath": "/var/lib/data"}]}}),
+            "spec.readService.dataDirs[0].hostPath",
+            "the reader is given this directory's parent",
+        ),
+        case(
+            "hostPath under /proc",
+            json!({"readService": {"dataDirs": [{"name": "d0", "hostPath": "/proc/1/root"}]}}),
+            "spec.readService.dataDirs[0].hostPath",
+            "the reader is given this directory's parent",
+        ),
+        case(
+            "hostPath with a trailing slash",
+            json!({"readService": {"dataDirs": [{"name": "d0", "hostPath": "/srv/storage/d0/"}]}}),
+            "spec.readService.dataDirs[0].hostPath",
+            "no '.', '//' or trailing '/'",
         ),
     ]
 }

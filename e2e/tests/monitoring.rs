@@ -229,7 +229,13 @@ async fn prometheus_fires_the_charts_alerts_on_a_verdict_flip_and_low_aio_headro
     let ns = f.ns().to_string();
     let cluster = format!("{ns}/{CLUSTER}");
     let id = operator_support::OperatorIdentity::create(&f.ns);
-    let op = operator_support::start_operator(&id, "monitoring-op", &[]);
+    // The fleet's data dir lies below the e2e log dir: the admin allows that root.
+    let root = ringmaster_e2e::log_dir();
+    let op = operator_support::start_operator(
+        &id,
+        "monitoring-op",
+        &["--allowed-data-dir-root", root.to_str().unwrap()],
+    );
 
     let sc = f
         .create_cluster_spec(json!({

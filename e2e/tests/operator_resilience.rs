@@ -1,7 +1,8 @@
 //! Faults and concurrency: the operator SIGKILLed mid-reconcile and restarted converges;
 //! two replicas elect one leader on the Lease (the standby writes nothing) and the
-//! standby takes over when the leader dies; two StorageClusters on the same nodes make the
-//! later one Degraded/NodeConflict; an API server restart does not lose the watches.
+//! standby takes over when the leader dies; two StorageClusters on the same nodes: the later
+//! one gets no agent there (and is Degraded/NodeConflict) until the older one is gone; an API
+//! server restart does not lose the watches.
 
 mod operator_support;
 
@@ -174,7 +175,7 @@ async fn two_replicas_elect_one_leader_and_fail_over() {
 }
 
 #[tokio::test]
-async fn later_cluster_on_the_same_nodes_is_degraded_node_conflict() {
+async fn later_cluster_gets_no_agent_on_nodes_an_older_one_serves() {
     let c = client().await;
     install_crds(&c).await;
     let ns = TestNamespace::create(&c, "op-conflict").await;
@@ -188,6 +189,8 @@ async fn later_cluster_on_the_same_nodes_is_degraded_node_conflict() {
         Ok(())
     })
     .await;
+    let nodes: Vec<&str> = names.iter().map(String::as_str).collect();
+    wait_agent_pods(&c, &n, "first", &nodes).await;
     // creationTimestamp has second resolution: make "later" unambiguous.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     create_cluster(&c, cluster_manifest(&n, "second", &pool, json!({}))).await;
@@ -209,6 +212,36 @@ async fn later_cluster_on_the_same_nodes_is_degraded_node_conflict() {
     );
     assert!(msg.contains(&names[0]) && msg.contains(&names[1]), "{msg}");
     assert!(msg.contains("spec.nodeSelector"), "{msg}");
+    assert_eq!(
+        counts(&sc).0,
+        0,
+        "the shared nodes are not second's to count"
+    );
+    // Excluded, not only warned about: second's DaemonSet stays off both nodes (the
+    // DaemonSet controller's own verdict), so the two agents never share a node's state.
+    let ds_api = Api::<DaemonSet>::namespaced(c.clone(), &n);
+    let ds = wait_for(T, "second's DaemonSet scheduled on no node", || {
+        let ds_api = ds_api.clone();
+        async move {
+            let ds = ds_api.get("second-agent").await?;
+            let st = ds.status.clone().unwrap_or_default();
+            anyhow::ensure!(
+                st.observed_generation == ds.metadata.generation
+                    && st.desired_number_scheduled == 0
+                    && st.current_number_scheduled == 0,
+                "status {st:?}"
+            );
+            Ok(ds)
+        }
+    })
+    .await;
+    let affinity =
+        serde_json::to_string(&ds.spec.unwrap().template.spec.unwrap().affinity).unwrap();
+    assert!(
+        affinity.contains("NotIn") && affinity.contains(&names[0]) && affinity.contains(&names[1]),
+        "{affinity}"
+    );
+    wait_agent_pods(&c, &n, "second", &[]).await;
     wait_event(&n, "second", reasons::NODE_CONFLICT).await;
     let first = Api::<StorageCluster>::namespaced(c.clone(), &n)
         .get("first")
@@ -228,9 +261,12 @@ async fn later_cluster_on_the_same_nodes_is_degraded_node_conflict() {
     wait_status(&c, &n, "second", "conflict cleared", T, |sc| {
         let d = cond(sc, cc::DEGRADED).unwrap();
         anyhow::ensure!(d.status == "False", "{} {}", d.status, d.reason);
+        anyhow::ensure!(counts(sc).0 == 2, "counts {:?}", counts(sc));
         Ok(())
     })
     .await;
+    // Now the nodes are second's: its agents land there.
+    wait_agent_pods(&c, &n, "second", &nodes).await;
     drop(handles);
 }
 

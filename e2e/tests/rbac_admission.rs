@@ -15,6 +15,11 @@ use ringmaster_e2e::{
     write_token_kubeconfig, FakeNode, TestNamespace,
 };
 
+/// Each test installs the chart, and with it a StorageCluster policy that binds every
+/// StorageCluster in the cluster: the tests take turns so one release's settings never
+/// judge the other's objects.
+static CHART_POLICIES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// kubectl under another identity's kubeconfig (the flag wins over the admin `KUBECONFIG`).
 fn as_user(kc: &Path, args: &[&str]) -> ringmaster_e2e::KubectlOutput {
     let mut all = vec!["--kubeconfig", kc.to_str().unwrap()];
@@ -46,11 +51,21 @@ fn refused(kc: &Path, what: &str, args: &[&str], because: &str) {
     );
 }
 
-fn storage_node(name: &str) -> String {
+/// The StorageCluster whose agent ServiceAccount (`<CLUSTER>-agent`) the test binds.
+const CLUSTER: &str = "stc";
+
+/// A StorageNode as an agent of `ns/cluster` writes it: named after its node, labelled
+/// with its cluster.
+fn storage_node_of(name: &str, node_name: &str, ns: &str, cluster: &str) -> String {
     format!(
-        "apiVersion: ringmaster.io/v1alpha1\nkind: StorageNode\nmetadata:\n  name: {name}\n\
-         spec:\n  nodeName: {name}\n  cluster: e2e/test\n"
+        "apiVersion: ringmaster.io/v1alpha1\nkind: StorageNode\nmetadata:\n  name: {name}\n  \
+         labels:\n    ringmaster.io/cluster-namespace: {ns}\n    ringmaster.io/cluster-name: {cluster}\n\
+         spec:\n  nodeName: {node_name}\n  cluster: {ns}/{cluster}\n"
     )
+}
+
+fn storage_node(name: &str, ns: &str) -> String {
+    storage_node_of(name, name, ns, CLUSTER)
 }
 
 fn apply_as(kc: &Path, manifest: &str) -> ringmaster_e2e::KubectlOutput {
@@ -91,6 +106,7 @@ fn agent_identity(ns: &str, sa: &str, node: &str) -> PathBuf {
 
 #[tokio::test]
 async fn agent_may_change_only_its_own_node_and_storagenode() {
+    let _turn = CHART_POLICIES.lock().await;
     let client = client().await;
     install_crds(&client).await;
     let ns = TestNamespace::create(&client, "vap").await;
@@ -113,7 +129,8 @@ async fn agent_may_change_only_its_own_node_and_storagenode() {
     let (n1, n2) = (n1.name.clone(), n2.name.clone());
 
     // What the operator renders per StorageCluster: a ServiceAccount bound to the agent role.
-    kubectl_ok(["create", "serviceaccount", "agent", "-n", ns.name()]);
+    let agent_sa = format!("{CLUSTER}-agent");
+    kubectl_ok(["create", "serviceaccount", &agent_sa, "-n", ns.name()]);
     let binding = format!("{prefix}-agent-binding");
     kubectl_ok([
         "create",
@@ -122,7 +139,7 @@ async fn agent_may_change_only_its_own_node_and_storagenode() {
         "--clusterrole",
         &agent_role,
         "--serviceaccount",
-        &format!("{}:agent", ns.name()),
+        &format!("{}:{agent_sa}", ns.name()),
     ]);
     let _cleanup = Cleanup(vec![
         vec![
@@ -138,8 +155,8 @@ async fn agent_may_change_only_its_own_node_and_storagenode() {
             "--ignore-not-found".into(),
         ],
     ]);
-    let a1 = agent_identity(ns.name(), "agent", &n1);
-    let a2 = agent_identity(ns.name(), "agent", &n2);
+    let a1 = agent_identity(ns.name(), &agent_sa, &n1);
+    let a2 = agent_identity(ns.name(), &agent_sa, &n2);
 
     // The policy is enforced once the API server's informer has it: wait for the first refusal.
     let start = Instant::now();
@@ -215,7 +232,33 @@ async fn agent_may_change_only_its_own_node_and_storagenode() {
         "own taint removal",
         &["taint", "node", &n1, "ringmaster.io/io-uring-unsupported-"],
     );
-    let out = apply_as(&a1, &storage_node(&n1));
+    allowed(
+        &a1,
+        "own taint, PreferNoSchedule",
+        &[
+            "taint",
+            "node",
+            &n1,
+            "ringmaster.io/io-uring-unsupported=ENOSYS:PreferNoSchedule",
+        ],
+    );
+    allowed(
+        &a1,
+        "own PreferNoSchedule taint removal",
+        &["taint", "node", &n1, "ringmaster.io/io-uring-unsupported-"],
+    );
+    refused(
+        &a1,
+        "own taint key with NoExecute (evicts every pod on the node)",
+        &[
+            "taint",
+            "node",
+            &n1,
+            "ringmaster.io/io-uring-unsupported=ENOSYS:NoExecute",
+        ],
+        "only with effect NoSchedule or PreferNoSchedule",
+    );
+    let out = apply_as(&a1, &storage_node(&n1, ns.name()));
     assert!(
         out.success(),
         "agent of {n1} could not create StorageNode {n1}: {}",
@@ -245,7 +288,7 @@ async fn agent_may_change_only_its_own_node_and_storagenode() {
             "--overwrite",
         ],
     );
-    let out = apply_as(&a2, &storage_node(&n2));
+    let out = apply_as(&a2, &storage_node(&n2, ns.name()));
     assert!(
         out.success(),
         "agent of {n2} could not create StorageNode {n2}: {}",
@@ -289,13 +332,82 @@ async fn agent_may_change_only_its_own_node_and_storagenode() {
         ],
         other,
     );
-    let out = apply_as(&a1, &storage_node(&n2));
+    let out = apply_as(&a1, &storage_node(&n2, ns.name()));
     assert!(
         !out.success() && out.stderr.contains(other),
         "agent of {n1} wrote StorageNode {n2}: {}{}",
         out.stdout,
         out.stderr
     );
+    // Its own StorageNode's name, but another node in spec.nodeName, or another cluster.
+    let out = apply_as(&a1, &storage_node_of(&n1, &n2, ns.name(), CLUSTER));
+    assert!(
+        !out.success() && out.stderr.contains("whose spec.nodeName is"),
+        "agent of {n1} wrote StorageNode {n1} with spec.nodeName {n2}: {}{}",
+        out.stdout,
+        out.stderr
+    );
+    let own_cluster = "only StorageNodes of its own StorageCluster";
+    for (what, manifest) in [
+        (
+            "cluster-name label",
+            storage_node_of(&n1, &n1, ns.name(), "other"),
+        ),
+        (
+            "cluster-namespace label",
+            storage_node_of(&n1, &n1, "kube-system", CLUSTER),
+        ),
+    ] {
+        let out = apply_as(&a1, &manifest);
+        assert!(
+            !out.success() && out.stderr.contains(own_cluster),
+            "agent of {n1} wrote its StorageNode with another cluster's {what}: {}{}",
+            out.stdout,
+            out.stderr
+        );
+    }
+    // A StorageNode another cluster's agent wrote cannot be taken over.
+    kubectl_ok([
+        "label",
+        "storagenode",
+        &n1,
+        "ringmaster.io/cluster-name=other",
+        "--overwrite",
+    ]);
+    refused(
+        &a1,
+        "patch the status of another cluster's StorageNode on its own node",
+        &[
+            "patch",
+            "storagenode",
+            &n1,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"kernel":"x"}}"#,
+        ],
+        own_cluster,
+    );
+    refused(
+        &a1,
+        "relabel another cluster's StorageNode as its own",
+        &[
+            "patch",
+            "storagenode",
+            &n1,
+            "--type=merge",
+            "-p",
+            &format!(r#"{{"metadata":{{"labels":{{"ringmaster.io/cluster-name":"{CLUSTER}"}}}}}}"#),
+        ],
+        own_cluster,
+    );
+    kubectl_ok([
+        "label",
+        "storagenode",
+        &n1,
+        &format!("ringmaster.io/cluster-name={CLUSTER}"),
+        "--overwrite",
+    ]);
     refused(
         &a1,
         "patch another StorageNode's status",
@@ -378,7 +490,7 @@ async fn agent_may_change_only_its_own_node_and_storagenode() {
     let unbound = kubectl_ok([
         "create",
         "token",
-        "agent",
+        &agent_sa,
         "-n",
         ns.name(),
         "--duration",
@@ -461,6 +573,182 @@ async fn agent_may_change_only_its_own_node_and_storagenode() {
         &["label", "node", &n2, "team=storage"],
     );
     kubectl_ok(["label", "node", &n1, "team=storage"]);
+}
+
+/// The chart's StorageCluster policy holds every writer, the admin included, to the admin's
+/// settings: data dirs only strictly below `agent.allowedDataDirRoots`, no `Unconfined`
+/// seccomp and no control-plane tolerations unless allowed. Each refusal names the field.
+#[tokio::test]
+async fn storage_clusters_are_held_to_the_admins_settings() {
+    let _turn = CHART_POLICIES.lock().await;
+    let client = client().await;
+    install_crds(&client).await;
+    let ns = TestNamespace::create(&client, "vap-stc").await;
+    let prefix = unique_name("vapstc");
+    // Stored before the policy (or before the admin tightened a setting). A policy of an
+    // earlier test's release may linger in the API server for a moment: retry.
+    let start = Instant::now();
+    loop {
+        let out = kubectl_stdin(
+            ["apply", "-n", ns.name(), "-f", "-"],
+            "apiVersion: ringmaster.io/v1alpha1\nkind: StorageCluster\nmetadata:\n  name: before\nspec: {seccomp: {type: Unconfined}}\n",
+        );
+        if out.success() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "could not store a StorageCluster before installing the policy: {}",
+            out.stderr
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let _release = Release::install(
+        &prefix,
+        ns.name(),
+        &[
+            "--set",
+            "crds.install=false",
+            "--set",
+            &format!("fullnameOverride={prefix}"),
+            "--set",
+            &format!("agent.clusterRoleName={prefix}-agent"),
+            "--set",
+            "agent.allowedDataDirRoots={/srv/storage,/mnt/disks}",
+        ],
+    );
+    let apply = |name: &str, spec: &str| {
+        kubectl_stdin(
+            ["apply", "-n", ns.name(), "-f", "-"],
+            &format!(
+                "apiVersion: ringmaster.io/v1alpha1\nkind: StorageCluster\nmetadata:\n  name: {name}\nspec: {spec}\n"
+            ),
+        )
+    };
+    let outside = r#"{readService: {dataDirs: [{name: ok, hostPath: /srv/storage/d0}, {name: d1, hostPath: /data/d1}]}}"#;
+    // Enforced once the API server's informer has the policy (and no longer has a policy of
+    // an earlier release): wait for this release's refusal.
+    let start = Instant::now();
+    loop {
+        let out = apply("outside", outside);
+        if !out.success()
+            && out
+                .stderr
+                .contains(&format!("{prefix}-storagecluster-admin-settings"))
+        {
+            assert!(
+                out.stderr
+                    .contains("spec.readService.dataDirs[1].hostPath /data/d1")
+                    && out.stderr.contains("/srv/storage, /mnt/disks"),
+                "the refusal must name the field and the allowed roots: {}",
+                out.stderr
+            );
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "this release's policy did not refuse a data dir outside the allowed roots within 30 s: {}{}",
+            out.stdout,
+            out.stderr
+        );
+        kubectl([
+            "delete",
+            "stc",
+            "outside",
+            "-n",
+            ns.name(),
+            "--ignore-not-found",
+        ]);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    let accepted = |name: &str, spec: &str| {
+        let out = apply(name, spec);
+        assert!(out.success(), "{name} must be accepted: {}", out.stderr);
+    };
+    let refused_naming = |name: &str, spec: &str, field: &str| {
+        let out = apply(name, spec);
+        assert!(
+            !out.success()
+                && out.stderr.contains("ValidatingAdmissionPolicy")
+                && out.stderr.contains(field),
+            "{name} must be refused by the policy naming {field:?}: {}{}",
+            out.stdout,
+            out.stderr
+        );
+    };
+    accepted(
+        "inside",
+        r#"{readService: {dataDirs: [{name: d0, hostPath: /srv/storage/d0}, {name: d1, hostPath: /mnt/disks/a/d1}]}}"#,
+    );
+    refused_naming(
+        "root-itself",
+        r#"{readService: {dataDirs: [{name: d0, hostPath: /srv/storage}]}}"#,
+        "spec.readService.dataDirs[0].hostPath /srv/storage is not below",
+    );
+    refused_naming(
+        "prefix-sibling",
+        r#"{readService: {dataDirs: [{name: d0, hostPath: /srv/storage2/d0}]}}"#,
+        "spec.readService.dataDirs[0].hostPath",
+    );
+    refused_naming(
+        "unconfined",
+        r#"{seccomp: {type: Unconfined}}"#,
+        "spec.seccomp.type Unconfined is not allowed",
+    );
+    refused_naming(
+        "control-plane",
+        r#"{tolerations: [{key: dedicated, operator: Exists}, {key: node-role.kubernetes.io/control-plane, operator: Exists, effect: NoSchedule}]}"#,
+        "spec.tolerations[1] tolerates the control-plane taints",
+    );
+    refused_naming(
+        "every-taint",
+        r#"{tolerations: [{operator: Exists}]}"#,
+        "spec.tolerations[0] tolerates the control-plane taints",
+    );
+    // Updating an accepted one into a refused one is refused too.
+    refused_naming(
+        "inside",
+        r#"{readService: {dataDirs: [{name: d0, hostPath: /srv/storage/d0}, {name: d1, hostPath: /data2/d1}]}}"#,
+        "spec.readService.dataDirs[1].hostPath /data2/d1",
+    );
+    // Writes that leave the spec alone (the operator's finalizer) are not checked, so a
+    // StorageCluster stored before can still be finalized; its spec cannot be rewritten.
+    kubectl_ok([
+        "patch",
+        "stc",
+        "before",
+        "-n",
+        ns.name(),
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":["example.com/hold"]}}"#,
+    ]);
+    kubectl_ok([
+        "patch",
+        "stc",
+        "before",
+        "-n",
+        ns.name(),
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":null}}"#,
+    ]);
+    let out = kubectl([
+        "patch",
+        "stc",
+        "before",
+        "-n",
+        ns.name(),
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"aio":{"workers":4}}}"#,
+    ]);
+    assert!(
+        !out.success() && out.stderr.contains("spec.seccomp.type Unconfined"),
+        "a spec write to a StorageCluster that breaks the settings must be refused: {}",
+        out.stderr
+    );
 }
 
 /// Runs admin kubectl commands on drop (cluster-scoped leftovers of a test).

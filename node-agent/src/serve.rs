@@ -8,6 +8,8 @@ use ringmaster_ring::io::Policy;
 use ringmaster_serve::{
     break_ring_after_from_env, start, ServeConfig, DEFAULT_HEADER_READ_TIMEOUT_SECS,
     DEFAULT_MAX_CONCURRENT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_RANGE_BYTES,
+    DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_OPEN_FILE_CACHE_ENTRIES, DEFAULT_OPEN_FILE_CACHE_VALID_MS,
+    DEFAULT_WRITE_TIMEOUT_SECS,
 };
 
 /// Parse `NAME=PATH`.
@@ -60,12 +62,38 @@ pub struct ServeArgs {
     /// (preadv2 RWF_NOWAIT) first: measures or exercises the rings alone.
     #[arg(long)]
     pub no_cache_fast_path: bool,
+    /// Async runtime threads that accept connections and serve page-cache hits (default: one
+    /// per CPU). Benchmarks set it equal to the other server's worker count.
+    #[arg(long)]
+    pub runtime_threads: Option<usize>,
+    /// Seconds a response write may make no progress (the client reads nothing) before the
+    /// connection is reset.
+    #[arg(long, default_value_t = DEFAULT_WRITE_TIMEOUT_SECS)]
+    pub write_timeout_secs: u64,
+    /// Bytes of response bodies held in memory at once; a request that does not fit gets 503.
+    /// Responses over 1 MiB may hold half of it together.
+    #[arg(long, default_value_t = DEFAULT_MAX_RESPONSE_BYTES)]
+    pub max_response_bytes: u64,
+    /// Open files kept for reuse across requests (0: open the file for every request).
+    #[arg(long, default_value_t = DEFAULT_OPEN_FILE_CACHE_ENTRIES)]
+    pub open_file_cache_entries: u32,
+    /// Milliseconds a cached open file is reused before its path is opened again: the longest
+    /// a replaced or deleted file is still served.
+    #[arg(long, default_value_t = DEFAULT_OPEN_FILE_CACHE_VALID_MS)]
+    pub open_file_cache_valid_ms: u64,
+    /// Read files with O_DIRECT through the workers (no page cache).
+    #[arg(long)]
+    pub direct: bool,
 }
 
 /// `serve` until SIGINT/SIGTERM. Prints `listening on ADDR worker_mode=MODE reason=...` on stdout.
 pub fn run(a: ServeArgs) -> i32 {
     crate::init_tracing();
-    let Some(rt) = crate::async_runtime(None) else {
+    if a.runtime_threads == Some(0) {
+        eprintln!("error: --runtime-threads must be at least 1 (or leave it out: one per CPU)");
+        return 1;
+    }
+    let Some(rt) = crate::async_runtime(a.runtime_threads) else {
         return 2;
     };
     rt.block_on(async move {
@@ -80,6 +108,11 @@ pub fn run(a: ServeArgs) -> i32 {
             max_connections: a.max_connections,
             header_read_timeout: std::time::Duration::from_secs(a.header_read_timeout_secs),
             cache_fast_path: !a.no_cache_fast_path,
+            write_timeout: std::time::Duration::from_secs(a.write_timeout_secs),
+            max_response_bytes: a.max_response_bytes,
+            open_file_cache_entries: a.open_file_cache_entries,
+            open_file_cache_valid: std::time::Duration::from_millis(a.open_file_cache_valid_ms),
+            direct: a.direct,
             break_ring_after: match break_ring_after_from_env() {
                 Ok(n) => n,
                 Err(e) => {

@@ -202,7 +202,12 @@ fn range_reads_under_load_survive_a_removed_file() {
     let (mut server, addr) = start_serve(dir.path(), &[], &[]);
     let fds_before = open_fds(server.0.id());
     let path = dir.path().join(format!("f{REMOVED}"));
-    let outcomes = drive_load(addr, &data, &|| std::fs::remove_file(&path).unwrap());
+    // The open-file cache may serve a removed file for its validity (1 s by default); the
+    // fault ends, and answers must be 404, once that has passed.
+    let outcomes = drive_load(addr, &data, &|| {
+        std::fs::remove_file(&path).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+    });
 
     let (mut ok, mut nf, mut before, mut bad) = (0, 0, 0, 0);
     for o in &outcomes {
@@ -455,5 +460,145 @@ fn slow_clients_and_connection_floods_stay_bounded() {
         metric(addr, "ringmaster_connections_open") <= 1,
         "connections left open"
     );
+    assert_still_serving(&mut server, addr, fds_before, &data, &[]);
+}
+
+/// Peak resident memory of `pid` (VmHWM), kB.
+fn peak_rss_kb(pid: u32) -> u64 {
+    let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    st.lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn clients_that_never_read_large_answers_do_not_pin_memory() {
+    // STALLED clients each ask for a 16 MiB range and never read a byte of the answer (before
+    // the byte budget, 1024 of them pinned ~16 GiB). The server holds response bodies within
+    // --max-response-bytes (default 128 MiB, answers over 1 MiB at most half of it; the rest
+    // get 503 at once), keeps a stalled answer's concurrency permit until it is written, and
+    // resets a connection whose writes make no progress for --write-timeout-secs. Its peak RSS
+    // must stay under PEAK_RSS_BOUND_KB while ordinary clients keep getting the right bytes.
+    const STALLED: usize = 1024;
+    const BIG: usize = 16 << 20;
+    const NORMAL: u64 = 400;
+    const WRITE_TIMEOUT_SECS: u64 = 4;
+    const PEAK_RSS_BOUND_KB: u64 = 256 << 10;
+    let (dir, data) = data_dir("serve-stalled");
+    let big = pattern(BIG, 4711);
+    std::fs::write(dir.path().join("big"), &big).unwrap();
+    let (mut server, addr) = start_serve(
+        dir.path(),
+        &[
+            "--max-connections",
+            "2048",
+            "--write-timeout-secs",
+            &WRITE_TIMEOUT_SECS.to_string(),
+        ],
+        &[],
+    );
+    let pid = server.0.id();
+    let fds_before = open_fds(pid);
+    let started = std::time::Instant::now();
+    let stalled: Vec<std::net::TcpStream> = (0..STALLED)
+        .map(|i| {
+            use std::io::Write;
+            let mut c = std::net::TcpStream::connect(addr)
+                .unwrap_or_else(|e| panic!("stalled client {i}: {e}"));
+            c.write_all(
+                format!(
+                    "GET /v1/files/d/big HTTP/1.1\r\nHost: stalled\r\nRange: bytes=0-{}\r\n\r\n",
+                    BIG - 1
+                )
+                .as_bytes(),
+            )
+            .unwrap();
+            c
+        })
+        .collect();
+    // The answers being written to clients that do not read hold their permits. (Each property
+    // is measured, then all are asserted at the end, so one run shows every one that fails.)
+    let mut held = 0;
+    for _ in 0..100 {
+        held = metric(addr, "ringmaster_reads_in_flight");
+        if held > 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let next = AtomicU64::new(0);
+    std::thread::scope(|s| {
+        for c in 0..8 {
+            let (next, data) = (&next, &data);
+            s.spawn(move || {
+                let mut rng = Rng(1234 + c);
+                while next.fetch_add(1, Ordering::SeqCst) < NORMAL {
+                    let f = rng.below(FILES as u64) as usize;
+                    let a = rng.below(SIZE as u64) as usize;
+                    let b = (a + rng.below(16 * 1024) as usize).min(SIZE - 1);
+                    let r = http_get(
+                        addr,
+                        &format!("/v1/files/d/f{f}"),
+                        &[("Range", &format!("bytes={a}-{b}"))],
+                    )
+                    .expect("an ordinary client was not served");
+                    assert_eq!(
+                        r.status,
+                        206,
+                        "ordinary read beside stalled ones: {}",
+                        r.text()
+                    );
+                    assert!(r.body == data[f][a..=b], "wrong bytes for f{f} {a}-{b}");
+                }
+            });
+        }
+    });
+    let during = metric(addr, "ringmaster_reads_in_flight");
+    // Past the write timeout the stalled answers are reset and give their permits back, while
+    // the clients still hold their sockets and read nothing.
+    let mut left = during;
+    let deadline =
+        std::time::Instant::now() + std::time::Duration::from_secs(WRITE_TIMEOUT_SECS + 10);
+    while left > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        left = metric(addr, "ringmaster_reads_in_flight");
+    }
+    let peak = peak_rss_kb(pid);
+    let big_ok = http_get(addr, "/v1/files/d/big", &[("Range", "bytes=1000-1999")]).unwrap();
+    eprintln!(
+        "serve_load: {STALLED} clients asking 16 MiB and never reading, {NORMAL} ordinary reads \
+         right; answers held while stalled: {held} (then {during}), {left} left {:.1} s after \
+         the start (write timeout {WRITE_TIMEOUT_SECS} s); peak RSS {} kB (bound {} kB)",
+        started.elapsed().as_secs_f64(),
+        peak,
+        PEAK_RSS_BOUND_KB
+    );
+    let mut failed = Vec::new();
+    if held == 0 {
+        failed.push(
+            "no stalled answer held its concurrency permit (released before the body was written)"
+                .to_string(),
+        );
+    }
+    if left > 0 {
+        failed.push(format!(
+            "{left} stalled answers still held after the write timeout"
+        ));
+    }
+    if peak >= PEAK_RSS_BOUND_KB {
+        failed.push(format!(
+            "server peak RSS {peak} kB over the {PEAK_RSS_BOUND_KB} kB bound"
+        ));
+    }
+    assert!(failed.is_empty(), "{}", failed.join("; "));
+    assert_eq!((big_ok.status, &big_ok.body[..]), (206, &big[1000..2000]));
+    // The clients hang up: the server closes their connections as it reads the EOFs.
+    drop(stalled);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while metric(addr, "ringmaster_connections_open") > 1 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     assert_still_serving(&mut server, addr, fds_before, &data, &[]);
 }

@@ -80,6 +80,11 @@ pub struct Settings {
     pub resync: Duration,
     /// Identity in Events (`reportingInstance`).
     pub instance: String,
+    /// What the admin decides about the agent pods (`--agent-image`).
+    pub render: render::RenderSettings,
+    /// What the admin allows a StorageCluster to ask for (data dir roots, Unconfined,
+    /// control-plane tolerations).
+    pub policy: ringmaster_api::limits::AdminPolicy,
 }
 
 /// What every reconcile shares: the client, the watch caches, metrics, events.
@@ -248,54 +253,35 @@ async fn apply(sc: &StorageCluster, id: &ClusterId, ctx: &Context) -> Result<Act
     }
 
     let ns = &id.namespace;
-    let sa = render::service_account(sc, id);
-    let live_sa = ctx
-        .service_accounts
-        .get(&ObjectRef::new(&id.agent_name()).within(ns));
-    if ctx
-        .apply_owned(Api::namespaced(ctx.client.clone(), ns), &sa, live_sa)
-        .await?
-    {
-        info!(cluster = %id.key(), "applied ServiceAccount {}", id.agent_name());
-    }
-    let crb = render::cluster_role_binding(sc, id);
-    let live_crb = ctx.bindings.get(&ObjectRef::new(&id.binding_name()));
-    if ctx
-        .apply_owned(Api::all(ctx.client.clone()), &crb, live_crb)
-        .await?
-    {
-        info!(cluster = %id.key(), "applied ClusterRoleBinding {}", id.binding_name());
-    }
-    let ds = render::daemon_set(sc, id);
+    let nodes = ctx.nodes.state();
+    let node_refs: Vec<&Node> = nodes.iter().map(|n| n.as_ref()).collect();
+    let clusters = ctx.clusters.state();
+    let cluster_refs: Vec<&StorageCluster> = clusters.iter().map(|c| c.as_ref()).collect();
+    // Second line behind the API server's CEL rules and admission policy (absent when the
+    // CRDs or the chart's policy are managed elsewhere, or for objects stored before).
+    let refused = ringmaster_api::limits::violations(&sc.spec, &ctx.settings.policy);
     let ds_ref = ObjectRef::new(&id.agent_name()).within(ns);
     let live_ds = ctx.daemon_sets.get(&ds_ref);
-    if ctx
-        .apply_owned(
-            Api::namespaced(ctx.client.clone(), ns),
-            &ds,
-            live_ds.clone(),
-        )
-        .await?
-    {
-        info!(cluster = %id.key(), pod_hash = %sc.spec.pod_hash(), "applied DaemonSet {}", id.agent_name());
+    if refused.is_empty() {
+        let excluded = status::excluded_nodes(sc, cluster_refs.iter().copied(), &node_refs);
+        apply_fleet(sc, id, ctx, &excluded, live_ds.clone()).await?;
+    } else {
+        warn!(cluster = %id.key(), refused = %refused.iter().map(|v| v.to_string()).collect::<Vec<_>>().join("; "), "spec refused: rendering nothing");
     }
 
     // Aggregate from the caches.
-    let nodes = ctx.nodes.state();
-    let node_refs: Vec<&Node> = nodes.iter().map(|n| n.as_ref()).collect();
     let sns = ctx.storage_nodes_of(id);
     let by_node: HashMap<String, &StorageNode> = sns
         .iter()
         .map(|s| (s.spec.node_name.clone(), s.as_ref()))
         .collect();
-    let clusters = ctx.clusters.state();
-    let cluster_refs: Vec<&StorageCluster> = clusters.iter().map(|c| c.as_ref()).collect();
     let out = status::aggregate(&Inputs {
         cluster: sc,
         nodes: &node_refs,
         storage_nodes: &by_node,
         clusters: &cluster_refs,
         daemon_set: live_ds.as_deref(),
+        refused: &refused,
         now: now(),
     });
 
@@ -375,6 +361,43 @@ async fn withdraw_stale_claims(
             },
         )
         .await;
+    }
+    Ok(())
+}
+
+/// The agent fleet: ServiceAccount, ClusterRoleBinding, DaemonSet (off `excluded` nodes).
+async fn apply_fleet(
+    sc: &StorageCluster,
+    id: &ClusterId,
+    ctx: &Context,
+    excluded: &BTreeSet<String>,
+    live_ds: Option<Arc<DaemonSet>>,
+) -> Result<()> {
+    let ns = &id.namespace;
+    let sa = render::service_account(sc, id);
+    let live_sa = ctx
+        .service_accounts
+        .get(&ObjectRef::new(&id.agent_name()).within(ns));
+    if ctx
+        .apply_owned(Api::namespaced(ctx.client.clone(), ns), &sa, live_sa)
+        .await?
+    {
+        info!(cluster = %id.key(), "applied ServiceAccount {}", id.agent_name());
+    }
+    let crb = render::cluster_role_binding(sc, id);
+    let live_crb = ctx.bindings.get(&ObjectRef::new(&id.binding_name()));
+    if ctx
+        .apply_owned(Api::all(ctx.client.clone()), &crb, live_crb)
+        .await?
+    {
+        info!(cluster = %id.key(), "applied ClusterRoleBinding {}", id.binding_name());
+    }
+    let ds = render::daemon_set(sc, id, &ctx.settings.render, excluded);
+    if ctx
+        .apply_owned(Api::namespaced(ctx.client.clone(), ns), &ds, live_ds)
+        .await?
+    {
+        info!(cluster = %id.key(), pod_hash = %sc.spec.pod_hash(), "applied DaemonSet {}", id.agent_name());
     }
     Ok(())
 }
@@ -743,11 +766,24 @@ pub async fn run(
             ),
         };
 
+    let (requeue, requeue_rx) = mpsc::unbounded_channel();
     let (clusters, w_clusters) = reflector::store();
+    let (gone_store, gone_requeue) = (clusters.clone(), requeue.clone());
     let cluster_stream = watcher(clusters_api, watcher::Config::default())
         .default_backoff()
         .modify(slim)
         .reflect(w_clusters)
+        .inspect(move |ev| {
+            // A StorageCluster that is gone releases its nodes (it held them while its
+            // finalizer ran): later clusters excluded from them may take them now.
+            if let Ok(watcher::Event::Delete(gone)) = ev {
+                for c in gone_store.state() {
+                    if c.uid() != gone.uid() {
+                        let _ = gone_requeue.send(cluster_ref(&c));
+                    }
+                }
+            }
+        })
         .applied_objects();
 
     let (nodes, w_nodes) = reflector::store();
@@ -802,7 +838,6 @@ pub async fn run(
         .reflect(w_crb)
         .touched_objects();
 
-    let (requeue, requeue_rx) = mpsc::unbounded_channel();
     let reporter = Reporter {
         controller: keys::MANAGER_OPERATOR.into(),
         instance: Some(settings.instance.clone()),

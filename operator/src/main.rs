@@ -70,6 +70,38 @@ struct Args {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Image of the agent pods (both containers), by digest where you can
+    /// (`repo@sha256:...`). A StorageCluster cannot choose it: the agent runs privileged.
+    #[arg(long, env = "RINGMASTER_AGENT_IMAGE", default_value = ringmaster_api::DEFAULT_AGENT_IMAGE, value_parser = parse_image)]
+    agent_image: String,
+    /// Host directory below which data dirs may lie (repeat, or comma-separated). None by
+    /// default: no StorageCluster may serve host data until the admin names a root.
+    #[arg(long = "allowed-data-dir-root", value_delimiter = ',', value_parser = parse_root)]
+    allowed_data_dir_roots: Vec<String>,
+    /// Let StorageClusters run the reader with `spec.seccomp.type: Unconfined`.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    allow_unconfined_seccomp: bool,
+    /// Let StorageClusters tolerate the control-plane taints (and so run agents there).
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    allow_control_plane_tolerations: bool,
+}
+
+fn parse_image(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.chars().any(char::is_whitespace) {
+        return Err(format!(
+            "{s:?} is not an image reference (e.g. ghcr.io/ringmaster-io/ringmaster-agent@sha256:...)"
+        ));
+    }
+    Ok(s.into())
+}
+
+fn parse_root(s: &str) -> Result<String, String> {
+    if !ringmaster_api::limits::is_clean_absolute(s) {
+        return Err(format!(
+            "{s:?} must be a clean absolute directory other than / (e.g. /srv/storage)"
+        ));
+    }
+    Ok(s.into())
 }
 
 #[derive(Clone)]
@@ -162,7 +194,22 @@ async fn main() -> anyhow::Result<()> {
         cleanup_timeout: Duration::from_secs(args.cleanup_timeout),
         resync: Duration::from_secs(args.resync),
         instance: identity.clone(),
+        render: render::RenderSettings {
+            agent_image: args.agent_image.clone(),
+        },
+        policy: ringmaster_api::limits::AdminPolicy {
+            allowed_data_dir_roots: args.allowed_data_dir_roots.clone(),
+            allow_unconfined_seccomp: args.allow_unconfined_seccomp,
+            allow_control_plane_tolerations: args.allow_control_plane_tolerations,
+        },
     };
+    info!(
+        agent_image = %args.agent_image,
+        allowed_data_dir_roots = ?args.allowed_data_dir_roots,
+        allow_unconfined_seccomp = args.allow_unconfined_seccomp,
+        allow_control_plane_tolerations = args.allow_control_plane_tolerations,
+        "admin settings"
+    );
 
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);

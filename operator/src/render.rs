@@ -2,14 +2,16 @@
 //! (ServiceAccount, ClusterRoleBinding, DaemonSet). No I/O, so every detail of the
 //! agent contract (issue 5) is unit-tested here.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    HTTPGetAction, HostPathVolumeSource, ObjectFieldSelector, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, SeccompProfile, SecurityContext, ServiceAccount, Toleration, Volume,
-    VolumeMount,
+    Affinity, Capabilities, ConfigMapProjection, Container, ContainerPort, DownwardAPIProjection,
+    DownwardAPIVolumeFile, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction,
+    HostPathVolumeSource, KeyToPath, NodeAffinity, NodeSelector, NodeSelectorRequirement,
+    NodeSelectorTerm, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ProjectedVolumeSource, SeccompProfile, SecurityContext, ServiceAccount,
+    ServiceAccountTokenProjection, Toleration, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -33,6 +35,18 @@ pub const HOST_SECCOMP_DIR: &str = "/var/lib/kubelet/seccomp";
 /// Where the reader container sees each data dir's PARENT: `/data-parents/<name>`, so
 /// dir `<name>` is `/data-parents/<name>/<basename(hostPath)>` (`reader --data-root`).
 pub const DATA_PARENTS_ROOT: &str = "/data-parents";
+
+/// Where the `agent` container (only it) finds its ServiceAccount token, as in-cluster
+/// clients expect it.
+pub const AGENT_TOKEN_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/// What the admin decides about the rendered pods (operator flags).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RenderSettings {
+    /// Image of both containers (`--agent-image`): a StorageCluster never names the image
+    /// of a privileged container.
+    pub agent_image: String,
+}
 
 /// Identity of one StorageCluster as the renderer needs it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -255,12 +269,95 @@ pub fn seccomp_profile(sc: &StorageCluster) -> SeccompProfile {
     }
 }
 
+/// The agent's ServiceAccount token, projected like the kubelet's automount (a token bound
+/// to the pod, the cluster CA, the namespace) but mounted into the `agent` container only:
+/// the reader serves the network and must not hold the agent's identity.
+fn agent_token_volume() -> Volume {
+    Volume {
+        name: "agent-token".into(),
+        projected: Some(ProjectedVolumeSource {
+            sources: Some(vec![
+                VolumeProjection {
+                    service_account_token: Some(ServiceAccountTokenProjection {
+                        path: "token".into(),
+                        expiration_seconds: Some(3607),
+                        audience: None,
+                    }),
+                    ..Default::default()
+                },
+                VolumeProjection {
+                    config_map: Some(ConfigMapProjection {
+                        name: "kube-root-ca.crt".into(),
+                        items: Some(vec![KeyToPath {
+                            key: "ca.crt".into(),
+                            path: "ca.crt".into(),
+                            mode: None,
+                        }]),
+                        optional: None,
+                    }),
+                    ..Default::default()
+                },
+                VolumeProjection {
+                    downward_api: Some(DownwardAPIProjection {
+                        items: Some(vec![DownwardAPIVolumeFile {
+                            path: "namespace".into(),
+                            field_ref: Some(ObjectFieldSelector {
+                                field_path: "metadata.namespace".into(),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        }]),
+                    }),
+                    ..Default::default()
+                },
+            ]),
+            default_mode: Some(0o444),
+        }),
+        ..Default::default()
+    }
+}
+
+/// Keeps the pods off `excluded` nodes (served by an older StorageCluster): two agents on
+/// one node would share its state, sysctl and files. `metadata.name` is what the DaemonSet
+/// controller itself matches nodes by.
+pub fn exclusion_affinity(excluded: &BTreeSet<String>) -> Option<Affinity> {
+    (!excluded.is_empty()).then(|| Affinity {
+        node_affinity: Some(NodeAffinity {
+            required_during_scheduling_ignored_during_execution: Some(NodeSelector {
+                // One requirement per node (ANDed): the API server allows a single
+                // value for In/NotIn on a node field.
+                node_selector_terms: vec![NodeSelectorTerm {
+                    match_fields: Some(
+                        excluded
+                            .iter()
+                            .map(|n| NodeSelectorRequirement {
+                                key: "metadata.name".into(),
+                                operator: "NotIn".into(),
+                                values: Some(vec![n.clone()]),
+                            })
+                            .collect(),
+                    ),
+                    ..Default::default()
+                }],
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
 /// The agent DaemonSet `<cluster>-agent`: a privileged `agent` container (tunes sysctls,
 /// installs the seccomp profile, labels the node, writes the StorageNode) and an
 /// unprivileged `reader` container under `spec.seccomp` (probes io_uring, serves reads).
 /// The pod template carries `spec.pod_hash()`: only changes that need new pods roll them;
-/// sizing changes reach the agents through their StorageCluster watch.
-pub fn daemon_set(sc: &StorageCluster, id: &ClusterId) -> DaemonSet {
+/// sizing changes reach the agents through their StorageCluster watch. Nodes in
+/// `excluded` get no pod.
+pub fn daemon_set(
+    sc: &StorageCluster,
+    id: &ClusterId,
+    settings: &RenderSettings,
+    excluded: &BTreeSet<String>,
+) -> DaemonSet {
     let spec = &sc.spec;
     let state_dir = keys::POD_STATE_DIR;
     let handoff_agent = format!("{state_dir}/{}", keys::HANDOFF_AGENT_DIR);
@@ -274,7 +371,7 @@ pub fn daemon_set(sc: &StorageCluster, id: &ClusterId) -> DaemonSet {
 
     let agent = Container {
         name: AGENT_CONTAINER.into(),
-        image: Some(spec.agent.image.clone()),
+        image: Some(settings.agent_image.clone()),
         image_pull_policy: Some("IfNotPresent".into()),
         command: Some(vec!["ringmaster-agent".into()]),
         args: Some(
@@ -330,6 +427,7 @@ pub fn daemon_set(sc: &StorageCluster, id: &ClusterId) -> DaemonSet {
             mount("host-state", keys::HOST_STATE_DIR, false),
             mount("sysctl-d", HOST_SYSCTL_DIR, false),
             mount("seccomp", HOST_SECCOMP_DIR, false),
+            mount("agent-token", AGENT_TOKEN_DIR, true),
         ]),
         ..Default::default()
     };
@@ -351,6 +449,7 @@ pub fn daemon_set(sc: &StorageCluster, id: &ClusterId) -> DaemonSet {
         host_path_volume("host-state", keys::HOST_STATE_DIR, "DirectoryOrCreate"),
         host_path_volume("sysctl-d", HOST_SYSCTL_DIR, "DirectoryOrCreate"),
         host_path_volume("seccomp", HOST_SECCOMP_DIR, "DirectoryOrCreate"),
+        agent_token_volume(),
     ];
     for d in &spec.read_service.data_dirs {
         let vol = data_volume_name(&d.name);
@@ -372,7 +471,7 @@ pub fn daemon_set(sc: &StorageCluster, id: &ClusterId) -> DaemonSet {
 
     let reader = Container {
         name: READER_CONTAINER.into(),
-        image: Some(spec.agent.image.clone()),
+        image: Some(settings.agent_image.clone()),
         image_pull_policy: Some("IfNotPresent".into()),
         command: Some(vec!["ringmaster-agent".into()]),
         args: Some(
@@ -433,8 +532,10 @@ pub fn daemon_set(sc: &StorageCluster, id: &ClusterId) -> DaemonSet {
                 }),
                 spec: Some(PodSpec {
                     service_account_name: Some(id.agent_name()),
-                    automount_service_account_token: Some(true),
+                    // No automount: it would put the token into the reader too.
+                    automount_service_account_token: Some(false),
                     node_selector,
+                    affinity: exclusion_affinity(excluded),
                     tolerations: Some(tolerations(sc)),
                     // The shared state dir is written by both containers: make it
                     // group-writable for the reader's gid.
@@ -473,6 +574,16 @@ mod tests {
         }
     }
 
+    fn settings() -> RenderSettings {
+        RenderSettings {
+            agent_image: "registry.local/ringmaster-agent@sha256:0123".into(),
+        }
+    }
+
+    fn render_ds(sc: &StorageCluster) -> DaemonSet {
+        daemon_set(sc, &id(), &settings(), &BTreeSet::new())
+    }
+
     fn pod(ds: &DaemonSet) -> &PodSpec {
         ds.spec.as_ref().unwrap().template.spec.as_ref().unwrap()
     }
@@ -488,7 +599,7 @@ mod tests {
         assert_eq!(id.binding_name(), "ringmaster-agent-storage-fast");
         assert_eq!(id.key(), "storage/fast");
         let sc = cluster(StorageClusterSpec::default());
-        let ds = daemon_set(&sc, &id);
+        let ds = render_ds(&sc);
         assert_eq!(ds.metadata.name.as_deref(), Some("fast-agent"));
         assert_eq!(ds.metadata.namespace.as_deref(), Some("storage"));
         assert_eq!(pod(&ds).service_account_name.as_deref(), Some("fast-agent"));
@@ -499,7 +610,7 @@ mod tests {
     #[test]
     fn owned_objects_point_at_the_cluster_except_the_cluster_scoped_binding() {
         let sc = cluster(StorageClusterSpec::default());
-        let ds = daemon_set(&sc, &id());
+        let ds = render_ds(&sc);
         let o = &ds.metadata.owner_references.as_ref().unwrap()[0];
         assert_eq!(o.kind, "StorageCluster");
         assert_eq!(o.uid, "uid-1");
@@ -520,7 +631,7 @@ mod tests {
 
     #[test]
     fn agent_container_is_privileged_with_host_paths_and_downward_node_name() {
-        let ds = daemon_set(&cluster(StorageClusterSpec::default()), &id());
+        let ds = render_ds(&cluster(StorageClusterSpec::default()));
         let a = container(&ds, "agent");
         assert_eq!(a.security_context.as_ref().unwrap().privileged, Some(true));
         let args = a.args.as_ref().unwrap().join(" ");
@@ -558,7 +669,8 @@ mod tests {
                 "/run/ringmaster/reader",
                 "/var/lib/ringmaster",
                 "/etc/sysctl.d",
-                "/var/lib/kubelet/seccomp"
+                "/var/lib/kubelet/seccomp",
+                "/var/run/secrets/kubernetes.io/serviceaccount"
             ]
         );
         let probe = a
@@ -627,7 +739,7 @@ mod tests {
             },
             ..Default::default()
         };
-        let ds = daemon_set(&cluster(spec), &id());
+        let ds = render_ds(&cluster(spec));
         let r = container(&ds, "reader");
         let sc = r.security_context.as_ref().unwrap();
         assert_eq!(sc.run_as_non_root, Some(true));
@@ -673,7 +785,7 @@ mod tests {
                 host_path: "/".into(),
             },
         ];
-        let ds = daemon_set(&cluster(spec), &id());
+        let ds = render_ds(&cluster(spec));
         let r = container(&ds, "reader");
         let args = r.args.as_ref().unwrap();
         let i = args.iter().position(|a| a == "--data-root").unwrap();
@@ -729,7 +841,7 @@ mod tests {
             operator: Some("Exists".into()),
             ..Default::default()
         });
-        let ds = daemon_set(&cluster(spec), &id());
+        let ds = render_ds(&cluster(spec));
         let p = pod(&ds);
         assert_eq!(
             p.node_selector
@@ -751,7 +863,7 @@ mod tests {
             ["kwok.x-k8s.io/node", "ringmaster.io/io-uring-unsupported"]
         );
         // An empty selector renders as none (every node).
-        let ds = daemon_set(&cluster(StorageClusterSpec::default()), &id());
+        let ds = render_ds(&cluster(StorageClusterSpec::default()));
         assert!(pod(&ds).node_selector.is_none());
     }
 
@@ -759,7 +871,7 @@ mod tests {
     fn only_pod_relevant_changes_change_the_pod_template() {
         let base = cluster(StorageClusterSpec::default());
         let template = |sc: &StorageCluster| {
-            serde_json::to_value(&daemon_set(sc, &id()).spec.unwrap().template).unwrap()
+            serde_json::to_value(&render_ds(sc).spec.unwrap().template).unwrap()
         };
         let mut sizing = base.clone();
         sizing.spec.aio.max_events = 2048;
@@ -767,15 +879,21 @@ mod tests {
         sizing.spec.sysctl.aio_max_nr = 4_000_000;
         assert_eq!(template(&base), template(&sizing), "sizing is hot-reloaded");
         assert_eq!(
-            rendered_hash(&daemon_set(&base, &id())),
-            rendered_hash(&daemon_set(&sizing, &id())),
+            rendered_hash(&render_ds(&base)),
+            rendered_hash(&render_ds(&sizing)),
             "a sizing change writes nothing"
         );
         let mut image = base.clone();
-        image.spec.agent.image = "registry.local/ringmaster-agent:2".into();
+        image.spec.agent.image = Some("registry.local/ringmaster-agent:2".into());
+        assert_eq!(
+            template(&base),
+            template(&image),
+            "spec.agent.image is ignored"
+        );
+        image.spec.seccomp.type_ = SeccompType::Unconfined;
         assert_ne!(template(&base), template(&image));
         let hash = |sc: &StorageCluster| {
-            daemon_set(sc, &id())
+            render_ds(sc)
                 .spec
                 .unwrap()
                 .template
@@ -790,14 +908,100 @@ mod tests {
     }
 
     #[test]
+    fn both_containers_run_the_admins_image_whatever_the_spec_names() {
+        let mut sc = cluster(StorageClusterSpec::default());
+        sc.spec.agent.image = Some("example.invalid/evil:1".into());
+        let ds = render_ds(&sc);
+        for c in &pod(&ds).containers {
+            assert_eq!(
+                c.image.as_deref(),
+                Some("registry.local/ringmaster-agent@sha256:0123"),
+                "{}",
+                c.name
+            );
+        }
+    }
+
+    #[test]
+    fn only_the_agent_container_gets_the_service_account_token() {
+        let ds = render_ds(&cluster(StorageClusterSpec::default()));
+        let p = pod(&ds);
+        // Automount would put the token into every container, the reader included.
+        assert_eq!(p.automount_service_account_token, Some(false));
+        let token_mount = |c: &Container| {
+            c.volume_mounts
+                .iter()
+                .flatten()
+                .find(|m| m.mount_path == AGENT_TOKEN_DIR)
+                .cloned()
+        };
+        let m = token_mount(container(&ds, "agent")).expect("agent has the token");
+        assert_eq!((m.name.as_str(), m.read_only), ("agent-token", Some(true)));
+        let reader = container(&ds, "reader");
+        assert!(token_mount(reader).is_none());
+        assert!(reader
+            .volume_mounts
+            .iter()
+            .flatten()
+            .all(|m| m.name != "agent-token" && !m.mount_path.starts_with("/var/run/secrets")));
+        let v = p
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == "agent-token")
+            .unwrap();
+        let sources = v.projected.as_ref().unwrap().sources.as_ref().unwrap();
+        let t = sources[0].service_account_token.as_ref().unwrap();
+        assert_eq!((t.path.as_str(), t.audience.as_deref()), ("token", None));
+        assert_eq!(
+            sources[1].config_map.as_ref().unwrap().name,
+            "kube-root-ca.crt"
+        );
+    }
+
+    #[test]
+    fn excluded_nodes_get_no_pod() {
+        let sc = cluster(StorageClusterSpec::default());
+        assert!(pod(&render_ds(&sc)).affinity.is_none());
+        let excluded = BTreeSet::from(["n1".to_string(), "n2".to_string()]);
+        let d = daemon_set(&sc, &id(), &settings(), &excluded);
+        let terms = &pod(&d)
+            .affinity
+            .as_ref()
+            .unwrap()
+            .node_affinity
+            .as_ref()
+            .unwrap()
+            .required_during_scheduling_ignored_during_execution
+            .as_ref()
+            .unwrap()
+            .node_selector_terms;
+        assert_eq!(terms.len(), 1);
+        let fields: Vec<_> = terms[0]
+            .match_fields
+            .iter()
+            .flatten()
+            .map(|f| (f.key.as_str(), f.operator.as_str(), f.values.clone()))
+            .collect();
+        // One value per requirement: the API server refuses more for a node field.
+        assert_eq!(
+            fields,
+            [
+                ("metadata.name", "NotIn", Some(vec!["n1".to_string()])),
+                ("metadata.name", "NotIn", Some(vec!["n2".to_string()]))
+            ]
+        );
+    }
+
+    #[test]
     fn rendered_hash_is_stamped_and_stable() {
         let sc = cluster(StorageClusterSpec::default());
-        let a = daemon_set(&sc, &id());
-        let b = daemon_set(&sc, &id());
+        let a = render_ds(&sc);
+        let b = render_ds(&sc);
         assert_eq!(live_hash(&a), live_hash(&b));
         assert_eq!(live_hash(&a).unwrap().len(), 16);
         let mut moved = sc.clone();
         moved.spec.read_service.port = 9000;
-        assert_ne!(live_hash(&a), live_hash(&daemon_set(&moved, &id())));
+        assert_ne!(live_hash(&a), live_hash(&render_ds(&moved)));
     }
 }

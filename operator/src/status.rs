@@ -10,6 +10,7 @@ use k8s_openapi::api::core::v1::{Node, Taint, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
+use ringmaster_api::limits::Violation;
 use ringmaster_api::{
     cluster_conditions as cc, data_dir_reasons, node_conditions as nc, DataDirReport,
     IoUringPolicy, StorageCluster, StorageClusterStatus, StorageNode, SysctlMode, UnsupportedNode,
@@ -116,7 +117,9 @@ fn precedence(sc: &StorageCluster) -> (Option<Timestamp>, String, String) {
     )
 }
 
-/// Nodes this cluster shares with older clusters, by the older cluster's `ns/name`.
+/// Nodes this cluster shares with older clusters, by the older cluster's `ns/name`. An
+/// older cluster being deleted still holds its nodes until it is gone: its agents are
+/// restoring them, and a second agent must not start there meanwhile.
 pub fn conflicts<'a>(
     sc: &StorageCluster,
     selected: &BTreeSet<String>,
@@ -126,7 +129,7 @@ pub fn conflicts<'a>(
     let me = precedence(sc);
     let mut out = BTreeMap::new();
     for o in others {
-        if o.uid() == sc.uid() || o.metadata.deletion_timestamp.is_some() || precedence(o) >= me {
+        if o.uid() == sc.uid() || precedence(o) >= me {
             continue;
         }
         let shared: BTreeSet<String> = nodes
@@ -142,6 +145,21 @@ pub fn conflicts<'a>(
         }
     }
     out
+}
+
+/// Nodes this cluster's DaemonSet must stay off: those an older cluster selects. Two
+/// agents on one node would share its state dir, aio.toml, the sysctl and its sysctl.d
+/// file, and deleting the later cluster would restore or remove what the first relies on.
+pub fn excluded_nodes<'a>(
+    sc: &StorageCluster,
+    others: impl IntoIterator<Item = &'a StorageCluster>,
+    nodes: &[&Node],
+) -> BTreeSet<String> {
+    let selected = selection(sc, nodes.iter().copied());
+    conflicts(sc, &selected, others, nodes)
+        .into_values()
+        .flatten()
+        .collect()
 }
 
 fn condition_true(sn: &StorageNode, type_: &str) -> Option<bool> {
@@ -275,6 +293,9 @@ pub struct Inputs<'a> {
     pub clusters: &'a [&'a StorageCluster],
     /// The live agent DaemonSet, if it exists yet.
     pub daemon_set: Option<&'a DaemonSet>,
+    /// How the spec breaks the static limits or the admin's settings (the operator then
+    /// rendered nothing).
+    pub refused: &'a [Violation],
     pub now: Timestamp,
 }
 
@@ -297,7 +318,8 @@ pub struct Transition {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Outcome {
     pub status: StorageClusterStatus,
-    /// Selected node names (the controller remembers them to map Node events).
+    /// Selected node names, excluded ones included (the controller remembers them to map
+    /// Node events).
     pub selected: BTreeSet<String>,
     /// Clusters sharing nodes with this one (older ones only).
     pub conflicts: BTreeMap<String, BTreeSet<String>>,
@@ -345,11 +367,18 @@ pub fn aggregate(i: &Inputs) -> Outcome {
     let prev = sc.status.clone().unwrap_or_default();
     let selected = selection(sc, i.nodes.iter().copied());
     let conflicts = conflicts(sc, &selected, i.clusters.iter().copied(), i.nodes);
+    // Nodes an older cluster holds get no agent of ours (the DaemonSet's node affinity
+    // excludes them), so they are not ours to count.
+    let served: BTreeSet<String> = selected
+        .iter()
+        .filter(|n| !conflicts.values().any(|c| c.contains(*n)))
+        .cloned()
+        .collect();
 
     let mut st = StorageClusterStatus {
         observed_generation: generation,
         config_hash: Some(sc.spec.config_hash()),
-        desired: selected.len() as i32,
+        desired: served.len() as i32,
         ..Default::default()
     };
     let mut not_reporting = Vec::new();
@@ -360,7 +389,7 @@ pub fn aggregate(i: &Inputs) -> Outcome {
     let mut dirs = DataDirProblems::default();
     let mut stale_reports: Vec<(String, Stale)> = Vec::new();
     let mut fresh: Vec<&StorageNode> = Vec::new();
-    for name in &selected {
+    for name in &served {
         let Some(sn) = i.storage_nodes.get(name) else {
             not_reporting.push(name.as_str());
             continue;
@@ -500,6 +529,15 @@ pub fn aggregate(i: &Inputs) -> Outcome {
         (observed, s.desired_number_scheduled, updated, available)
     });
     let progressing = match rollout {
+        _ if !i.refused.is_empty() => condition(
+            &prev.conditions,
+            cc::PROGRESSING,
+            false,
+            reasons::SPEC_REFUSED,
+            "nothing rolled out: the spec breaks a limit (see Degraded)".into(),
+            generation,
+            i.now,
+        ),
         _ if st.desired == 0 => condition(
             &prev.conditions,
             cc::PROGRESSING,
@@ -573,12 +611,26 @@ pub fn aggregate(i: &Inputs) -> Outcome {
     };
 
     // Degraded: something a person must fix.
-    let degraded = if !conflicts.is_empty() {
+    let degraded = if !i.refused.is_empty() {
+        let parts: Vec<String> = i.refused.iter().map(|v| v.to_string()).collect();
+        condition(
+            &prev.conditions,
+            cc::DEGRADED,
+            true,
+            reasons::SPEC_REFUSED,
+            format!(
+                "{}; the operator renders nothing for this StorageCluster until the spec is fixed (an agent DaemonSet rendered earlier is left as it was)",
+                parts.join("; ")
+            ),
+            generation,
+            i.now,
+        )
+    } else if !conflicts.is_empty() {
         let parts: Vec<String> = conflicts
             .iter()
             .map(|(owner, nodes)| {
                 format!(
-                    "{} also selected by the older StorageCluster {owner}",
+                    "{} also selected by the older StorageCluster {owner} (no agent of this cluster runs there)",
                     name_list(nodes.iter().map(String::as_str))
                 )
             })
@@ -916,6 +968,7 @@ mod tests {
         reports: Vec<StorageNode>,
         clusters: Vec<StorageCluster>,
         ds: Option<DaemonSet>,
+        refused: Vec<Violation>,
     }
 
     impl World {
@@ -930,6 +983,7 @@ mod tests {
                 storage_nodes: &sns,
                 clusters: &clusters,
                 daemon_set: self.ds.as_ref(),
+                refused: &self.refused,
                 now: Timestamp::from_second(1_000_000).unwrap(),
             })
         }
@@ -1066,6 +1120,7 @@ mod tests {
             ],
             clusters: vec![],
             ds: Some(ds(2, 2, 2)),
+            refused: vec![],
         };
         let sc = cluster("fast", 10, &[("tier", "storage")]);
         let o = w.run(&sc);
@@ -1130,6 +1185,7 @@ mod tests {
             reports: vec![report("n1", None, 3), report("n2", Some(("EPERM", 1)), 3)],
             clusters: vec![],
             ds: Some(ds(2, 2, 2)),
+            refused: vec![],
         };
         let mut sc = cluster("fast", 10, &[("tier", "storage")]);
         sc.spec.aio.io_uring = IoUringPolicy::Required;
@@ -1157,6 +1213,7 @@ mod tests {
             reports: vec![report("n1", None, 3), report("n2", None, 3)],
             clusters: vec![],
             ds: Some(ds(2, 2, 2)),
+            refused: vec![],
         };
         let sc = cluster("fast", 10, &[("tier", "storage")]);
         let o = w.run(&sc);
@@ -1182,6 +1239,7 @@ mod tests {
             reports: vec![],
             clusters: vec![],
             ds: None,
+            refused: vec![],
         };
         assert_eq!(
             get(&w.run(&sc), cc::PROGRESSING).reason,
@@ -1217,6 +1275,7 @@ mod tests {
             reports: vec![],
             clusters: vec![old.clone(), new.clone()],
             ds: Some(ds(3, 3, 3)),
+            refused: vec![],
         };
         let o = w.run(&new);
         let d = get(&o, cc::DEGRADED);
@@ -1235,10 +1294,63 @@ mod tests {
             "False",
             "the older one keeps its nodes"
         );
-        // An older cluster being deleted no longer holds its nodes.
+        // The shared nodes are not the later cluster's: no agent, not desired.
+        assert_eq!(o.status.desired, 1);
+        let all: Vec<&Node> = w.nodes.iter().collect();
+        assert_eq!(
+            excluded_nodes(&new, &w.clusters, &all),
+            BTreeSet::from(["n1".to_string(), "n2".to_string()])
+        );
+        assert!(excluded_nodes(&old, &w.clusters, &all).is_empty());
+        // An older cluster being deleted still holds its nodes until it is gone (its
+        // agents are restoring them); once gone, the later one gets them.
         let mut w2 = w;
         w2.clusters[0].metadata.deletion_timestamp = Some(Time(Timestamp::UNIX_EPOCH));
-        assert_eq!(get(&w2.run(&new), cc::DEGRADED).status, "False");
+        assert_eq!(get(&w2.run(&new), cc::DEGRADED).reason, "NodeConflict");
+        w2.clusters.remove(0);
+        let o = w2.run(&new);
+        assert_eq!(get(&o, cc::DEGRADED).status, "False");
+        assert_eq!(o.status.desired, 3);
+    }
+
+    #[test]
+    fn refused_spec_is_degraded_naming_each_field() {
+        let sc = cluster("bad", 10, &[]);
+        let w = World {
+            nodes: three_nodes(),
+            reports: vec![],
+            clusters: vec![],
+            ds: None,
+            refused: vec![
+                Violation {
+                    field: "spec.readService.dataDirs[1].hostPath".into(),
+                    message: "\"/etc/x\" is not allowed".into(),
+                },
+                Violation {
+                    field: "spec.seccomp.type".into(),
+                    message: "Unconfined is not allowed".into(),
+                },
+            ],
+        };
+        let o = w.run(&sc);
+        let d = get(&o, cc::DEGRADED);
+        assert_eq!(
+            (d.status.as_str(), d.reason.as_str()),
+            ("True", "SpecRefused")
+        );
+        assert!(
+            d.message
+                .contains("spec.readService.dataDirs[1].hostPath: \"/etc/x\"")
+                && d.message.contains("spec.seccomp.type: Unconfined")
+                && d.message.contains("renders nothing"),
+            "{}",
+            d.message
+        );
+        let p = get(&o, cc::PROGRESSING);
+        assert_eq!(
+            (p.status.as_str(), p.reason.as_str()),
+            ("False", "SpecRefused")
+        );
     }
 
     #[test]
@@ -1248,6 +1360,7 @@ mod tests {
             reports: vec![report("n1", None, 3)],
             clusters: vec![],
             ds: Some(ds(2, 2, 2)),
+            refused: vec![],
         };
         let mut sc = cluster("fast", 10, &[("tier", "storage")]);
         let first = w.run(&sc);
@@ -1286,6 +1399,7 @@ mod tests {
             reports,
             clusters: vec![],
             ds: Some(ds(n as i32, n as i32, n as i32)),
+            refused: vec![],
         };
         let o = w.run(&cluster("all", 1, &[]));
         assert_eq!(o.status.io_uring_unsupported as usize, n);
@@ -1317,6 +1431,7 @@ mod tests {
             reports: vec![bare, untuned],
             clusters: vec![],
             ds: Some(ds(2, 2, 2)),
+            refused: vec![],
         };
         let o = w.run(&cluster("fast", 10, &[("tier", "storage")]));
         assert_eq!(o.status.reporting, 2);
@@ -1383,6 +1498,7 @@ mod tests {
             ],
             clusters: vec![],
             ds: Some(ds(3, 3, 3)),
+            refused: vec![],
         };
         let o = w.run(&sc);
         let d = get(&o, cc::DEGRADED);
@@ -1450,6 +1566,7 @@ mod tests {
             ],
             clusters: vec![],
             ds: Some(ds(3, 3, 3)),
+            refused: vec![],
         };
         let d = get(&w.run(&sc), cc::DEGRADED).clone();
         assert_eq!(d.reason, reasons::DATA_DIR_UNAVAILABLE);
@@ -1496,6 +1613,7 @@ mod tests {
             ],
             clusters: vec![],
             ds: Some(ds(3, 3, 3)),
+            refused: vec![],
         };
         let o = w.run(&sc);
         let d = get(&o, cc::DEGRADED);

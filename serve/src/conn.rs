@@ -1,32 +1,35 @@
 //! Accepting connections with bounds, so slow or idle clients cannot exhaust the service:
 //! at most `max_connections` open at once (the rest wait in the kernel's listen backlog),
 //! and a header read timeout that closes a connection which does not deliver a complete
-//! request head in time (slowloris) or sits idle between keep-alive requests.
+//! request head in time (slowloris) or sits idle between keep-alive requests, and a write
+//! timeout that closes (resets) a connection whose client stops reading its response.
 //! Graceful shutdown lets requests in progress finish.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, Semaphore};
+
+use super::write_timeout::WriteTimeout;
+use super::ReadService;
 
 /// Connection bounds of the read service.
 #[derive(Clone, Copy, Debug)]
 pub struct ConnLimits {
     pub max_connections: usize,
     pub header_read_timeout: Duration,
+    pub write_timeout: Duration,
 }
 
-/// Serve `app` on `listener` until `stop` fires, then wait for open connections to finish.
+/// Serve `svc` on `listener` until `stop` fires, then wait for open connections to finish.
 pub async fn serve(
     listener: TcpListener,
-    app: Router,
+    svc: ReadService,
     limits: ConnLimits,
     open: Gauge,
     mut stop: oneshot::Receiver<()>,
@@ -57,7 +60,9 @@ pub async fn serve(
         };
         // Small range responses must not wait for Nagle + delayed ACK (nginx sets it too).
         let _ = tcp.set_nodelay(true);
-        let conn = http.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(app.clone()));
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&tcp);
+        let io = WriteTimeout::new(tcp, limits.write_timeout).reset_on_timeout(fd);
+        let conn = http.serve_connection(TokioIo::new(io), svc.clone());
         let conn = graceful.watch(conn);
         let open = open.clone();
         open.inc();

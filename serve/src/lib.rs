@@ -6,12 +6,16 @@
 //! named data dir. `/metrics` (Prometheus), `/healthz`, `/readyz`. Every response carries
 //! `X-Ringmaster-Worker-Mode: io_uring|pread`.
 
+pub mod budget;
+pub mod bufpool;
 mod conn;
+pub mod filecache;
 pub mod metrics;
 pub mod paths;
 pub mod range;
+pub mod write_timeout;
 
-use std::collections::HashMap;
+use std::borrow::Cow;
 use std::fs::File;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
@@ -27,13 +31,17 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use prometheus_client::metrics::gauge::Gauge;
 use rustix::fs::{Mode, OFlags, ResolveFlags};
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 use ringmaster_ring::io::{
     AlignedBuf, Policy, Pool, PoolConfig, ReadJob, ReadOutcome, SubmitError, WorkerMode,
 };
 
+use budget::{Reservation, ResponseBudget};
+use bufpool::BufPool;
+use filecache::{FileCache, OpenFile};
 use metrics::Metrics;
 
 /// Header naming the worker mode on every response.
@@ -43,6 +51,10 @@ pub const DEFAULT_MAX_RANGE_BYTES: u64 = 16 << 20;
 pub const DEFAULT_MAX_CONCURRENT: u32 = 256;
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 1024;
 pub const DEFAULT_HEADER_READ_TIMEOUT_SECS: u64 = 30;
+pub const DEFAULT_WRITE_TIMEOUT_SECS: u64 = 30;
+pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 128 << 20;
+pub const DEFAULT_OPEN_FILE_CACHE_ENTRIES: u32 = 1024;
+pub const DEFAULT_OPEN_FILE_CACHE_VALID_MS: u64 = 1000;
 
 /// What the read service serves and how.
 #[derive(Clone, Debug)]
@@ -66,6 +78,16 @@ pub struct ServeConfig {
     pub cache_fast_path: bool,
     /// Fault injection for tests (`RINGMASTER_FAULT_BREAK_RING_AFTER`): see `PoolConfig`.
     pub break_ring_after: Option<u64>,
+    /// A response write that makes no progress this long closes the connection.
+    pub write_timeout: std::time::Duration,
+    /// Bytes of response bodies held at once (more get 503); see `budget`.
+    pub max_response_bytes: u64,
+    /// Open files kept for reuse (0: open every request); see `filecache`.
+    pub open_file_cache_entries: u32,
+    /// How long a cached open file is reused before the path is opened again.
+    pub open_file_cache_valid: std::time::Duration,
+    /// Open files O_DIRECT and read through the workers (no page cache).
+    pub direct: bool,
 }
 
 /// Environment variable that arms the ring fault hook of `serve` (tests only): after N reads
@@ -100,12 +122,27 @@ impl ServeConfig {
             header_read_timeout: std::time::Duration::from_secs(DEFAULT_HEADER_READ_TIMEOUT_SECS),
             cache_fast_path: true,
             break_ring_after: None,
+            write_timeout: std::time::Duration::from_secs(DEFAULT_WRITE_TIMEOUT_SECS),
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+            open_file_cache_entries: DEFAULT_OPEN_FILE_CACHE_ENTRIES,
+            open_file_cache_valid: std::time::Duration::from_millis(
+                DEFAULT_OPEN_FILE_CACHE_VALID_MS,
+            ),
+            direct: false,
         }
     }
 }
 
 struct AppState {
-    dirs: HashMap<String, OwnedFd>,
+    /// (name, O_PATH fd) of each data dir; the index keys the file cache.
+    dirs: Vec<(String, OwnedFd)>,
+    files: FileCache,
+    budget: ResponseBudget,
+    direct: bool,
+    /// Serve page-cache hits inline (preadv2 RWF_NOWAIT on this thread, no job, no channel):
+    /// the pool's own fast-path rule (buffered files, io_uring mode, fast path on).
+    inline_hits: bool,
+    bufs: Arc<BufPool>,
     pool: Arc<Pool>,
     metrics: Metrics,
     limit: Arc<Semaphore>,
@@ -170,7 +207,27 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<ServeHandle> {
     if cfg.max_range_bytes == 0 || cfg.max_range_bytes > (1 << 30) {
         anyhow::bail!("--max-range-bytes must be between 1 and 1073741824");
     }
-    let mut dirs = HashMap::new();
+    if cfg.write_timeout.is_zero() {
+        anyhow::bail!("--write-timeout-secs must be at least 1");
+    }
+    // The largest response (a range rounded out to 4 KiB blocks for O_DIRECT) must fit.
+    let largest = cfg.max_range_bytes + 2 * AlignedBuf::ALIGN as u64;
+    if cfg.max_response_bytes < largest || cfg.max_response_bytes > (1 << 40) {
+        anyhow::bail!(
+            "--max-response-bytes {} must be at least --max-range-bytes + 8192 ({largest}) and at \
+             most 1 TiB: raise it or lower --max-range-bytes",
+            cfg.max_response_bytes
+        );
+    }
+    if cfg.max_range_bytes > budget::LARGE && cfg.max_response_bytes / 2 < largest {
+        anyhow::bail!(
+            "--max-response-bytes {}: responses over 1 MiB may use half of it, which is less than \
+             --max-range-bytes + 8192 ({largest}): raise it to at least {}",
+            cfg.max_response_bytes,
+            2 * largest
+        );
+    }
+    let mut dirs: Vec<(String, OwnedFd)> = Vec::new();
     for (name, path) in &cfg.data_dirs {
         if name.is_empty() || name.contains('/') {
             anyhow::bail!(
@@ -189,9 +246,10 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<ServeHandle> {
                 path.display()
             )
         })?;
-        if dirs.insert(name.clone(), fd).is_some() {
+        if dirs.iter().any(|(n, _)| n == name) {
             anyhow::bail!("--data-dir {name}: the name is given twice");
         }
+        dirs.push((name.clone(), fd));
     }
     let mut pc = PoolConfig::new(cfg.workers, cfg.max_events, cfg.policy);
     pc.queue_depth = pc.queue_depth.max(cfg.max_concurrent as usize);
@@ -206,7 +264,16 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<ServeHandle> {
         .with_context(|| format!("cannot listen on {}", cfg.bind))?;
     let addr = listener.local_addr()?;
     let state = Arc::new(AppState {
+        files: FileCache::new(
+            dirs.len(),
+            cfg.open_file_cache_entries as usize,
+            cfg.open_file_cache_valid,
+        ),
         dirs,
+        budget: ResponseBudget::new(cfg.max_response_bytes),
+        direct: cfg.direct,
+        bufs: Arc::new(BufPool::new()),
+        inline_hits: cfg.cache_fast_path && !cfg.direct && pool.mode() == WorkerMode::IoUring,
         pool: Arc::new(pool),
         metrics,
         limit: Arc::new(Semaphore::new(cfg.max_concurrent as usize)),
@@ -215,7 +282,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<ServeHandle> {
         ready: AtomicBool::new(true),
     });
     let app = Router::new()
-        .route("/v1/files/{name}/{*path}", get(read_file))
+        .route("/v1/files/{name}/{*path}", get(read_file_routed))
         .route("/metrics", get(metrics_page))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -228,9 +295,14 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<ServeHandle> {
     let limits = conn::ConnLimits {
         max_connections: cfg.max_connections as usize,
         header_read_timeout: cfg.header_read_timeout,
+        write_timeout: cfg.write_timeout,
     };
     let open = state.metrics.connections.clone();
-    let server = tokio::spawn(conn::serve(listener, app, limits, open, stopped));
+    let svc = ReadService {
+        st: state.clone(),
+        app: hyper_util::service::TowerToHyperService::new(app),
+    };
+    let server = tokio::spawn(conn::serve(listener, svc, limits, open, stopped));
     tracing::info!(%addr, mode = %mode, reason = %reason, "read service listening");
     Ok(ServeHandle {
         addr,
@@ -276,12 +348,94 @@ fn error(status: StatusCode, msg: impl std::fmt::Display) -> Response {
     (status, format!("{msg}\n")).into_response()
 }
 
-async fn read_file(
+/// `GET /v1/files/{name}/{*path}` through the router (HEAD, and what `file_route` leaves).
+async fn read_file_routed(
     State(st): State<Arc<AppState>>,
     Path((name, path)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    let Ok(_permit) = st.limit.clone().try_acquire_owned() else {
+    read_file(&st, &name, &path, &headers).await
+}
+
+/// Data dir name and relative path of a file request, percent-decoded.
+type FileRoute<'a> = (Cow<'a, str>, Cow<'a, str>);
+
+/// `(name, path)` of `/v1/files/{name}/{path}`, percent-decoded as the router would, when both
+/// are non-empty; `Some(Err)` when one is not UTF-8 once decoded.
+fn file_route(uri_path: &str) -> Option<Result<FileRoute<'_>, ()>> {
+    let rest = uri_path.strip_prefix("/v1/files/")?;
+    let (name, path) = rest.split_once('/')?;
+    if name.is_empty() || path.is_empty() {
+        return None;
+    }
+    Some(percent_decode(name).and_then(|n| Ok((n, percent_decode(path)?))))
+}
+
+/// `%XX` → byte (other `%` stay as they are, like the router's decoder), then UTF-8.
+fn percent_decode(s: &str) -> Result<Cow<'_, str>, ()> {
+    if !s.contains('%') {
+        return Ok(Cow::Borrowed(s));
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8(out).map(Cow::Owned).map_err(|_| ())
+}
+
+/// The service hyper calls for each request: file reads go straight to `read_file` (no router,
+/// no extractor allocations on the hot path); everything else goes through the router.
+#[derive(Clone)]
+struct ReadService {
+    st: Arc<AppState>,
+    app: hyper_util::service::TowerToHyperService<Router>,
+}
+
+impl hyper::service::Service<axum::extract::Request<hyper::body::Incoming>> for ReadService {
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response, Self::Error>> + Send>>;
+
+    fn call(&self, req: axum::extract::Request<hyper::body::Incoming>) -> Self::Future {
+        let st = self.st.clone();
+        if req.method() == axum::http::Method::GET {
+            if let Some(route) = file_route(req.uri().path()) {
+                let (name, path) = match route {
+                    Ok((n, p)) => (n.into_owned(), p.into_owned()),
+                    Err(()) => {
+                        let mut resp = error(
+                            StatusCode::BAD_REQUEST,
+                            "Invalid URL: the path is not UTF-8",
+                        );
+                        resp.headers_mut().insert(MODE_HEADER, st.mode.clone());
+                        return Box::pin(async move { Ok(resp) });
+                    }
+                };
+                return Box::pin(async move {
+                    let mut resp = read_file(&st, &name, &path, req.headers()).await;
+                    resp.headers_mut().insert(MODE_HEADER, st.mode.clone());
+                    Ok(resp)
+                });
+            }
+        }
+        Box::pin(hyper::service::Service::call(&self.app, req))
+    }
+}
+
+async fn read_file(st: &Arc<AppState>, name: &str, path: &str, headers: &HeaderMap) -> Response {
+    let Ok(permit) = st.limit.clone().try_acquire_owned() else {
         st.metrics.count(503);
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -290,10 +444,9 @@ async fn read_file(
         )
             .into_response();
     };
-    st.metrics.in_flight.inc();
+    let admitted = Admitted::new(permit, &st.metrics.in_flight);
     let t0 = Instant::now();
-    let (resp, bytes) = serve_range(&st, &name, &path, &headers).await;
-    st.metrics.in_flight.dec();
+    let (resp, bytes) = serve_range(st, name, path, headers, admitted).await;
     st.metrics.count(resp.status().as_u16());
     if bytes > 0 {
         st.metrics.bytes.inc_by(bytes);
@@ -302,19 +455,146 @@ async fn read_file(
     resp
 }
 
+/// A request let in under `--max-concurrent`: the permit and the in-flight gauge are held
+/// until the response body has been written (they travel inside the body), not only until the
+/// handler returns, so clients that do not read their answers count against the cap.
+struct Admitted {
+    _permit: OwnedSemaphorePermit,
+    in_flight: Gauge,
+}
+
+impl Admitted {
+    fn new(permit: OwnedSemaphorePermit, in_flight: &Gauge) -> Self {
+        in_flight.inc();
+        Admitted {
+            _permit: permit,
+            in_flight: in_flight.clone(),
+        }
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.in_flight.dec();
+    }
+}
+
+/// A response body's bytes with what they hold: the buffer, its share of the response budget
+/// and the request's admission. Dropped when hyper has written the last byte (or the
+/// connection is gone).
+struct HeldBody {
+    /// Always Some until dropped (then it goes back to `bufs`).
+    buf: Option<AlignedBuf>,
+    bufs: Arc<BufPool>,
+    _reserved: Reservation,
+    _admitted: Admitted,
+}
+
+impl AsRef<[u8]> for HeldBody {
+    fn as_ref(&self) -> &[u8] {
+        self.buf.as_ref().map_or(&[], |b| b.as_slice())
+    }
+}
+
+impl Drop for HeldBody {
+    fn drop(&mut self) {
+        if let Some(b) = self.buf.take() {
+            self.bufs.give(b);
+        }
+    }
+}
+
 /// Open `path` beneath the data dir `root` without following anything out of it. Opened
 /// non-blocking so a FIFO cannot stall the open; the flag is cleared again for regular files
-/// (io_uring would otherwise answer EAGAIN instead of waiting for the disk).
-fn open_beneath(root: &OwnedFd, path: &str) -> std::io::Result<File> {
+/// (io_uring would otherwise answer EAGAIN instead of waiting for the disk). `Ok(None)` for
+/// anything but a regular file.
+fn open_beneath(root: &OwnedFd, path: &str, direct: bool) -> std::io::Result<Option<OpenFile>> {
+    let mut flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY;
+    if direct {
+        flags |= OFlags::DIRECT;
+    }
     let fd = rustix::fs::openat2(
         root,
         path,
-        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY,
+        flags,
         Mode::empty(),
         ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
     )?;
-    rustix::fs::fcntl_setfl(&fd, OFlags::RDONLY)?;
-    Ok(File::from(fd))
+    let st = rustix::fs::fstat(&fd)?;
+    if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
+        return Ok(None);
+    }
+    rustix::fs::fcntl_setfl(&fd, flags - OFlags::NONBLOCK)?;
+    Ok(Some(OpenFile {
+        file: Arc::new(File::from(fd)),
+        size: st.st_size as u64,
+    }))
+}
+
+/// The file for `rel` in data dir `dir`: from the open-file cache when fresh, else opened (and
+/// cached). Err is the response to send.
+fn lookup(
+    st: &AppState,
+    dir: usize,
+    name: &str,
+    rel: &str,
+    cached: bool,
+) -> Result<(OpenFile, bool), Box<Response>> {
+    let now = Instant::now();
+    if cached {
+        if let Some(f) = st.files.get(dir, rel, now) {
+            return Ok((f, true));
+        }
+    }
+    match open_beneath(&st.dirs[dir].1, rel, st.direct) {
+        Ok(Some(f)) => {
+            st.files.insert(dir, rel, f.clone(), now);
+            Ok((f, false))
+        }
+        Ok(None) => Err(Box::new(error(
+            StatusCode::NOT_FOUND,
+            format!("{name}/{rel}: not a regular file"),
+        ))),
+        // EXDEV: the path leaves the data dir (symlink or magic link); same answer as missing.
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ENOENT) | Some(libc::EXDEV) | Some(libc::ENOTDIR) | Some(libc::ELOOP)
+            ) =>
+        {
+            st.files.forget(dir, rel);
+            Err(Box::new(error(
+                StatusCode::NOT_FOUND,
+                format!("{name}/{rel}: not found in the data dir"),
+            )))
+        }
+        Err(e) => Err(Box::new(error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("{name}/{rel}: {e}"),
+        ))),
+    }
+}
+
+/// The whole range from the page cache in one `preadv2(RWF_NOWAIT)` into `buf`; Err gives the
+/// buffer back on a miss, part of it, EOF or an error (the pool then reads it and reports what
+/// happened).
+fn read_hit(
+    file: &File,
+    at: u64,
+    len: usize,
+    mut buf: AlignedBuf,
+) -> Result<AlignedBuf, AlignedBuf> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the buffer holds at least len bytes (BufPool::take).
+    let n = unsafe {
+        ringmaster_ring::io::cached::read_nowait(file.as_raw_fd(), buf.as_mut_ptr(), len, at)
+    };
+    if n == Some(len) {
+        buf.set_len(len);
+        Ok(buf)
+    } else {
+        Err(buf)
+    }
 }
 
 async fn serve_range(
@@ -322,8 +602,9 @@ async fn serve_range(
     name: &str,
     path: &str,
     headers: &HeaderMap,
+    admitted: Admitted,
 ) -> (Response, u64) {
-    let Some(root) = st.dirs.get(name) else {
+    let Some(dir) = st.dirs.iter().position(|(n, _)| n == name) else {
         return (
             error(StatusCode::NOT_FOUND, format!("no data dir named '{name}'")),
             0,
@@ -333,65 +614,8 @@ async fn serve_range(
         Ok(p) => p,
         Err(e) => return (error(StatusCode::BAD_REQUEST, e), 0),
     };
-    let file = match open_beneath(root, rel) {
-        Ok(f) => f,
-        // EXDEV: the path leaves the data dir (symlink or magic link); same answer as missing.
-        Err(e)
-            if matches!(
-                e.raw_os_error(),
-                Some(libc::ENOENT) | Some(libc::EXDEV) | Some(libc::ENOTDIR) | Some(libc::ELOOP)
-            ) =>
-        {
-            return (
-                error(
-                    StatusCode::NOT_FOUND,
-                    format!("{name}/{rel}: not found in the data dir"),
-                ),
-                0,
-            )
-        }
-        Err(e) => {
-            return (
-                error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("{name}/{rel}: {e}"),
-                ),
-                0,
-            )
-        }
-    };
-    let size = match file.metadata() {
-        Ok(m) if m.is_file() => m.len(),
-        Ok(_) => {
-            return (
-                error(
-                    StatusCode::NOT_FOUND,
-                    format!("{name}/{rel}: not a regular file"),
-                ),
-                0,
-            )
-        }
-        Err(e) => return (error(StatusCode::INTERNAL_SERVER_ERROR, e), 0),
-    };
-    let (first, last, partial) = match headers.get(header::RANGE) {
-        None => {
-            if size > st.max_range {
-                return (error(StatusCode::BAD_REQUEST, format!(
-                    "file is {size} bytes, over the {} byte cap (--max-range-bytes): send a Range header", st.max_range)), 0);
-            }
-            if size == 0 {
-                return (
-                    (
-                        StatusCode::OK,
-                        [(header::ACCEPT_RANGES, "bytes")],
-                        Body::empty(),
-                    )
-                        .into_response(),
-                    0,
-                );
-            }
-            (0, size - 1, false)
-        }
+    let range = match headers.get(header::RANGE) {
+        None => None,
         Some(v) => {
             let Ok(v) = v.to_str() else {
                 return (
@@ -399,12 +623,47 @@ async fn serve_range(
                     0,
                 );
             };
-            let spec = match range::parse_range(v) {
-                Ok(s) => s,
+            match range::parse_range(v) {
+                Ok(s) => Some((v, s)),
                 Err(e) => return (error(StatusCode::BAD_REQUEST, e), 0),
-            };
-            match range::resolve(spec, size) {
+            }
+        }
+    };
+    // A cached entry may be stale (the file shrank, grew or was replaced in place): an answer
+    // that depends on its size (416, a short read) is checked again from a fresh open.
+    let mut use_cache = true;
+    loop {
+        let (open, from_cache) = match lookup(st, dir, name, rel, use_cache) {
+            Ok(f) => f,
+            Err(resp) => return (*resp, 0),
+        };
+        use_cache = false;
+        let size = open.size;
+        let (first, last, partial) = match range {
+            None => {
+                if size > st.max_range {
+                    return (error(StatusCode::BAD_REQUEST, format!(
+                        "file is {size} bytes, over the {} byte cap (--max-range-bytes): send a Range header", st.max_range)), 0);
+                }
+                if size == 0 {
+                    return (
+                        (
+                            StatusCode::OK,
+                            [(header::ACCEPT_RANGES, "bytes")],
+                            Body::empty(),
+                        )
+                            .into_response(),
+                        0,
+                    );
+                }
+                (0, size - 1, false)
+            }
+            Some((v, spec)) => match range::resolve(spec, size) {
                 Some((a, b)) => (a, b, true),
+                None if from_cache => {
+                    st.files.forget(dir, rel);
+                    continue;
+                }
                 None => {
                     return (
                         (
@@ -416,79 +675,129 @@ async fn serve_range(
                         0,
                     )
                 }
-            }
+            },
+        };
+        let len = last - first + 1;
+        if len > st.max_range {
+            return (error(StatusCode::BAD_REQUEST, format!(
+                "range of {len} bytes is over the {} byte cap (--max-range-bytes): request smaller ranges", st.max_range)), 0);
         }
-    };
-    let len = last - first + 1;
-    if len > st.max_range {
-        return (error(StatusCode::BAD_REQUEST, format!(
-            "range of {len} bytes is over the {} byte cap (--max-range-bytes): request smaller ranges", st.max_range)), 0);
-    }
-    let buf = match read_async(&st.pool, Arc::new(file), first, len as usize, false).await {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+        // O_DIRECT reads whole 4 KiB blocks: read the blocks around the range, send the range.
+        let align = AlignedBuf::ALIGN as u64;
+        let (at, skip) = if st.direct {
+            (first / align * align, first % align)
+        } else {
+            (first, 0)
+        };
+        let read_len = if st.direct {
+            (skip + len).div_ceil(align) * align
+        } else {
+            len
+        };
+        let Some(reserved) = st.budget.try_reserve(read_len) else {
             return (
                 (
                     StatusCode::SERVICE_UNAVAILABLE,
                     [(header::RETRY_AFTER, "1")],
-                    "read queue full\n",
+                    "response memory budget spent (--max-response-bytes)\n",
                 )
                     .into_response(),
                 0,
-            )
-        }
-        Err(e) => {
+            );
+        };
+        let buf = st.bufs.take(read_len as usize);
+        let hit = if st.inline_hits {
+            read_hit(&open.file, at, read_len as usize, buf)
+        } else {
+            Err(buf)
+        };
+        let read = match hit {
+            Ok(b) => Ok(b),
+            Err(buf) => {
+                read_async(&st.pool, open.file, at, read_len as usize, buf, st.direct).await
+            }
+        };
+        let buf = match read {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                return (
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        [(header::RETRY_AFTER, "1")],
+                        "read queue full\n",
+                    )
+                        .into_response(),
+                    0,
+                )
+            }
+            Err(e) => {
+                return (
+                    error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("{name}/{rel}: read failed: {e}"),
+                    ),
+                    0,
+                )
+            }
+        };
+        if (buf.len() as u64) < skip + len {
+            // The file is shorter than its size said: it shrank. Never answer with bytes past
+            // its end; a cached size gets one fresh look.
+            st.files.forget(dir, rel);
+            if from_cache {
+                continue;
+            }
             return (
                 error(
                     StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("{name}/{rel}: read failed: {e}"),
+                    format!(
+                        "{name}/{rel}: file shrank while reading ({} of {len} bytes)",
+                        (buf.len() as u64).saturating_sub(skip)
+                    ),
                 ),
                 0,
-            )
+            );
         }
-    };
-    if (buf.len() as u64) < len {
-        return (
-            error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!(
-                    "{name}/{rel}: file shrank while reading ({} of {len} bytes)",
-                    buf.len()
-                ),
-            ),
-            0,
-        );
-    }
-    let status = if partial {
-        StatusCode::PARTIAL_CONTENT
-    } else {
-        StatusCode::OK
-    };
-    let mut resp = Response::new(Body::from(Bytes::from_owner(buf)));
-    *resp.status_mut() = status;
-    let h = resp.headers_mut();
-    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    if partial {
+        let status = if partial {
+            StatusCode::PARTIAL_CONTENT
+        } else {
+            StatusCode::OK
+        };
+        let held = HeldBody {
+            buf: Some(buf),
+            bufs: st.bufs.clone(),
+            _reserved: reserved,
+            _admitted: admitted,
+        };
+        let body = Bytes::from_owner(held).slice(skip as usize..(skip + len) as usize);
+        let mut resp = Response::new(Body::from(body));
+        *resp.status_mut() = status;
+        let h = resp.headers_mut();
+        h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
         h.insert(
-            header::CONTENT_RANGE,
-            HeaderValue::from_str(&format!("bytes {first}-{last}/{size}")).expect("ASCII"),
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
         );
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        if partial {
+            h.insert(
+                header::CONTENT_RANGE,
+                HeaderValue::from_str(&format!("bytes {first}-{last}/{size}")).expect("ASCII"),
+            );
+        }
+        return (resp, len);
     }
-    (resp, len)
 }
 
-/// Read `len` bytes at `offset` through the pool (fast path first), awaiting the result on the
+/// Read `len` bytes at `offset` into `buf` (at least `len` bytes) through the pool (fast path
+/// first), awaiting the result on the
 /// caller's runtime. Ok is the buffer with `len()` = bytes read (short only at EOF).
 pub async fn read_async(
     pool: &Pool,
     file: Arc<File>,
     offset: u64,
     len: usize,
+    buf: AlignedBuf,
     direct: bool,
 ) -> std::io::Result<AlignedBuf> {
     use std::io;
@@ -497,7 +806,7 @@ pub async fn read_async(
         file,
         offset,
         len,
-        AlignedBuf::new(len),
+        buf,
         direct,
         Box::new(move |o| {
             let _ = tx.send(o);

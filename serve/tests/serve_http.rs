@@ -309,3 +309,176 @@ async fn bad_config_is_refused_with_the_field_named() {
         .unwrap();
     assert!(e.to_string().contains("--data-dir"), "{e}");
 }
+
+/// `bytes a-b/total` of a 206.
+fn content_range(r: &io_support::HttpResponse) -> (usize, usize, usize) {
+    let cr = r.header("content-range").expect("206 has Content-Range");
+    let (ab, total) = cr
+        .strip_prefix("bytes ")
+        .and_then(|x| x.split_once('/'))
+        .unwrap();
+    let (a, b) = ab.split_once('-').unwrap();
+    (
+        a.parse().unwrap(),
+        b.parse().unwrap(),
+        total.parse().unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_files_replaced_truncated_or_swapped_are_never_served_wrong() {
+    // The open-file cache may reuse an fd for VALID; whatever happens to the file meanwhile,
+    // an answer is either the old file's or the new file's bytes at the offsets it names,
+    // never past the file's current end, and after VALID (plus slack for a loaded machine)
+    // only the new state is served. A symlink swapped to point out of the data dir is never
+    // followed, cached or not.
+    const VALID: std::time::Duration = std::time::Duration::from_millis(300);
+    const SLACK: std::time::Duration = std::time::Duration::from_millis(700);
+    let (fx, data_dir) = fixture();
+    let mut cfg = ServeConfig::new(
+        vec![("d".into(), data_dir.clone())],
+        "127.0.0.1:0".parse::<SocketAddr>().unwrap(),
+    );
+    cfg.open_file_cache_valid = VALID;
+    let h = serve::start(cfg).await.expect("serve starts");
+    let addr = h.local_addr();
+    let f = data_dir.join("blob");
+    let a = &fx.data;
+    let warm = get(addr, "/v1/files/d/blob", &[("Range", "bytes=0-99")]).await;
+    assert_eq!((warm.status, &warm.body[..]), (206, &a[..100]));
+
+    // 1. Truncated in place (same inode, the cache holds its fd and its old size).
+    const T: usize = 10_000;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&f)
+        .unwrap()
+        .set_len(T as u64)
+        .unwrap();
+    let r = get(addr, "/v1/files/d/blob", &[("Range", "bytes=20000-20099")]).await;
+    assert_eq!(r.status, 416, "range past the new end: {}", r.text());
+    assert_eq!(
+        r.header("content-range"),
+        Some(format!("bytes */{T}").as_str())
+    );
+    let r = get(addr, "/v1/files/d/blob", &[("Range", "bytes=9900-10099")]).await;
+    assert_eq!(r.status, 206, "range across the new end: {}", r.text());
+    assert_eq!(
+        content_range(&r),
+        (9900, T - 1, T),
+        "clamped to the new end"
+    );
+    assert!(r.body == a[9900..T]);
+    let r = get(addr, "/v1/files/d/blob", &[("Range", "bytes=-100")]).await;
+    assert_eq!(r.status, 206, "{}", r.text());
+    assert_eq!(
+        content_range(&r),
+        (T - 100, T - 1, T),
+        "suffix of the new size"
+    );
+    assert!(r.body == a[T - 100..T]);
+
+    // 2. Replaced by rename (a new inode with other bytes and another size), while 4
+    //    clients read across it.
+    let b = pattern(30_000 + 3, 4242);
+    let tmp = data_dir.join(".blob.new");
+    std::fs::write(&tmp, &b).unwrap();
+    let swapped_at = std::time::Instant::now();
+    let (old, new) = (a[..T].to_vec(), b.clone());
+    let readers: Vec<_> = (0..4u64)
+        .map(|c| {
+            let (old, new) = (old.clone(), new.clone());
+            tokio::task::spawn_blocking(move || {
+                let mut rng = Rng(5 + c);
+                let (mut saw_old, mut saw_new) = (0, 0);
+                let t0 = std::time::Instant::now();
+                while t0.elapsed() < VALID * 3 {
+                    let x = rng.below(12_000) as usize;
+                    let y = x + rng.below(4096) as usize;
+                    let r = http_get(
+                        addr,
+                        "/v1/files/d/blob",
+                        &[("Range", &format!("bytes={x}-{y}"))],
+                    )
+                    .unwrap();
+                    match r.status {
+                        206 => {
+                            let (p, q, total) = content_range(&r);
+                            let file = if total == old.len() { &old } else { &new };
+                            assert!(total == old.len() || total == new.len(), "total {total}");
+                            assert_eq!((p, q), (x, y.min(total - 1)));
+                            assert!(
+                                r.body == file[p..=q],
+                                "bytes {p}-{q}/{total} are not that file's"
+                            );
+                            if total == old.len() {
+                                saw_old += 1
+                            } else {
+                                saw_new += 1
+                            }
+                        }
+                        416 => {
+                            let cr = r.header("content-range").unwrap().to_string();
+                            assert!(
+                                cr == format!("bytes */{}", old.len())
+                                    || cr == format!("bytes */{}", new.len()),
+                                "416 with {cr}"
+                            );
+                            assert!(x >= old.len().min(new.len()));
+                        }
+                        s => panic!("{s} for bytes={x}-{y}: {}", r.text()),
+                    }
+                }
+                (saw_old, saw_new)
+            })
+        })
+        .collect();
+    std::fs::rename(&tmp, &f).unwrap();
+    let mut seen = (0, 0);
+    for rd in readers {
+        let (o, n) = rd.await.unwrap();
+        seen = (seen.0 + o, seen.1 + n);
+    }
+    eprintln!(
+        "replace: {} answers from the old file, {} from the new",
+        seen.0, seen.1
+    );
+    assert!(seen.1 > 0, "the replaced file was never served");
+    tokio::time::sleep((VALID + SLACK).saturating_sub(swapped_at.elapsed())).await;
+    let r = get(addr, "/v1/files/d/blob", &[("Range", "bytes=0-4095")]).await;
+    assert_eq!(r.status, 206);
+    assert_eq!(
+        content_range(&r),
+        (0, 4095, b.len()),
+        "stale after {VALID:?}"
+    );
+    assert!(r.body == b[..4096]);
+
+    // 3. A cached symlink swapped to leave the data dir: the cached target at most, never
+    //    the outside file; after VALID, 404.
+    let inside = get(addr, "/v1/files/d/inside", &[("Range", "bytes=0-9")]).await;
+    assert_eq!((inside.status, &inside.body[..]), (206, &b[..10]));
+    let link = data_dir.join("inside");
+    std::fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink("../secret", &link).unwrap();
+    let swapped_at = std::time::Instant::now();
+    let r = get(addr, "/v1/files/d/inside", &[("Range", "bytes=0-9")]).await;
+    assert!(
+        r.status == 404 || (r.status == 206 && r.body == b[..10]),
+        "swapped symlink: {} {:?}",
+        r.status,
+        r.text()
+    );
+    assert!(!r.body.windows(fx.secret.len()).any(|w| w == fx.secret));
+    tokio::time::sleep((VALID + SLACK).saturating_sub(swapped_at.elapsed())).await;
+    let r = get(addr, "/v1/files/d/inside", &[("Range", "bytes=0-9")]).await;
+    assert_eq!(r.status, 404, "symlink out of the data dir: {}", r.text());
+
+    // 4. Deleted: 404 after VALID.
+    std::fs::remove_file(&f).unwrap();
+    let deleted_at = std::time::Instant::now();
+    tokio::time::sleep((VALID + SLACK).saturating_sub(deleted_at.elapsed())).await;
+    let r = get(addr, "/v1/files/d/blob", &[("Range", "bytes=0-9")]).await;
+    assert_eq!(r.status, 404, "deleted file still served after {VALID:?}");
+    h.shutdown().await;
+}
