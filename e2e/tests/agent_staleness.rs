@@ -127,7 +127,13 @@ async fn stopped_agent_and_rebooted_node_count_as_unknown_and_lose_their_claims(
     let node = f.agents[0].node.clone();
     let ns = f.ns().to_string();
     let id = operator_support::OperatorIdentity::create(&f.ns);
-    let _op = operator_support::start_operator(&id, "stale-op", &[]);
+    // The fleet's data dir lies below the e2e log dir: the admin allows that root.
+    let root = ringmaster_e2e::log_dir();
+    let _op = operator_support::start_operator(
+        &id,
+        "stale-op",
+        &["--allowed-data-dir-root", root.to_str().unwrap()],
+    );
     let gen = f
         .create_cluster_spec(json!({
             "nodeSelector": {FLEET_LABEL: &ns},
