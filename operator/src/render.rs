@@ -687,7 +687,7 @@ mod tests {
 
     #[test]
     fn handoff_dirs_are_one_emptydir_per_direction_read_only_where_received() {
-        let ds = daemon_set(&cluster(StorageClusterSpec::default()), &id());
+        let ds = render_ds(&cluster(StorageClusterSpec::default()));
         let view = |c: &str| -> Vec<(String, String, bool)> {
             container(&ds, c)
                 .volume_mounts
