@@ -304,6 +304,11 @@ pub struct StorageClusterStatus {
     /// Nodes whose agent applied the current spec generation.
     #[serde(default)]
     pub up_to_date: i32,
+    /// Selected nodes whose report is too old to trust: no agent heartbeat for
+    /// [`STALE_AFTER_HEARTBEATS`] heartbeat intervals, or the node booted again since the
+    /// report. Counted as unknown: neither ready, tuned nor probed.
+    #[serde(default)]
+    pub stale: i32,
     /// Unsupported nodes, sorted by name, at most [`MAX_UNSUPPORTED_LISTED`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unsupported_nodes: Vec<UnsupportedNode>,
@@ -311,6 +316,9 @@ pub struct StorageClusterStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_hash: Option<String>,
 }
+
+/// A StorageNode whose `heartbeatTime` is older than this many `heartbeatSeconds` is stale.
+pub const STALE_AFTER_HEARTBEATS: i64 = 3;
 
 /// How many unsupported nodes the status lists (the counts are always complete).
 pub const MAX_UNSUPPORTED_LISTED: usize = 50;

@@ -40,6 +40,10 @@ pub const LABEL_STORAGENODE_CLUSTER_NAME: &str = "ringmaster.io/cluster-name";
 pub const AGENT_HTTP_PORT: u16 = 9464;
 /// Shared state dir (emptyDir) between the agent and reader containers.
 pub const POD_STATE_DIR: &str = "/run/ringmaster";
+/// Under [`POD_STATE_DIR`]: the agent's handoff dir (its own emptyDir, read-only in the reader).
+pub const HANDOFF_AGENT_DIR: &str = "agent";
+/// Under [`POD_STATE_DIR`]: the reader's handoff dir (its own emptyDir, read-only in the agent).
+pub const HANDOFF_READER_DIR: &str = "reader";
 /// Host dir where the agent keeps what must survive it (original sysctls, aio.toml).
 pub const HOST_STATE_DIR: &str = "/var/lib/ringmaster";
 

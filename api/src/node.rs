@@ -83,6 +83,18 @@ pub struct StorageNodeStatus {
     /// When the node was last probed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_probe_time: Option<Time>,
+    /// The host's boot id when the agent wrote this report (`/proc/sys/kernel/random/boot_id`,
+    /// the same value as the Node's `status.nodeInfo.bootID`). A report from an earlier
+    /// boot says nothing about this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
+    /// When the agent last renewed this report (as a node renews its Lease).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_time: Option<Time>,
+    /// The agent renews `heartbeatTime` at least this often; the operator counts the report
+    /// as stale after `STALE_AFTER_HEARTBEATS` (3) times this without a renewal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_seconds: Option<i64>,
 }
 
 /// io_uring probe result.

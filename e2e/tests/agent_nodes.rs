@@ -323,7 +323,7 @@ async fn agents_report_verdicts_labels_taints_and_settings() {
 
     // The reader serves reads from the data dir.
     let report: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(f.agents[1].state_dir.path().join("reader.json")).unwrap(),
+        &std::fs::read_to_string(f.agents[1].reader_dir().join("reader.json")).unwrap(),
     )
     .unwrap();
     let listen = report["listen_addr"].as_str().expect("reader listening");
@@ -565,7 +565,8 @@ async fn missing_node_and_bad_reader_report_do_not_crash_the_agent() {
     let low = 65_536.max(read_aio_nr() + 1);
     write_aio_max_nr(low);
     // A reader report that is not JSON: a condition, not a crash.
-    std::fs::write(f.agents[0].state_dir.path().join("reader.json"), b"{oops").unwrap();
+    std::fs::create_dir_all(f.agents[0].reader_dir()).unwrap();
+    std::fs::write(f.agents[0].reader_dir().join("reader.json"), b"{oops").unwrap();
     let ns = f.ns().to_string();
     f.agents[0].start_agent(&ns);
     wait_for(

@@ -8,11 +8,17 @@
 //!   stamped with the generation/hash of the config it answers, so the agent knows
 //!   whether the verdict is current.
 //!
-//! Both are written atomically (temp file + rename in the same dir), so neither side ever
-//! sees half a file. Neither side needs the other's privileges: the reader only reads
-//! `config.json` and writes `reader.json`; the agent the other way round.
+//! One directory per direction under `--state-dir`, so neither side ever writes where the
+//! other reads from: `agent/` (config.json, agent.addr; written by the agent, mounted
+//! read-only into the reader) and `reader/` (reader.json and the probe's scratch file;
+//! written by the reader, mounted read-only into the agent). Files are written with
+//! [`crate::safe_fs`] (O_EXCL temporary, fsync, rename, fsync dir), so nobody sees half a
+//! file, and read as untrusted input: no symlink followed, regular files only, never a
+//! blocking open, at most [`MAX_FILE_BYTES`].
 
 use std::path::{Path, PathBuf};
+
+use crate::safe_fs::Dir;
 
 use serde::{Deserialize, Serialize};
 
@@ -21,6 +27,15 @@ use ringmaster_ring::probe::UringProbe;
 
 pub const CONFIG_FILE: &str = "config.json";
 pub const READER_FILE: &str = "reader.json";
+/// The agent's HTTP address, once bound (for people and tests).
+pub const ADDR_FILE: &str = "agent.addr";
+/// Subdirectory the agent writes and the reader only reads.
+pub const AGENT_DIR: &str = ringmaster_api::keys::HANDOFF_AGENT_DIR;
+/// Subdirectory the reader writes and the agent only reads.
+pub const READER_DIR: &str = ringmaster_api::keys::HANDOFF_READER_DIR;
+/// Largest handoff file either side reads. A report with a hundred data dirs and long
+/// messages is tens of KiB; anything far larger is not a report.
+pub const MAX_FILE_BYTES: u64 = 1 << 20;
 
 pub use ringmaster_ring::io::Policy;
 
@@ -146,31 +161,77 @@ pub struct ReaderReport {
     pub data_dirs: Vec<DataDirCheck>,
     /// RFC 3339 time of the probe.
     pub probed_at: String,
+    /// Boot id of the host when the reader probed (`crate::boot`). The agent ignores a
+    /// report from another boot: the handoff dir outlives a reboot, the probe does not.
+    #[serde(default)]
+    pub boot_id: Option<String>,
 }
 
-/// Write `value` as JSON to `dir/name` atomically.
-pub fn write_json<T: Serialize>(dir: &Path, name: &str, value: &T) -> std::io::Result<()> {
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+/// The handoff root (`--state-dir`) with its two one-way subdirectories.
+#[derive(Debug)]
+pub struct Handoff {
+    root: Dir,
+}
+
+impl Handoff {
+    /// Open (creating when missing) the state dir; the path is the trusted flag.
+    pub fn open(state_dir: &Path) -> std::io::Result<Handoff> {
+        Ok(Handoff {
+            root: Dir::create(state_dir)?,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        self.root.path()
+    }
+
+    /// `agent/`. With `own`, created if missing and made 0755 (only root adds names to
+    /// it, whatever mode the volume came with): the agent's call. Without, `Ok(None)`
+    /// while it does not exist (the reader waiting for the agent).
+    pub fn agent_dir(&self, own: bool) -> std::io::Result<Option<Dir>> {
+        let d = match self.root.subdir(AGENT_DIR, own.then_some(0o755)) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !own => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if own {
+            d.chmod(0o755)?;
+        }
+        Ok(Some(d))
+    }
+
+    /// `reader/`. With `own`, created if missing (the reader's call); without, `Ok(None)`
+    /// while it does not exist (the agent before the reader's first report).
+    pub fn reader_dir(&self, own: bool) -> std::io::Result<Option<Dir>> {
+        match self.root.subdir(READER_DIR, own.then_some(0o755)) {
+            Ok(d) => Ok(Some(d)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !own => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Write `value` as JSON to `dir/name`, atomically and durably.
+pub fn write_json<T: Serialize>(dir: &Dir, name: &str, value: &T) -> std::io::Result<()> {
     let bytes = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, dir.join(name))
+    dir.write_atomic(name, &bytes)
 }
 
-/// Read `dir/name` as JSON; `Ok(None)` when it does not exist yet. A malformed file is
-/// an `InvalidData` error naming the file.
+/// Read `dir/name` as JSON the other side wrote; `Ok(None)` when it does not exist yet.
+/// A symlink, FIFO, device, oversized or malformed file is an `InvalidData` error naming
+/// the file.
 pub fn read_json<T: for<'de> Deserialize<'de>>(
-    dir: &Path,
+    dir: &Dir,
     name: &str,
 ) -> std::io::Result<Option<T>> {
-    match std::fs::read(dir.join(name)) {
-        Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
+    match dir.read_untrusted(name, MAX_FILE_BYTES)? {
+        Some(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
             std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
-                format!("{}: {e}", dir.join(name).display()),
+                format!("{}: {e}", dir.path().join(name).display()),
             )
         }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
+        None => Ok(None),
     }
 }
 
@@ -193,13 +254,17 @@ mod tests {
 
     #[test]
     fn round_trip_and_missing() {
-        let dir = std::env::temp_dir().join(format!("rm-handoff-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        assert!(read_json::<ReaderConfig>(&dir, CONFIG_FILE)
+        let path = std::env::temp_dir().join(format!("rm-handoff-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        let h = Handoff::open(&path).unwrap();
+        assert!(h.agent_dir(false).unwrap().is_none());
+        let agent = h.agent_dir(true).unwrap().unwrap();
+        let dir = agent.path().to_path_buf();
+        assert!(read_json::<ReaderConfig>(&agent, CONFIG_FILE)
             .unwrap()
             .is_none());
-        write_json(&dir, CONFIG_FILE, &config()).unwrap();
-        let back: ReaderConfig = read_json(&dir, CONFIG_FILE).unwrap().unwrap();
+        write_json(&agent, CONFIG_FILE, &config()).unwrap();
+        let back: ReaderConfig = read_json(&agent, CONFIG_FILE).unwrap().unwrap();
         assert_eq!(back, config());
         // No temp file left behind.
         let names: Vec<_> = std::fs::read_dir(&dir)
@@ -208,10 +273,15 @@ mod tests {
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from(CONFIG_FILE)]);
         std::fs::write(dir.join(READER_FILE), b"{not json").unwrap();
-        let err = read_json::<ReaderReport>(&dir, READER_FILE).unwrap_err();
+        let err = read_json::<ReaderReport>(&agent, READER_FILE).unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
         assert!(err.to_string().contains("reader.json"), "{err}");
-        std::fs::remove_dir_all(&dir).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o755, "agent/ is writable by root only");
+        assert!(h.reader_dir(false).unwrap().is_none());
+        assert!(h.reader_dir(true).unwrap().is_some());
+        std::fs::remove_dir_all(&path).unwrap();
     }
 
     #[test]
@@ -230,6 +300,7 @@ mod tests {
             error: None,
             data_dirs: vec![],
             probed_at: String::new(),
+            boot_id: None,
         };
         assert!(c.answered_by(&r));
         r.config_hash = "def".into();

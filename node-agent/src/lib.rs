@@ -12,13 +12,17 @@
 //! - [`reader`]  the reader process: config → probe → pool → serve, report back
 //! - [`cluster`] Kubernetes glue: watch StorageCluster, StorageNode, labels, events
 //! - [`settings`] verified aio settings for the storage service (aio.toml, aio.env)
+//! - [`safe_fs`] the one durable atomic write, and bounded reads of untrusted files
+//! - [`boot`]    this boot's id, to tell state and reports from an earlier boot
 
 pub mod bench;
+pub mod boot;
 pub mod check;
 pub mod cluster;
 pub mod datadirs;
 pub mod handoff;
 pub mod reader;
+pub mod safe_fs;
 pub mod serve;
 pub mod settings;
 pub mod tune;

@@ -20,7 +20,8 @@ use ringmaster_serve as serve;
 /// Flags of `ringmaster-agent reader`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ReaderArgs {
-    /// Dir shared with the agent container (config.json in, reader.json out).
+    /// Handoff root shared with the agent container: config.json is read from `agent/`
+    /// (read-only here), reader.json written to `reader/`.
     #[arg(long, default_value = ringmaster_api::keys::POD_STATE_DIR)]
     pub state_dir: PathBuf,
     /// Address of the read service (default 0.0.0.0:<readService.port from the config>).
@@ -171,7 +172,8 @@ async fn probe(cfg: &ReaderConfig, scratch: &Path) -> (host::HostFacts, UringPro
 /// Probe, check the data dirs, and start what `cfg` asks for with the usable dirs; the
 /// report says what runs and which dirs are left out, and why.
 async fn apply_config(args: &ReaderArgs, cfg: &ReaderConfig) -> (ReaderReport, Option<Running>) {
-    let (facts, uring) = probe(cfg, &args.state_dir).await;
+    let scratch = args.state_dir.join(handoff::READER_DIR);
+    let (facts, uring) = probe(cfg, &scratch).await;
     let (checks, usable) = check_data_dirs(cfg, args.data_root.as_deref()).await;
     let ModeDecision { mode, mut reason } = decide_mode(cfg.policy, &uring);
     let mut worker_mode = mode;
@@ -234,6 +236,7 @@ async fn apply_config(args: &ReaderArgs, cfg: &ReaderConfig) -> (ReaderReport, O
         error,
         data_dirs: checks,
         probed_at: now_rfc3339(),
+        boot_id: crate::boot::boot_id(),
     };
     (report, running)
 }
@@ -256,6 +259,11 @@ pub fn same_service(a: &ReaderConfig, b: &ReaderConfig) -> bool {
 pub const RETRY_AFTER: Duration = Duration::from_secs(10);
 
 async fn reader_loop(args: ReaderArgs) -> anyhow::Result<()> {
+    crate::boot::warn_if_faked();
+    let handoff_dirs = handoff::Handoff::open(&args.state_dir)?;
+    let out = handoff_dirs.reader_dir(true)?.ok_or_else(|| {
+        anyhow::anyhow!("--state-dir {}: no reader/ dir", args.state_dir.display())
+    })?;
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut current: Option<ReaderConfig> = None;
     let mut last_report: Option<ReaderReport> = None;
@@ -265,10 +273,11 @@ async fn reader_loop(args: ReaderArgs) -> anyhow::Result<()> {
     let mut last_error: Option<String> = None;
     let mut waiting_logged = false;
     loop {
-        let mut next = match handoff::read_json::<ReaderConfig>(
-            &args.state_dir,
-            handoff::CONFIG_FILE,
-        ) {
+        let config = handoff_dirs.agent_dir(false).and_then(|d| match d {
+            Some(d) => handoff::read_json::<ReaderConfig>(&d, handoff::CONFIG_FILE),
+            None => Ok(None),
+        });
+        let mut next = match config {
             Ok(None) => {
                 if !waiting_logged {
                     tracing::info!(dir = %args.state_dir.display(), "waiting for config.json from the agent");
@@ -351,7 +360,7 @@ async fn reader_loop(args: ReaderArgs) -> anyhow::Result<()> {
                     data_dirs_unusable = report.data_dirs.iter().filter(|d| !d.available).count(),
                     "reporting to the agent"
                 );
-                match handoff::write_json(&args.state_dir, handoff::READER_FILE, &report) {
+                match handoff::write_json(&out, handoff::READER_FILE, &report) {
                     Ok(()) => {
                         current = Some(cfg);
                         last_report = Some(report);

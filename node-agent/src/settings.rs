@@ -83,7 +83,7 @@ impl VerifiedSettings {
         )
     }
 
-    /// Write both files atomically into `dir` (created if missing). Unchanged files are
+    /// Write both files atomically and durably into `dir` (created if missing). Unchanged files are
     /// not rewritten, so watchers of the files see changes only.
     pub fn write(&self, dir: &Path) -> std::io::Result<bool> {
         std::fs::create_dir_all(dir)?;
@@ -109,9 +109,7 @@ fn write_if_changed(dir: &Path, name: &str, body: &str) -> std::io::Result<bool>
     if std::fs::read_to_string(&path).is_ok_and(|old| old == body) {
         return Ok(false);
     }
-    let tmp = dir.join(format!(".{name}.tmp"));
-    std::fs::write(&tmp, body)?;
-    std::fs::rename(&tmp, &path)?;
+    crate::safe_fs::write_atomic(&path, body.as_bytes())?;
     Ok(true)
 }
 

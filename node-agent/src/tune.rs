@@ -11,10 +11,20 @@
 //!  "persist_path":"/etc/sysctl.d/60-ringmaster.conf","updated_at":"2026-11-29T23:59:00Z"}
 //! ```
 //! `original` is the value before Ringmaster first raised it, `applied` the value it last
-//! wrote (or is about to write), `persist_path` the sysctl.d file it wrote, if any.
+//! wrote (or is about to write), `persist_path` the sysctl.d file it wrote, if any,
+//! `boot_id` the boot it was written in (absent in files from before it was recorded).
+//!
+//! Across a reboot (a `boot_id` other than this boot's): the kernel booted with the value
+//! the host's own configuration gives it. If our sysctl.d file is still there, that value
+//! came from it, so the recorded original stays the original. Without it, the boot value
+//! *is* what the host has without Ringmaster (usually the recorded original; if an admin
+//! changed the host's sysctl.d meanwhile, theirs is the one to keep), so the old state
+//! no longer describes anything of ours: it is dropped, and the next raise records the
+//! boot value as the original. A restore never puts back a value from an earlier boot
+//! over one the host booted with.
 
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use ringmaster_api::cluster::{AioSpec, SysctlSpec};
@@ -78,6 +88,18 @@ pub struct TuneState {
     pub persist_path: Option<PathBuf>,
     /// RFC 3339.
     pub updated_at: String,
+    /// Boot the state was written in (`crate::boot`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
+}
+
+/// Whether a state written in `st.boot_id` still describes this boot (`now`): same boot,
+/// unknown boot on either side, or our sysctl.d file (`persist_ours`) set the boot value.
+pub fn state_holds_across_boot(st: &TuneState, now: Option<&str>, persist_ours: bool) -> bool {
+    match (st.boot_id.as_deref(), now) {
+        (Some(then), Some(now)) if then != now => persist_ours,
+        _ => true,
+    }
 }
 
 /// What [`AioMaxNrTuner::apply`] would do now.
@@ -174,9 +196,9 @@ impl AioMaxNrTuner {
 
     /// The recorded state, `None` when nothing was ever changed.
     pub fn state(&self) -> Result<Option<TuneState>, TuneError> {
-        let bytes = match fs::read(&self.state_path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        let bytes = match crate::safe_fs::read_bounded(&self.state_path, 64 * 1024) {
+            Ok(Some(b)) => b,
+            Ok(None) => return Ok(None),
             Err(e) => {
                 return Err(TuneError::StateRead {
                     path: self.state_path.clone(),
@@ -198,6 +220,43 @@ impl AioMaxNrTuner {
             });
         }
         Ok(Some(st))
+    }
+
+    /// The recorded state if it still describes this boot (see the module docs); a state
+    /// from an earlier boot that nothing of ours carried over is `None`, with the reason.
+    pub fn state_this_boot(&self) -> Result<(Option<TuneState>, Option<String>), TuneError> {
+        let Some(st) = self.state()? else {
+            return Ok((None, None));
+        };
+        let now = crate::boot::boot_id();
+        let persist_ours = st
+            .persist_path
+            .as_ref()
+            .is_some_and(|p| fs::read_to_string(p).is_ok_and(|t| t.starts_with(PERSIST_MARKER)));
+        if state_holds_across_boot(&st, now.as_deref(), persist_ours) {
+            return Ok((Some(st), None));
+        }
+        Ok((
+            None,
+            Some(format!(
+                "{} was written in boot {} and this is boot {}: {AIO_MAX_NR} is back to the \
+                 value the host booted with (no sysctl.d file of ours), so that value is the \
+                 original from now on",
+                self.state_path.display(),
+                st.boot_id.as_deref().unwrap_or("?"),
+                now.as_deref().unwrap_or("?"),
+            )),
+        ))
+    }
+
+    /// Drop a state file left by an earlier boot (see [`Self::state_this_boot`]).
+    fn forget_earlier_boot(&self) -> Result<Option<TuneState>, TuneError> {
+        let (st, stale) = self.state_this_boot()?;
+        if let Some(why) = stale {
+            tracing::info!("{why}");
+            self.remove_state()?;
+        }
+        Ok(st)
     }
 
     /// Write the state atomically and durably (temp file, fsync, rename, fsync dir).
@@ -234,7 +293,7 @@ impl AioMaxNrTuner {
             target,
             would_change: target != current,
             satisfied: current >= required,
-            recorded_original: self.state()?.map(|st| st.original),
+            recorded_original: self.state_this_boot()?.0.map(|st| st.original),
             explanation: s.explain(aio_nr),
         })
     }
@@ -247,8 +306,8 @@ impl AioMaxNrTuner {
     /// Raise `fs.aio-max-nr` to the required value (never lower), recording the original
     /// first; with `persist`, also write a sysctl.d file with the value.
     pub fn apply(&self, s: &Sizing, persist: Option<&Path>) -> Result<Outcome, TuneError> {
+        let existing = self.forget_earlier_boot()?;
         let plan = self.plan(s)?;
-        let existing = self.state()?;
         // A sysctl.d file asked for now, or written by an earlier apply, follows the value.
         let persist_to = persist
             .map(Path::to_path_buf)
@@ -279,6 +338,7 @@ impl AioMaxNrTuner {
             applied: plan.target,
             persist_path: persist_to.clone(),
             updated_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            boot_id: crate::boot::boot_id(),
         };
         // The original goes to disk BEFORE the sysctl changes.
         self.write_state(&state)?;
@@ -315,7 +375,7 @@ impl AioMaxNrTuner {
 
     /// What [`Self::restore`] would do now. Writes nothing.
     pub fn plan_restore(&self) -> Result<RestoreOutcome, TuneError> {
-        let Some(st) = self.state()? else {
+        let Some(st) = self.state_this_boot()?.0 else {
             return Ok(RestoreOutcome::NothingRecorded);
         };
         let current = sysctl::read_u64(AIO_MAX_NR)?;
@@ -339,7 +399,7 @@ impl AioMaxNrTuner {
     /// remove our sysctl.d file and the state file.
     pub fn restore(&self) -> Result<RestoreOutcome, TuneError> {
         let outcome = self.plan_restore()?;
-        let Some(st) = self.state()? else {
+        let Some(st) = self.forget_earlier_boot()? else {
             return Ok(outcome);
         };
         if let RestoreOutcome::Restored { to, .. } = outcome {
@@ -361,27 +421,7 @@ impl AioMaxNrTuner {
     }
 }
 
-/// Write `bytes` to `path` atomically and durably, creating the parent directory.
-fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    fs::create_dir_all(dir)?;
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-    let result = (|| {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
-}
+use crate::safe_fs::write_atomic;
 
 /// Text of the sysctl.d file for `value`.
 pub fn persist_text(value: u64) -> String {
@@ -609,6 +649,25 @@ mod tests {
     }
 
     #[test]
+    fn a_state_from_another_boot_holds_only_through_our_sysctl_d_file() {
+        let st = |boot: Option<&str>| TuneState {
+            version: STATE_VERSION,
+            sysctl: AIO_MAX_NR.into(),
+            original: 65_536,
+            applied: 1_048_576,
+            persist_path: None,
+            updated_at: String::new(),
+            boot_id: boot.map(String::from),
+        };
+        assert!(state_holds_across_boot(&st(Some("a")), Some("a"), false));
+        assert!(!state_holds_across_boot(&st(Some("a")), Some("b"), false));
+        assert!(state_holds_across_boot(&st(Some("a")), Some("b"), true));
+        // Unknown on either side (a state from before boot ids, no procfs): kept.
+        assert!(state_holds_across_boot(&st(None), Some("b"), false));
+        assert!(state_holds_across_boot(&st(Some("a")), None, false));
+    }
+
+    #[test]
     fn state_round_trips_and_rejects_foreign_files() {
         let dir = std::env::temp_dir().join(format!("rm-tune-unit-{}", std::process::id()));
         let t = AioMaxNrTuner::new(dir.join("state.json"));
@@ -620,6 +679,7 @@ mod tests {
             applied: 1_048_576,
             persist_path: None,
             updated_at: "2026-01-01T00:00:00Z".into(),
+            boot_id: Some("b1".into()),
         };
         t.write_state(&st).unwrap();
         assert_eq!(t.state().unwrap(), Some(st));

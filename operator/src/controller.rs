@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use futures::{future, FutureExt, Stream, StreamExt};
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{Node, ObjectReference, ServiceAccount};
+use k8s_openapi::api::core::v1::{
+    Node, NodeStatus, NodeSystemInfo, ObjectReference, ServiceAccount,
+};
 use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, Patch, PatchParams};
@@ -294,6 +296,7 @@ async fn apply(sc: &StorageCluster, id: &ClusterId, ctx: &Context) -> Result<Act
         .set_fleet(&id.key(), sc.metadata.generation.unwrap_or(0), &out.status);
 
     release_departed(sc, id, ctx, &sns).await?;
+    withdraw_stale_claims(sc, id, ctx, &out.stale).await?;
 
     let changed = {
         let mut sel = ctx.selections.lock().unwrap();
@@ -303,7 +306,63 @@ async fn apply(sc: &StorageCluster, id: &ClusterId, ctx: &Context) -> Result<Act
     if changed {
         ctx.requeue_others(&me);
     }
-    Ok(Action::requeue(ctx.settings.resync))
+    // Nothing else wakes us when an agent falls silent: look again when a report expires.
+    let next = out
+        .recheck_after
+        .map_or(ctx.settings.resync, |d| d.min(ctx.settings.resync));
+    Ok(Action::requeue(next))
+}
+
+/// Take `ringmaster.io/ready` and `ringmaster.io/aio-tuned` off nodes whose report is too
+/// old to trust (rebooted since, or agent silent): nobody vouches for them now, and a
+/// reboot undid the tuning. Taint and io_uring labels stay (the taint only keeps pods
+/// off). The agent puts the labels back on its next pass.
+async fn withdraw_stale_claims(
+    sc: &StorageCluster,
+    id: &ClusterId,
+    ctx: &Context,
+    stale: &[(String, crate::staleness::Stale)],
+) -> Result<()> {
+    if stale.is_empty() {
+        return Ok(());
+    }
+    let key = id.key();
+    let nodes = ctx.nodes.state();
+    let nodes_api: Api<Node> = Api::all(ctx.client.clone());
+    for (name, why) in stale {
+        let Some(node) = nodes.iter().find(|n| n.name_any() == *name) else {
+            continue;
+        };
+        let Some(p) = crate::staleness::claims_patch(node, &key) else {
+            continue;
+        };
+        nodes_api
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Json::<()>(serde_json::from_value(p)?),
+            )
+            .await?;
+        let note = format!(
+            "node {name}: {}; removed its {} and {} labels until the agent reports again",
+            why.explain(),
+            keys::LABEL_READY,
+            keys::LABEL_AIO_TUNED
+        );
+        info!(cluster = %key, node = %name, "{note}");
+        ctx.publish(
+            sc,
+            &status::Transition {
+                warning: true,
+                reason: "NodeReportStale".into(),
+                action: "Withdraw",
+                node: Some(name.clone()),
+                note,
+            },
+        )
+        .await;
+    }
+    Ok(())
 }
 
 /// The agent fleet: ServiceAccount, ClusterRoleBinding, DaemonSet (off `excluded` nodes).
@@ -652,8 +711,9 @@ fn log_errors<K>(
     })
 }
 
-/// Node events that can change a selection: created, deleted, labels or taints changed.
-/// (Heartbeats and status updates are dropped here, so they cost nothing.)
+/// Node events that can change a selection or a report's standing: created, deleted,
+/// labels, taints or boot id changed. (Heartbeats and other status updates are dropped
+/// here, so they cost nothing.)
 fn selection_changes(
     events: impl Stream<Item = Result<watcher::Event<Node>, watcher::Error>>,
 ) -> impl Stream<Item = Result<Node, watcher::Error>> {
@@ -662,6 +722,11 @@ fn selection_changes(
         let fp = |n: &Node| {
             let mut h = DefaultHasher::new();
             n.labels().hash(&mut h);
+            n.status
+                .as_ref()
+                .and_then(|s| s.node_info.as_ref())
+                .map(|i| &i.boot_id)
+                .hash(&mut h);
             if let Some(t) = n.spec.as_ref().and_then(|s| s.taints.as_ref()) {
                 for t in t {
                     (&t.key, &t.value, &t.effect).hash(&mut h);
@@ -740,7 +805,20 @@ pub async fn run(
         .default_backoff()
         .modify(|n: &mut Node| {
             slim(n);
-            n.status = None;
+            // Of the status only the boot id matters here: a reboot makes reports stale.
+            let boot = n
+                .status
+                .as_ref()
+                .and_then(|s| s.node_info.as_ref())
+                .map(|i| i.boot_id.clone())
+                .filter(|b| !b.is_empty());
+            n.status = boot.map(|boot_id| NodeStatus {
+                node_info: Some(NodeSystemInfo {
+                    boot_id,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
         })
         .reflect(w_nodes);
     let node_stream = selection_changes(node_events);

@@ -7,6 +7,7 @@ mod finalizer;
 mod leader;
 mod metrics;
 mod render;
+mod staleness;
 mod status;
 
 use std::net::SocketAddr;

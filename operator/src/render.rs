@@ -225,6 +225,11 @@ fn host_path_volume(name: &str, path: &str, type_: &str) -> Volume {
     }
 }
 
+/// emptyDir the agent writes (config.json), read-only in the reader.
+pub const HANDOFF_AGENT_VOLUME: &str = "handoff-agent";
+/// emptyDir the reader writes (reader.json), read-only in the agent.
+pub const HANDOFF_READER_VOLUME: &str = "handoff-reader";
+
 fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
     VolumeMount {
         name: name.into(),
@@ -366,6 +371,8 @@ pub fn daemon_set(
 ) -> DaemonSet {
     let spec = &sc.spec;
     let state_dir = keys::POD_STATE_DIR;
+    let handoff_agent = format!("{state_dir}/{}", keys::HANDOFF_AGENT_DIR);
+    let handoff_reader = format!("{state_dir}/{}", keys::HANDOFF_READER_DIR);
     let agent_port = i32::from(keys::AGENT_HTTP_PORT);
     let read_port = i32::from(spec.read_service.port);
 
@@ -444,7 +451,8 @@ pub fn daemon_set(
             ..Default::default()
         }),
         volume_mounts: Some(vec![
-            mount("state", state_dir, false),
+            mount(HANDOFF_AGENT_VOLUME, &handoff_agent, false),
+            mount(HANDOFF_READER_VOLUME, &handoff_reader, true),
             mount("host-state", keys::HOST_STATE_DIR, false),
             mount("sysctl-d", HOST_SYSCTL_DIR, false),
             mount("seccomp", AGENT_SECCOMP_MOUNT, false),
@@ -459,13 +467,20 @@ pub fn daemon_set(
         ..Default::default()
     };
 
-    let mut reader_mounts = vec![mount("state", state_dir, false)];
+    // One emptyDir per direction, read-only on the receiving side: the reader (network
+    // facing) can never plant anything where the privileged agent writes.
+    let mut reader_mounts = vec![
+        mount(HANDOFF_AGENT_VOLUME, &handoff_agent, true),
+        mount(HANDOFF_READER_VOLUME, &handoff_reader, false),
+    ];
+    let empty_dir = |name: &str| Volume {
+        name: name.into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Default::default()
+    };
     let mut volumes = vec![
-        Volume {
-            name: "state".into(),
-            empty_dir: Some(EmptyDirVolumeSource::default()),
-            ..Default::default()
-        },
+        empty_dir(HANDOFF_AGENT_VOLUME),
+        empty_dir(HANDOFF_READER_VOLUME),
         host_path_volume("host-state", keys::HOST_STATE_DIR, "DirectoryOrCreate"),
         host_path_volume("sysctl-d", HOST_SYSCTL_DIR, "DirectoryOrCreate"),
         host_path_volume("seccomp", &settings.host_seccomp_dir, "DirectoryOrCreate"),
@@ -740,7 +755,8 @@ mod tests {
         assert_eq!(
             mounts,
             [
-                "/run/ringmaster",
+                "/run/ringmaster/agent",
+                "/run/ringmaster/reader",
                 "/var/lib/ringmaster",
                 "/etc/sysctl.d",
                 "/var/lib/kubelet/seccomp",
@@ -769,6 +785,51 @@ mod tests {
         assert_eq!(probe.path.as_deref(), Some("/readyz"));
         assert_eq!(probe.port, IntOrString::Int(9464));
         assert_eq!(pod(&ds).host_pid, None);
+    }
+
+    #[test]
+    fn handoff_dirs_are_one_emptydir_per_direction_read_only_where_received() {
+        let ds = render_ds(&cluster(StorageClusterSpec::default()));
+        let view = |c: &str| -> Vec<(String, String, bool)> {
+            container(&ds, c)
+                .volume_mounts
+                .as_ref()
+                .unwrap()
+                .iter()
+                .filter(|m| m.name.starts_with("handoff-"))
+                .map(|m| {
+                    (
+                        m.name.clone(),
+                        m.mount_path.clone(),
+                        m.read_only == Some(true),
+                    )
+                })
+                .collect()
+        };
+        let rw = |n: &str, p: &str, ro: bool| (n.to_string(), p.to_string(), ro);
+        assert_eq!(
+            view("agent"),
+            [
+                rw("handoff-agent", "/run/ringmaster/agent", false),
+                rw("handoff-reader", "/run/ringmaster/reader", true)
+            ]
+        );
+        assert_eq!(
+            view("reader"),
+            [
+                rw("handoff-agent", "/run/ringmaster/agent", true),
+                rw("handoff-reader", "/run/ringmaster/reader", false)
+            ]
+        );
+        let vols = pod(&ds).volumes.as_ref().unwrap();
+        for v in ["handoff-agent", "handoff-reader"] {
+            let vol = vols.iter().find(|x| x.name == v).unwrap();
+            assert!(vol.empty_dir.is_some(), "{v} is an emptyDir");
+        }
+        assert!(
+            !vols.iter().any(|x| x.name == "state"),
+            "no shared rw dir left"
+        );
     }
 
     #[test]

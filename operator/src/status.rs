@@ -18,6 +18,7 @@ use ringmaster_api::{
 };
 
 use crate::render;
+use crate::staleness::{self, Stale};
 
 /// How many node names a condition message lists before "and N more".
 const NAMES_IN_MESSAGE: usize = 5;
@@ -323,6 +324,10 @@ pub struct Outcome {
     /// Clusters sharing nodes with this one (older ones only).
     pub conflicts: BTreeMap<String, BTreeSet<String>>,
     pub transitions: Vec<Transition>,
+    /// Selected nodes whose report is too old to trust, and why.
+    pub stale: Vec<(String, Stale)>,
+    /// When the first fresh report would turn stale (look again then).
+    pub recheck_after: Option<std::time::Duration>,
 }
 
 /// A condition that keeps its `lastTransitionTime` while its status stays the same.
@@ -382,12 +387,22 @@ pub fn aggregate(i: &Inputs) -> Outcome {
     let mut untuned = Vec::new();
     let mut unsupported = Vec::new();
     let mut dirs = DataDirProblems::default();
+    let mut stale_reports: Vec<(String, Stale)> = Vec::new();
+    let mut fresh: Vec<&StorageNode> = Vec::new();
     for name in &served {
         let Some(sn) = i.storage_nodes.get(name) else {
             not_reporting.push(name.as_str());
             continue;
         };
         st.reporting += 1;
+        // A report nobody vouches for any more counts as unknown, not as its content.
+        let node = i.nodes.iter().copied().find(|n| n.name_any() == *name);
+        if let Some(why) = staleness::staleness(sn, node, i.now) {
+            st.stale += 1;
+            stale_reports.push((name.clone(), why));
+            continue;
+        }
+        fresh.push(*sn);
         let status = sn.status.clone().unwrap_or_default();
         // Tuned=False is a failure; no verdict yet (a report still being written) is not.
         match condition_true(sn, nc::TUNED).or(status.aio.as_ref().map(|a| a.tuned)) {
@@ -474,6 +489,16 @@ pub fn aggregate(i: &Inputs) -> Outcome {
             msg.push_str(&format!(
                 "; not ready: {} (kubectl get stn <node> -o yaml shows why)",
                 name_list(why.iter().map(String::as_str))
+            ));
+        }
+        if !stale_reports.is_empty() {
+            let list: Vec<String> = stale_reports
+                .iter()
+                .map(|(n, why)| format!("{n} ({})", why.describe()))
+                .collect();
+            msg.push_str(&format!(
+                "; report too old to trust from: {}",
+                name_list(list.iter().map(String::as_str))
             ));
         }
         if !not_reporting.is_empty() {
@@ -622,6 +647,29 @@ pub fn aggregate(i: &Inputs) -> Outcome {
             generation,
             i.now,
         )
+    } else if !stale_reports.is_empty() {
+        let list: Vec<String> = stale_reports
+            .iter()
+            .map(|(n, why)| format!("{n} ({})", why.describe()))
+            .collect();
+        condition(
+            &prev.conditions,
+            cc::DEGRADED,
+            true,
+            "ReportsStale",
+            format!(
+                "{} of {} selected nodes have no current report: {}; their {} and {} labels are removed until their agent reports again: check the agent pods (kubectl -n {ns} get pods -l {}={} -o wide)",
+                stale_reports.len(),
+                st.desired,
+                name_list(list.iter().map(String::as_str)),
+                ringmaster_api::keys::LABEL_READY,
+                ringmaster_api::keys::LABEL_AIO_TUNED,
+                ringmaster_api::keys::LABEL_CLUSTER_NAME,
+                sc.name_any()
+            ),
+            generation,
+            i.now,
+        )
     } else if policy == IoUringPolicy::Required && !unsupported_all.is_empty() {
         let list: Vec<String> = unsupported_all
             .iter()
@@ -702,6 +750,8 @@ pub fn aggregate(i: &Inputs) -> Outcome {
         selected,
         conflicts,
         transitions,
+        stale: stale_reports,
+        recheck_after: staleness::next_expiry(fresh, i.now),
     }
 }
 

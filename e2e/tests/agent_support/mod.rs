@@ -143,6 +143,11 @@ pub struct NodeAgent {
 
 impl NodeAgent {
     pub fn start_reader(&mut self) {
+        self.start_reader_with_env(&[]);
+    }
+
+    /// The reader with extra environment (test hooks such as `RINGMASTER_FAULT_BOOT_ID`).
+    pub fn start_reader_with_env(&mut self, env: &[(&str, &str)]) {
         let agent_bin = bin_dir().join("ringmaster-agent");
         let agent_bin = agent_bin.to_str().unwrap();
         let state = self.state_dir.path().to_str().unwrap().to_string();
@@ -156,24 +161,37 @@ impl NodeAgent {
             "200",
         ];
         self.reader = Some(match self.uring {
-            Uring::Works => spawn_bin("ringmaster-agent", &reader_args, &[]),
+            Uring::Works => spawn_bin("ringmaster-agent", &reader_args, env),
             Uring::Fails(errno) => {
                 let mut args = vec!["--io-uring", errno, "--", agent_bin];
                 args.extend(reader_args);
-                spawn_bin("seccomp-exec", &args, &[])
+                spawn_bin("seccomp-exec", &args, env)
             }
         });
     }
 
     pub fn start_agent(&mut self, ns: &str) {
+        self.start_agent_with_env(ns, &[]);
+    }
+
+    /// The agent with extra environment (`RINGMASTER_HEARTBEAT_SECONDS`, test hooks).
+    pub fn start_agent_with_env(&mut self, ns: &str, extra: &[(&str, &str)]) {
         let args = self.agent_args(ns);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let kc = self.kubeconfig.to_str().unwrap().to_string();
-        self.agent = Some(spawn_bin(
-            "ringmaster-agent",
-            &args,
-            &[("KUBECONFIG", &kc), ("RUST_LOG", "info")],
-        ));
+        let mut env = vec![("KUBECONFIG", kc.as_str()), ("RUST_LOG", "info")];
+        env.extend_from_slice(extra);
+        self.agent = Some(spawn_bin("ringmaster-agent", &args, &env));
+    }
+
+    /// The agent's handoff dir (`<state>/agent`: config.json, agent.addr).
+    pub fn agent_dir(&self) -> PathBuf {
+        self.state_dir.path().join("agent")
+    }
+
+    /// The reader's handoff dir (`<state>/reader`: reader.json).
+    pub fn reader_dir(&self) -> PathBuf {
+        self.state_dir.path().join("reader")
     }
 
     /// The agent in a private mount namespace whose /proc/sys is read-only (as in an
@@ -233,9 +251,11 @@ impl NodeAgent {
 
     /// The agent's HTTP address (it writes it to the state dir once bound).
     pub async fn agent_addr(&self) -> String {
-        let f = self.state_dir.path().join("agent.addr");
+        let f = self.agent_dir().join("agent.addr");
         wait_for(T, "agent.addr in the state dir", || async {
-            Ok(std::fs::read_to_string(&f)?)
+            let text = std::fs::read_to_string(&f)?;
+            text.parse::<std::net::SocketAddr>()?;
+            Ok(text)
         })
         .await
     }
@@ -287,7 +307,7 @@ fn http_exchange(addr: &str, request: &str) -> (u16, String) {
 /// The reader's read-service address from its last report (`reader.json`).
 pub fn reader_listen_addr(state_dir: &Path) -> Option<String> {
     let v: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(state_dir.join("reader.json")).ok()?).ok()?;
+        serde_json::from_slice(&std::fs::read(state_dir.join("reader/reader.json")).ok()?).ok()?;
     v["listen_addr"].as_str().map(String::from)
 }
 

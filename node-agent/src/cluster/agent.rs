@@ -24,6 +24,7 @@ use tokio::sync::watch;
 
 use super::desired::Desired;
 use super::events::{self, Announced, NodeEvents, Transition};
+use super::heartbeat;
 use super::http::{self, Health};
 use super::labels;
 use super::node;
@@ -96,11 +97,18 @@ struct Agent {
     cleaned_uid: Option<String>,
     node_missing_announced: bool,
     reader_error_announced: Option<String>,
+    /// The handoff dirs shared with the reader (`--state-dir`).
+    handoff: handoff::Handoff,
+    /// This boot (`crate::boot`): reports and state from another boot are stale.
+    boot_id: Option<String>,
+    /// Boot id of a reader report ignored as from another boot (logged once per value).
+    ignored_boot: Option<String>,
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let (ns, name) = args.cluster.clone();
-    std::fs::create_dir_all(&args.state_dir).with_context(|| {
+    crate::boot::warn_if_faked();
+    let handoff = handoff::Handoff::open(&args.state_dir).with_context(|| {
         format!(
             "--state-dir {}: cannot create it (mount the shared emptyDir there)",
             args.state_dir.display()
@@ -114,7 +122,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let addr = SocketAddr::new(args.http_addr, args.http_port);
     let bound = http::serve(addr, health.clone()).await?;
     tracing::info!(%bound, node = %args.node_name, cluster = %format!("{ns}/{name}"), "agent HTTP endpoint listening");
-    let _ = std::fs::write(args.state_dir.join("agent.addr"), bound.to_string());
+    let addr_written = handoff.agent_dir(true).and_then(|d| match d {
+        Some(d) => d.write_atomic(handoff::ADDR_FILE, bound.to_string().as_bytes()),
+        None => Ok(()),
+    });
+    if let Err(e) = addr_written {
+        tracing::warn!(error = %e, "cannot write agent.addr in the handoff dir");
+    }
 
     if !args.seccomp_profile_dir.as_os_str().is_empty() {
         match super::seccomp::install(&args.seccomp_profile_dir) {
@@ -153,6 +167,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         cleaned_uid: None,
         node_missing_announced: false,
         reader_error_announced: None,
+        handoff,
+        boot_id: crate::boot::boot_id(),
+        ignored_boot: None,
         args,
     };
 
@@ -160,7 +177,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut poll = tokio::time::interval(Duration::from_millis(agent.args.reader_poll_ms));
     let resync = Duration::from_secs(agent.args.resync_seconds);
     let mut next_pass = tokio::time::Instant::now();
-    let mut last_reader_bytes: Option<Vec<u8>> = None;
+    let mut last_reader_bytes: Result<Option<Vec<u8>>, String> = Ok(None);
     loop {
         tokio::select! {
             _ = sigterm.recv() => {
@@ -173,7 +190,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 next_pass = tokio::time::Instant::now();
             }
             _ = poll.tick() => {
-                let bytes = std::fs::read(agent.args.state_dir.join(handoff::READER_FILE)).ok();
+                let bytes = agent.report_bytes();
                 if bytes != last_reader_bytes {
                     last_reader_bytes = bytes;
                     next_pass = tokio::time::Instant::now();
@@ -231,27 +248,53 @@ impl Agent {
         }
     }
 
-    fn read_report(&self) -> (Option<ReaderReport>, Option<String>) {
-        match handoff::read_json::<ReaderReport>(&self.args.state_dir, handoff::READER_FILE) {
+    /// The raw report, to notice changes between passes (never blocks, never more than
+    /// the cap: the reader controls that file).
+    fn report_bytes(&self) -> Result<Option<Vec<u8>>, String> {
+        let read = match self.handoff.reader_dir(false) {
+            Ok(Some(d)) => d.read_untrusted(handoff::READER_FILE, handoff::MAX_FILE_BYTES),
+            Ok(None) => Ok(None),
+            Err(e) => Err(e),
+        };
+        read.map_err(|e| e.to_string())
+    }
+
+    /// The reader's report, if it is of this boot. A refused or malformed file is the
+    /// second value (a condition and an event, never a crash).
+    fn read_report(&mut self) -> (Option<ReaderReport>, Option<String>) {
+        let read = self.handoff.reader_dir(false).and_then(|d| match d {
+            Some(d) => handoff::read_json::<ReaderReport>(&d, handoff::READER_FILE),
+            None => Ok(None),
+        });
+        match read {
+            Ok(Some(r)) if self.boot_id.is_some() && r.boot_id != self.boot_id => {
+                if self.ignored_boot != r.boot_id {
+                    tracing::info!(report_boot = ?r.boot_id, boot = ?self.boot_id, "ignoring a reader report from another boot; waiting for the reader");
+                    self.ignored_boot = r.boot_id.clone();
+                }
+                (None, None)
+            }
             Ok(r) => (r, None),
             Err(e) => (None, Some(e.to_string())),
         }
     }
 
     fn write_config(&mut self, d: &Desired) -> anyhow::Result<()> {
-        let on_disk: Option<ReaderConfig> =
-            handoff::read_json(&self.args.state_dir, handoff::CONFIG_FILE)
-                .ok()
-                .flatten();
+        let dir = self
+            .handoff
+            .agent_dir(true)?
+            .context("the agent's handoff dir")?;
+        let on_disk: Option<ReaderConfig> = handoff::read_json(&dir, handoff::CONFIG_FILE)
+            .ok()
+            .flatten();
         if on_disk.as_ref() != Some(&d.reader) {
-            handoff::write_json(&self.args.state_dir, handoff::CONFIG_FILE, &d.reader)
-                .with_context(|| {
-                    format!(
-                        "cannot write {} in --state-dir {}",
-                        handoff::CONFIG_FILE,
-                        self.args.state_dir.display()
-                    )
-                })?;
+            handoff::write_json(&dir, handoff::CONFIG_FILE, &d.reader).with_context(|| {
+                format!(
+                    "cannot hand {} to the reader in {}",
+                    handoff::CONFIG_FILE,
+                    dir.path().display()
+                )
+            })?;
             tracing::info!(generation = d.generation, hash = %d.config_hash, "handed config to the reader");
         }
         self.config_written = Some(d.reader.clone());
@@ -301,8 +344,15 @@ impl Agent {
         if let Some(e) = &tune.error {
             tracing::warn!(error = %e, "fs.aio-max-nr not tuned");
         }
-        self.write_config(d)?;
-        let (report, reader_error) = self.read_report();
+        // A handoff that fails is reported like an unreadable report; the pass goes on.
+        let config_error = self.write_config(d).err().map(|e| format!("{e:#}"));
+        let (report, mut reader_error) = self.read_report();
+        if let Some(e) = config_error {
+            reader_error = Some(match reader_error {
+                Some(r) => format!("{e}; {r}"),
+                None => e,
+            });
+        }
         if reader_error != self.reader_error_announced {
             if let Some(e) = &reader_error {
                 tracing::warn!(error = %e, "reader report unreadable");
@@ -406,12 +456,44 @@ impl Agent {
             self.health.metrics.api_writes.inc();
         }
         let prev_status = existing.as_ref().and_then(|s| s.status.as_ref());
-        let status = obs.status(prev_status, self.applied.as_ref(), Timestamp::now());
-        if !spec_right || prev_status != Some(&status) {
+        let prev_boot = prev_status.and_then(|s| s.boot_id.clone());
+        let now = Timestamp::now();
+        let mut status = obs.status(prev_status, self.applied.as_ref(), now);
+        let write = heartbeat::stamp(
+            &mut status,
+            prev_status,
+            !spec_right,
+            self.boot_id.as_deref(),
+            self.args.heartbeat_seconds,
+            self.args.resync_seconds,
+            now,
+        );
+        if write != heartbeat::Write::Nothing {
             node::apply_status(&self.storage_nodes, &self.args.node_name, &status).await?;
-            self.health.metrics.api_writes.inc();
-            let changed = super::report::changed_fields(prev_status, &status);
-            tracing::info!(generation = ?status.applied_generation, verdict = ?verdict, ?changed, "StorageNode status applied");
+            if write == heartbeat::Write::Content {
+                self.health.metrics.api_writes.inc();
+                let changed = super::report::changed_fields(prev_status, &status);
+                tracing::info!(generation = ?status.applied_generation, verdict = ?verdict, ?changed, "StorageNode status applied");
+            } else {
+                self.health.metrics.heartbeats.inc();
+            }
+        }
+        if let (Some(before), Some(now)) = (&prev_boot, &self.boot_id) {
+            if before != now {
+                let note = format!(
+                    "node {} booted again since the last report (boot id {before} -> {now}): the earlier report no longer holds; tuned again, the reader probes again",
+                    self.args.node_name
+                );
+                tracing::info!("{note}");
+                self.events
+                    .publish(&Transition {
+                        warning: false,
+                        reason: "NodeRebooted",
+                        action: "Report",
+                        note,
+                    })
+                    .await;
+            }
         }
 
         // Events, metrics, readiness.

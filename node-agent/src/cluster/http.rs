@@ -49,6 +49,7 @@ pub struct Metrics {
     pub passes: Counter,
     pub pass_errors: Counter,
     pub api_writes: Counter,
+    pub heartbeats: Counter,
 }
 
 /// Shared between the loop and the HTTP handlers.
@@ -175,8 +176,13 @@ impl Health {
         );
         registry.register(
             "api_writes",
-            "Writes sent to the Kubernetes API",
+            "Writes sent to the Kubernetes API (heartbeat renewals apart)",
             metrics.api_writes.clone(),
+        );
+        registry.register(
+            "heartbeats",
+            "StorageNode writes that only renewed the heartbeat",
+            metrics.heartbeats.clone(),
         );
         Arc::new(Health {
             metrics,

@@ -10,12 +10,14 @@
 //! - [`labels`]   owned node labels and the taint (pure)
 //! - [`node`]     writes to the Node and the StorageNode
 //! - [`events`]   Kubernetes Events on transitions
+//! - [`heartbeat`] renewing the StorageNode's heartbeat (pure)
 //! - [`http`]     `/metrics`, `/healthz`, `/readyz`
 //! - [`agent`]    the loop tying them together
 
 pub mod agent;
 pub mod desired;
 pub mod events;
+pub mod heartbeat;
 pub mod http;
 pub mod labels;
 pub mod node;
@@ -34,7 +36,8 @@ pub struct RunArgs {
     /// The StorageCluster to serve, as NAMESPACE/NAME.
     #[arg(long, env = "RINGMASTER_CLUSTER", value_parser = parse_cluster)]
     pub cluster: (String, String),
-    /// Dir shared with the reader container (config.json, reader.json).
+    /// Handoff root shared with the reader container: `agent/` (config.json, agent.addr;
+    /// written here) and `reader/` (reader.json; read as untrusted input).
     #[arg(long, default_value = ringmaster_api::keys::POD_STATE_DIR)]
     pub state_dir: PathBuf,
     /// Host dir for what must outlive the pod: the original fs.aio-max-nr, aio.toml, aio.env.
@@ -49,6 +52,11 @@ pub struct RunArgs {
     /// Seconds between drift checks (fs.aio-max-nr, labels, taint, StorageNode).
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub resync_seconds: u64,
+    /// Seconds between renewals of the StorageNode's heartbeat (the operator counts a
+    /// report as stale after 3 × (this + --resync-seconds) without one).
+    #[arg(long, env = "RINGMASTER_HEARTBEAT_SECONDS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub heartbeat_seconds: u64,
     /// Milliseconds between polls of the reader's report.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(50..))]
     pub reader_poll_ms: u64,

@@ -251,6 +251,10 @@ impl Observation<'_> {
                 .and_then(|r| r.probed_at.parse::<Timestamp>().ok())
                 .and_then(|t| Timestamp::from_second(t.as_second()).ok())
                 .map(Time),
+            // Stamped by the agent loop (`heartbeat::stamp`).
+            boot_id: None,
+            heartbeat_time: None,
+            heartbeat_seconds: None,
         }
     }
 
@@ -587,6 +591,7 @@ mod tests {
                 })
                 .collect(),
             probed_at: "2026-01-02T03:04:05.678Z".into(),
+            boot_id: None,
         }
     }
 

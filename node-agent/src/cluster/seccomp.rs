@@ -14,12 +14,7 @@ pub fn install(kubelet_seccomp_dir: &Path) -> std::io::Result<PathBuf> {
     if std::fs::read_to_string(&path).is_ok_and(|b| b == PROFILE) {
         return Ok(path);
     }
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, PROFILE)?;
-    std::fs::rename(&tmp, &path)?;
+    crate::safe_fs::write_atomic(&path, PROFILE.as_bytes())?;
     Ok(path)
 }
 
