@@ -83,6 +83,16 @@ pub fn log_dir() -> PathBuf {
     d
 }
 
+/// Where tests put host directories that a StorageCluster names (data dirs, scratch state):
+/// `$TMPDIR/ringmaster-e2e-scratch`, never the log dir. The log dir may sit below a home
+/// directory (CI keeps it in the cargo target dir under ~/.cache), which the CRD refuses as a
+/// data dir root and which another uid may not enter.
+pub fn scratch_dir() -> PathBuf {
+    let d = std::env::temp_dir().join("ringmaster-e2e-scratch");
+    std::fs::create_dir_all(&d).unwrap_or_else(|e| panic!("creating {}: {e}", d.display()));
+    d
+}
+
 /// `prefix-xxxxxx`: a DNS-1123 name unique across tests, runs and side-by-side clusters.
 pub fn unique_name(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);

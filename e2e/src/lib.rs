@@ -16,7 +16,9 @@ mod token;
 mod wait;
 
 pub use control_plane::restart_control_plane_component;
-pub use env::{apiserver_url, bin_dir, client, kubeconfig_path, log_dir, repo_root, unique_name};
+pub use env::{
+    apiserver_url, bin_dir, client, kubeconfig_path, log_dir, repo_root, scratch_dir, unique_name,
+};
 pub use kubectl::{kubectl, kubectl_ok, kubectl_stdin, KubectlOutput};
 pub use namespace::TestNamespace;
 pub use nodes::{

@@ -710,8 +710,8 @@ async fn missing_data_dir_is_a_condition_naming_the_field_and_heals() {
     let node = f.agents[0].node.clone();
     let ns = f.ns().to_string();
     let id = operator_support::OperatorIdentity::create(&f.ns);
-    // The test's data dirs lie below the e2e log dir: the admin allows that root.
-    let root = ringmaster_e2e::log_dir();
+    // The test's data dirs lie below the e2e scratch dir: the admin allows that root.
+    let root = ringmaster_e2e::scratch_dir();
     let mut op = operator_support::start_operator(
         &id,
         "datadir-op",

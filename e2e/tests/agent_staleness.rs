@@ -127,8 +127,8 @@ async fn stopped_agent_and_rebooted_node_count_as_unknown_and_lose_their_claims(
     let node = f.agents[0].node.clone();
     let ns = f.ns().to_string();
     let id = operator_support::OperatorIdentity::create(&f.ns);
-    // The fleet's data dir lies below the e2e log dir: the admin allows that root.
-    let root = ringmaster_e2e::log_dir();
+    // The fleet's data dir lies below the e2e scratch dir: the admin allows that root.
+    let root = ringmaster_e2e::scratch_dir();
     let _op = operator_support::start_operator(
         &id,
         "stale-op",

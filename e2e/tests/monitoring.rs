@@ -229,8 +229,8 @@ async fn prometheus_fires_the_charts_alerts_on_a_verdict_flip_and_low_aio_headro
     let ns = f.ns().to_string();
     let cluster = format!("{ns}/{CLUSTER}");
     let id = operator_support::OperatorIdentity::create(&f.ns);
-    // The fleet's data dir lies below the e2e log dir: the admin allows that root.
-    let root = ringmaster_e2e::log_dir();
+    // The fleet's data dir lies below the e2e scratch dir: the admin allows that root.
+    let root = ringmaster_e2e::scratch_dir();
     let op = operator_support::start_operator(
         &id,
         "monitoring-op",

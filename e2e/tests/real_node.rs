@@ -245,6 +245,12 @@ fn real_node_chart_pods_run_follow_the_verdict_and_leave_the_node_as_found() {
     let before_labels = node_labels(&node);
     let root = repo_root();
     let chart = root.join("charts/ringmaster");
+    // The chart's defaults, but for the one admin choice serving host data needs: the root
+    // the test's data dir lies below (none is allowed by default).
+    let allowed_roots = format!(
+        "agent.allowedDataDirRoots=[{}]",
+        serde_json::Value::from(ringmaster_e2e::scratch_dir().to_str().unwrap())
+    );
     let out = std::process::Command::new("helm")
         .args([
             "install",
@@ -253,6 +259,8 @@ fn real_node_chart_pods_run_follow_the_verdict_and_leave_the_node_as_found() {
             "-n",
             SYSTEM_NS,
             "--create-namespace",
+            "--set-json",
+            &allowed_roots,
             "--wait",
             "--timeout",
             "180s",
@@ -497,7 +505,7 @@ impl Drop for DataDir {
     }
 }
 fn tempdir_with_file() -> DataDir {
-    let parent = std::env::temp_dir().join(unique_name("rm-real-node-data"));
+    let parent = ringmaster_e2e::scratch_dir().join(unique_name("rm-real-node-data"));
     let dir = parent.join("data");
     std::fs::create_dir_all(&dir).unwrap();
     let bytes: Vec<u8> = (0..8192u32).map(|i| (i * 7 % 251) as u8).collect();

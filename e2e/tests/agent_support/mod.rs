@@ -19,8 +19,8 @@ use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use ringmaster_api::{keys, StorageCluster, StorageNode, StorageNodeStatus};
 use ringmaster_e2e::{
-    bin_dir, client, install_crds, kubectl, kubectl_stdin, log_dir, pod_token, repo_root,
-    spawn_bin, unique_name, wait_for, write_token_kubeconfig, FakeNode, FakeNodeHandle, Process,
+    bin_dir, client, install_crds, kubectl, kubectl_stdin, pod_token, repo_root, spawn_bin,
+    unique_name, wait_for, write_token_kubeconfig, FakeNode, FakeNodeHandle, Process,
     TestNamespace,
 };
 use serde_json::json;
@@ -97,12 +97,12 @@ impl Drop for SysctlGuard {
     }
 }
 
-/// A directory under the e2e log dir, removed on drop.
+/// A directory under the e2e scratch dir (`ringmaster_e2e::scratch_dir`), removed on drop.
 pub struct TempDir(pub PathBuf);
 
 impl TempDir {
     pub fn new(prefix: &str) -> Self {
-        let p = log_dir().join(unique_name(prefix));
+        let p = ringmaster_e2e::scratch_dir().join(unique_name(prefix));
         std::fs::create_dir_all(&p).unwrap();
         TempDir(p)
     }
