@@ -70,9 +70,15 @@ async fn operator_places_agents_aggregates_reports_and_flips_degraded() {
         .iter()
         .find(|c| c.name == "agent")
         .unwrap();
+    // Root for the host files it writes, nothing more (proven enough on a real node).
+    let agent_sc = agent.security_context.as_ref().unwrap();
     assert_eq!(
-        agent.security_context.as_ref().unwrap().privileged,
-        Some(true)
+        (
+            agent_sc.run_as_user,
+            agent_sc.privileged,
+            agent_sc.capabilities.as_ref().and_then(|c| c.drop.clone())
+        ),
+        (Some(0), Some(false), Some(vec!["ALL".to_string()]))
     );
     let reader = pod_spec
         .containers
