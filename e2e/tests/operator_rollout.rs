@@ -1,7 +1,7 @@
 //! Rollouts and the request budget: a steady cluster costs zero API writes (counted by
 //! the operator's own client, every POST/PUT/PATCH/DELETE except Lease renewals) over a
 //! 30 s window that includes safety-net resyncs; a sizing change rewrites no DaemonSet;
-//! an image change rolls the pods (the real DaemonSet controller replaces them) and
+//! a pod change (the read port) rolls the pods (the real DaemonSet controller replaces them) and
 //! upToDate goes 0 → n as the new agents report. The write counts are printed.
 
 mod operator_support;
@@ -174,15 +174,10 @@ async fn steady_cluster_writes_nothing_and_only_pod_changes_roll_pods() {
         "no pod restarted"
     );
 
-    // Image change: the DaemonSet's template hash changes and the pods roll.
+    // A pod change (the read port; the image is the admin's, not the spec's): the
+    // DaemonSet's template hash changes and the pods roll.
     let before = writes_by_resource(&op);
-    let sc = patch_spec(
-        &c,
-        &n,
-        "roll",
-        json!({"agent": {"image": "registry.local/ringmaster-agent:e2e-2"}}),
-    )
-    .await;
+    let sc = patch_spec(&c, &n, "roll", json!({"readService": {"port": 9100}})).await;
     wait_for(
         T,
         "DaemonSet rolled to the new template on all 3 nodes",
@@ -232,7 +227,7 @@ async fn steady_cluster_writes_nothing_and_only_pod_changes_roll_pods() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rollout = delta(&before, &writes_by_resource(&op));
     let total: u64 = rollout.values().sum();
-    eprintln!("image change (pod rollout on 3 nodes): {total} writes {rollout:?}");
+    eprintln!("read port change (pod rollout on 3 nodes): {total} writes {rollout:?}");
     assert_eq!(
         rollout.get("daemonsets"),
         Some(&1),
