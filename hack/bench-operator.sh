@@ -7,7 +7,10 @@
 # ratio (target <= 1.5), the operator's API writes, and its peak RSS (target <= 64 MiB).
 #
 #   hack/bench-operator.sh [N]        # starts (and stops) its own control plane
-# Env: BENCH_PROFILE=release|debug (default release: the operator as shipped).
+# Env: BENCH_PROFILE=release|debug (default release: the operator as shipped);
+# BENCH_BIN_DIR=DIR: take ringmaster-operator and bench_load from DIR instead of building
+# (to compare two commits back to back on one machine); the operator's log is kept as
+# $BENCH_LOG (default $TMPDIR/bench-operator-N.log).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-1000}
@@ -16,15 +19,25 @@ NS=bench
 POOL=bench
 log() { echo "bench-operator: $*" >&2; }
 
-if [[ $PROFILE == release ]]; then FLAG=--release; else FLAG=; fi
-cargo build -q $FLAG -p ringmaster-operator --bin ringmaster-operator --example bench_load
-TARGET=${CARGO_TARGET_DIR:-target}/$PROFILE
-OP_BIN=$TARGET/ringmaster-operator LOAD=$TARGET/examples/bench_load
+if [[ -n ${BENCH_BIN_DIR:-} ]]; then
+  OP_BIN=$(realpath "$BENCH_BIN_DIR/ringmaster-operator") LOAD=$BENCH_BIN_DIR/bench_load
+else
+  if [[ $PROFILE == release ]]; then FLAG=--release; else FLAG=; fi
+  cargo build -q $FLAG -p ringmaster-operator --bin ringmaster-operator --example bench_load
+  TARGET=${CARGO_TARGET_DIR:-target}/$PROFILE
+  OP_BIN=$(realpath "$TARGET/ringmaster-operator") LOAD=$TARGET/examples/bench_load
+fi
+BENCH_LOG=${BENCH_LOG:-${TMPDIR:-/tmp}/bench-operator-$N.log}
+log "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 unset RINGMASTER_CLUSTER_DIR
 eval "$(hack/cluster.sh up)"
 OP_PID=
-cleanup() { if [[ -n $OP_PID ]]; then kill "$OP_PID" 2>/dev/null || true; fi; hack/cluster.sh down >/dev/null 2>&1 || true; }
+cleanup() {
+  if [[ -n $OP_PID ]]; then kill "$OP_PID" 2>/dev/null || true; fi
+  cp "$RINGMASTER_CLUSTER_DIR/logs/operator.log" "$BENCH_LOG" 2>/dev/null || true
+  hack/cluster.sh down >/dev/null 2>&1 || true
+}
 trap cleanup EXIT
 
 kubectl apply --server-side -f crds/ >/dev/null
@@ -44,11 +57,13 @@ writes() { curl -s 127.0.0.1:$PORT/metrics | awk '/^ringmaster_operator_api_writ
 
 phase() { # name generation  (the StorageCluster change was just made)
   local name=$1 gen=$2 t0 w0 out conv wr
+  log "$name: change made at $(date +%s.%3N)"
   w0=$(writes)
   "$LOAD" wait --namespace $NS --cluster bench --count "$N" --generation "$gen" > /tmp/bench-wait.$$ &
   local wait_pid=$!
   out=$("$LOAD" report --count "$N" --pool $POOL --namespace $NS --cluster bench --generation "$gen")
   wait $wait_pid
+  log "$name: $(grep -h ' at ' /tmp/bench-wait.$$ <(echo "$out") | tr '\n' ' ')"
   conv=$(sed -n 's/converged after \(.*\)s/\1/p' /tmp/bench-wait.$$); rm -f /tmp/bench-wait.$$
   wr=$(echo "$out" | sed -n 's/writes: \([0-9]*\) in \(.*\)s/\2/p')
   local nwrites; nwrites=$(echo "$out" | sed -n 's/writes: \([0-9]*\) in .*/\1/p')
@@ -73,3 +88,4 @@ sleep 5
 w0=$(writes); sleep 30
 echo "steady 30s: operator_writes=$(( $(writes) - w0 ))"
 echo "operator peak RSS: $(awk '/VmHWM/ {printf "%.1f MiB", $2/1024}' /proc/$OP_PID/status) (profile $PROFILE)"
+log "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
