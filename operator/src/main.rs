@@ -6,6 +6,7 @@ mod controller;
 mod finalizer;
 mod leader;
 mod metrics;
+mod pacing;
 mod render;
 mod staleness;
 mod status;
