@@ -13,11 +13,11 @@
 //! eval "$(hack/cluster.sh up)"
 //! cargo build -p ringmaster-agent --bins -p ringmaster-operator
 //! RINGMASTER_BIN_DIR=$PWD/target/debug flock /tmp/ringmaster-host.lock \
-//!   cargo test -p ringmaster-e2e --test agent_staleness -- --nocapture
+//!   cargo test -p ringmaster-e2e --test e2e -- agent_staleness:: --nocapture
 //! ```
 
-mod agent_support;
-mod operator_support;
+use crate::agent_support;
+use crate::operator_support;
 
 use std::time::{Duration, Instant};
 
