@@ -25,7 +25,9 @@ use agent_support::*;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Patch, PatchParams};
 use kube::Api;
-use ringmaster_api::{cluster_conditions as cc, keys, node_conditions as cond, StorageCluster};
+use ringmaster_api::{
+    cluster_conditions as cc, keys, node_conditions as cond, reasons, StorageCluster,
+};
 use ringmaster_e2e::{wait_for, KWOK_TAINT_KEY};
 use serde_json::json;
 
@@ -47,7 +49,7 @@ fn degraded_stale(sc: &StorageCluster, needle: &str) -> anyhow::Result<()> {
         operator_support::cond(sc, cc::DEGRADED).ok_or_else(|| anyhow::anyhow!("no Degraded"))?;
     let st = sc.status.clone().unwrap_or_default();
     anyhow::ensure!(
-        d.status == "True" && d.reason == "ReportsStale" && d.message.contains(needle),
+        d.status == "True" && d.reason == reasons::REPORTS_STALE && d.message.contains(needle),
         "Degraded {} {}: {}",
         d.status,
         d.reason,
