@@ -4,9 +4,12 @@
 
 mod controller;
 mod finalizer;
+#[cfg(test)]
+mod fixtures;
 mod leader;
 mod metrics;
 mod render;
+mod scheduling;
 mod staleness;
 mod status;
 
