@@ -32,6 +32,7 @@ use crate::finalizer;
 use crate::metrics::{ErrorLabels, Metrics, ResultLabels};
 use crate::pacing::Pacing;
 use crate::render::{self, ClusterId};
+use crate::scheduling;
 use crate::status::{self, Inputs};
 
 #[derive(Debug, thiserror::Error)]
@@ -275,7 +276,7 @@ async fn apply(sc: &StorageCluster, id: &ClusterId, ctx: &Context) -> Result<Act
     let ds_ref = ObjectRef::new(&id.agent_name()).within(ns);
     let live_ds = ctx.daemon_sets.get(&ds_ref);
     if refused.is_empty() {
-        let excluded = status::excluded_nodes(sc, cluster_refs.iter().copied(), &node_refs);
+        let excluded = scheduling::excluded_nodes(sc, cluster_refs.iter().copied(), &node_refs);
         apply_fleet(sc, id, ctx, &excluded, live_ds.clone()).await?;
     } else {
         warn!(cluster = %id.key(), refused = %refused.iter().map(|v| v.to_string()).collect::<Vec<_>>().join("; "), "spec refused: rendering nothing");
@@ -463,7 +464,7 @@ async fn release_departed(
     let key = id.key();
     let reported: BTreeSet<String> = sns.iter().map(|s| s.spec.node_name.clone()).collect();
     let nodes = ctx.nodes.state();
-    let departed = status::departed(sc, &key, nodes.iter().map(|n| n.as_ref()), &reported);
+    let departed = scheduling::departed(sc, &key, nodes.iter().map(|n| n.as_ref()), &reported);
     if departed.is_empty() {
         return Ok(());
     }
@@ -911,7 +912,7 @@ pub async fn run(
             .clusters
             .state()
             .iter()
-            .filter(|c| status::selects(c, &node))
+            .filter(|c| scheduling::selects(c, &node))
             .map(|c| cluster_ref(c))
             .collect();
         for (r, sel) in node_ctx.selections.lock().unwrap().iter() {
