@@ -12,10 +12,10 @@
 //! eval "$(hack/cluster.sh up)"
 //! cargo build -p ringmaster-agent --bins
 //! RINGMASTER_BIN_DIR=$PWD/target/debug flock /tmp/ringmaster-host.lock \
-//!   cargo test -p ringmaster-e2e --test agent_footprint -- --nocapture
+//!   cargo test -p ringmaster-e2e --test e2e -- agent_footprint:: --nocapture
 //! ```
 
-mod agent_support;
+use crate::agent_support;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -30,9 +30,19 @@ use serde_json::json;
 const SCHEMAS: [(&str, &str, &str, &str); 5] = [
     // (suffix, verb, API group, resource)
     ("get", "get", "*", "*"),
-    ("watch-clusters", "watch", "ringmaster.io", "storageclusters"),
+    (
+        "watch-clusters",
+        "watch",
+        "ringmaster.io",
+        "storageclusters",
+    ),
     ("watch-nodes", "watch", "", "nodes"),
-    ("watch-storagenodes", "watch", "ringmaster.io", "storagenodes"),
+    (
+        "watch-storagenodes",
+        "watch",
+        "ringmaster.io",
+        "storagenodes",
+    ),
     ("other", "*", "*", "*"),
 ];
 
@@ -181,7 +191,10 @@ async fn a_steady_agent_holds_one_watch_per_object_and_sends_nothing() {
     }
 
     // The steady window: passes run, the API server hears nothing.
-    let addrs = [f.agents[0].agent_addr().await, f.agents[1].agent_addr().await];
+    let addrs = [
+        f.agents[0].agent_addr().await,
+        f.agents[1].agent_addr().await,
+    ];
     let passes = |a: &str| {
         sample(&http_get(a, "/metrics").1, "ringmaster_agent_passes_total").expect("passes_total")
     };
