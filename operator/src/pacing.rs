@@ -184,11 +184,12 @@ mod tests {
     fn progress_waits_for_the_gap_what_matters_does_not() {
         let mut p = Pacing::default();
         let t0 = Instant::now();
-        let first = st(1, 100, 10, 10);
+        // A spec change rolling out: every node ready, upToDate climbing.
+        let first = st(1, 100, 100, 10);
         assert_eq!(p.status_write(&"a", None, &first, t0), Some(Ok(())));
         p.wrote(&"a", &first, t0);
         // Counts climbing: not before a second after the last write.
-        let more = st(1, 100, 50, 50);
+        let more = st(1, 100, 100, 50);
         let t1 = t0 + Duration::from_millis(300);
         assert_eq!(
             p.status_write(&"a", Some(&first), &more, t1),
@@ -202,7 +203,7 @@ mod tests {
         let done = st(1, 100, 100, 100);
         assert_eq!(p.status_write(&"a", Some(&first), &done, t1), Some(Ok(())));
         // A new generation observed: at once.
-        let gen2 = st(2, 100, 10, 10);
+        let gen2 = st(2, 100, 100, 10);
         assert_eq!(p.status_write(&"a", Some(&first), &gen2, t1), Some(Ok(())));
     }
 
