@@ -105,7 +105,7 @@ current-context: c
 KC
   "$BIN" reader --state-dir "$d/state" --bind 127.0.0.1:0 >"$d/reader.log" 2>&1 &
   PIDS+=($!)
-  KUBECONFIG=$d/kubeconfig "$BIN" run --node-name quiet-$i --cluster $NS/main \
+  KUBECONFIG=$d/kubeconfig RINGMASTER_LOG_FORMAT=json "$BIN" run --node-name quiet-$i --cluster $NS/main \
     --state-dir "$d/state" --host-state-dir "$d/host" --http-port 0 --http-addr 127.0.0.1 \
     --seccomp-profile-dir "$d/seccomp" --sysctl-d-dir "$d/sysctl" "${EXTRA[@]}" >"$d/agent.log" 2>&1 &
   PIDS+=($!)
@@ -134,13 +134,16 @@ watches() {
     match($0, /resource="[a-z]+"/); printf "%s=%s ", substr($0, RSTART + 10, RLENGTH - 11), $NF }'
 }
 before=$(counts)
+marks=()
+for i in $(seq 0 $((N - 1))); do marks+=("$(wc -l < "$WORK/n$i/agent.log")"); done
 log "steady window: ${WINDOW}s"
 sleep "$WINDOW"
 after=$(counts)
 echo "agents=$N window=${WINDOW}s flags=${EXTRA[*]:-(defaults)} load_after=$(cut -d' ' -f1-3 /proc/loadavg)"
 echo "single-object watches held: $(watches)"
-echo "agent content writes since start (changed fields, from the agents' logs):"
-cat "$WORK"/n*/agent.log | grep -o 'changed=\[[^]]*\]' | sort | uniq -c || true
+echo "agents' content writes in the window, by the fields they changed (the agents' logs; heartbeats are not logged):"
+for i in $(seq 0 $((N - 1))); do tail -n +$((marks[i] + 1)) "$WORK/n$i/agent.log"; done |
+  grep 'StorageNode status applied' | grep -o '"changed":"[^"]*\(\\"[^"]*\)*"' | sort | uniq -c || true
 total=0
 for v in "${VERBS[@]}"; do
   b=$(awk -v v=$v '$1 == v {print $2}' <<<"$before"); a=$(awk -v v=$v '$1 == v {print $2}' <<<"$after")
