@@ -604,11 +604,8 @@ async fn missing_node_and_bad_reader_report_do_not_crash_the_agent() {
     let mut f = Fleet::create("agent-bad", &[Uring::Works]).await;
     let node = f.agents[0].node.clone();
     let gen = f
-        .create_cluster("sysctl: {mode: Verify, aioMaxNr: 0}")
-        .await
-        .metadata
-        .generation
-        .unwrap();
+        .create_cluster_generation("sysctl: {mode: Verify, aioMaxNr: 0}")
+        .await;
     // Verify mode never writes: make the value too low for what the cluster needs.
     let low = 65_536.max(read_aio_nr() + 1);
     write_aio_max_nr(low);
