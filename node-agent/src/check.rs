@@ -465,6 +465,17 @@ pub fn run(a: CheckArgs) -> i32 {
 mod tests {
     use super::*;
 
+    /// The report of a healthy host where io_uring and libaio both work.
+    fn healthy_report() -> Report {
+        build_report(
+            &Sizing::default(),
+            64,
+            &HostFacts::healthy(),
+            &good_uring(),
+            &good_aio(),
+        )
+    }
+
     fn good_uring() -> UringProbe {
         UringProbe {
             supported: true,
@@ -487,13 +498,7 @@ mod tests {
 
     #[test]
     fn ready_when_all_parts_work_but_advises_raising_below_required() {
-        let r = build_report(
-            &Sizing::default(),
-            64,
-            &HostFacts::healthy(),
-            &good_uring(),
-            &good_aio(),
-        );
+        let r = healthy_report();
         assert!(r.ready, "{}", r.verdict);
         assert!(r.verdict.starts_with("READY"));
         assert_eq!(r.sysctl.aio_max_nr_required, 1_048_576);
@@ -563,13 +568,7 @@ mod tests {
 
     #[test]
     fn text_has_table_verdict_and_advice() {
-        let r = build_report(
-            &Sizing::default(),
-            64,
-            &HostFacts::healthy(),
-            &good_uring(),
-            &good_aio(),
-        );
+        let r = healthy_report();
         let t = render_text(&r);
         assert!(t.contains("kernel.release"));
         assert!(t.contains("io_uring.read"));
