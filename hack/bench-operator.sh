@@ -7,7 +7,11 @@
 # ratio (target <= 1.5), the operator's API writes, and its peak RSS (target <= 64 MiB).
 #
 #   hack/bench-operator.sh [N]        # starts (and stops) its own control plane
-# Env: BENCH_PROFILE=release|debug (default release: the operator as shipped).
+# Env: BENCH_PROFILE=release|debug (default release: the operator as shipped);
+# BENCH_BIN_DIR=DIR: take ringmaster-operator and bench_load from DIR instead of building
+# (to compare two commits back to back on one machine); the operator's log is kept as
+# $BENCH_LOG (default $TMPDIR/bench-operator-N.log); BENCH_STEADY=0 skips the wait for the
+# DaemonSet rollout and the steady window (minutes at N=1000 on a busy machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-1000}
@@ -16,22 +20,32 @@ NS=bench
 POOL=bench
 log() { echo "bench-operator: $*" >&2; }
 
-if [[ $PROFILE == release ]]; then FLAG=--release; else FLAG=; fi
-cargo build -q $FLAG -p ringmaster-operator --bin ringmaster-operator --example bench_load
-TARGET=${CARGO_TARGET_DIR:-target}/$PROFILE
-OP_BIN=$TARGET/ringmaster-operator LOAD=$TARGET/examples/bench_load
+if [[ -n ${BENCH_BIN_DIR:-} ]]; then
+  OP_BIN=$(realpath "$BENCH_BIN_DIR/ringmaster-operator") LOAD=$BENCH_BIN_DIR/bench_load
+else
+  if [[ $PROFILE == release ]]; then FLAG=--release; else FLAG=; fi
+  cargo build -q $FLAG -p ringmaster-operator --bin ringmaster-operator --example bench_load
+  TARGET=${CARGO_TARGET_DIR:-target}/$PROFILE
+  OP_BIN=$(realpath "$TARGET/ringmaster-operator") LOAD=$TARGET/examples/bench_load
+fi
+BENCH_LOG=${BENCH_LOG:-${TMPDIR:-/tmp}/bench-operator-$N.log}
+log "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 unset RINGMASTER_CLUSTER_DIR
 eval "$(hack/cluster.sh up)"
 OP_PID=
-cleanup() { if [[ -n $OP_PID ]]; then kill "$OP_PID" 2>/dev/null || true; fi; hack/cluster.sh down >/dev/null 2>&1 || true; }
+cleanup() {
+  if [[ -n $OP_PID ]]; then kill "$OP_PID" 2>/dev/null || true; fi
+  cp "$RINGMASTER_CLUSTER_DIR/logs/operator.log" "$BENCH_LOG" 2>/dev/null || true
+  hack/cluster.sh down >/dev/null 2>&1 || true
+}
 trap cleanup EXIT
 
 kubectl apply --server-side -f crds/ >/dev/null
 kubectl create namespace $NS >/dev/null
 log "creating $N kwok nodes"
 "$LOAD" nodes --count "$N" --pool $POOL
-kubectl wait --for=condition=Ready nodes -l ringmaster-bench/pool=$POOL --timeout=600s >/dev/null
+kubectl wait --for=condition=Ready nodes -l ringmaster-bench/pool=$POOL --timeout=$((N < 3000 ? 600 : N / 5))s >/dev/null
 
 PORT=$((20000 + RANDOM % 20000))
 RINGMASTER_OPERATOR_BIN=$OP_BIN RINGMASTER_OPERATOR_METRICS_ADDR=127.0.0.1:$PORT \
@@ -44,16 +58,21 @@ writes() { curl -s 127.0.0.1:$PORT/metrics | awk '/^ringmaster_operator_api_writ
 
 phase() { # name generation  (the StorageCluster change was just made)
   local name=$1 gen=$2 t0 w0 out conv wr
+  log "$name: change made at $(date +%s.%3N)"
   w0=$(writes)
   "$LOAD" wait --namespace $NS --cluster bench --count "$N" --generation "$gen" > /tmp/bench-wait.$$ &
   local wait_pid=$!
   out=$("$LOAD" report --count "$N" --pool $POOL --namespace $NS --cluster bench --generation "$gen")
   wait $wait_pid
+  log "$name: $(grep -h ' at ' /tmp/bench-wait.$$ <(echo "$out") | tr '\n' ' ')"
+  local conv_at last_at tail=
+  conv_at=$(sed -n 's/converged at //p' /tmp/bench-wait.$$); last_at=$(echo "$out" | sed -n 's/last write done at //p')
+  [[ -n $conv_at && -n $last_at ]] && tail=$(printf ' tail=%.2fs' "$(echo "$conv_at - $last_at" | bc -l)")
   conv=$(sed -n 's/converged after \(.*\)s/\1/p' /tmp/bench-wait.$$); rm -f /tmp/bench-wait.$$
   wr=$(echo "$out" | sed -n 's/writes: \([0-9]*\) in \(.*\)s/\2/p')
   local nwrites; nwrites=$(echo "$out" | sed -n 's/writes: \([0-9]*\) in .*/\1/p')
-  printf '%s: nodes=%d driver_writes=%d bare_client=%.2fs converged=%.2fs ratio=%.2f operator_writes=%d\n' \
-    "$name" "$N" "$nwrites" "$wr" "$conv" "$(echo "$conv / $wr" | bc -l)" "$(( $(writes) - w0 ))"
+  printf '%s: nodes=%d driver_writes=%d bare_client=%.2fs converged=%.2fs ratio=%.2f operator_writes=%d%s\n' \
+    "$name" "$N" "$nwrites" "$wr" "$conv" "$(echo "$conv / $wr" | bc -l)" "$(( $(writes) - w0 ))" "$tail"
 }
 
 cat <<YAML | kubectl apply -f - >/dev/null
@@ -67,9 +86,16 @@ YAML
 phase "create" 1
 kubectl -n $NS patch stc bench --type merge -p '{"spec":{"aio":{"maxEvents":1024}}}' >/dev/null
 phase "spec change" 2
+rss() { awk '/VmHWM/ {printf "%.1f MiB", $2/1024}' /proc/$OP_PID/status; }
+if [[ ${BENCH_STEADY:-1} == 0 ]]; then
+  echo "operator peak RSS: $(rss) (profile $PROFILE; rollout not waited for)"
+  log "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
+  exit 0
+fi
 log "waiting for the DaemonSet rollout to finish before the steady window"
 kubectl -n $NS rollout status ds/bench-agent --timeout=900s >/dev/null
 sleep 5
 w0=$(writes); sleep 30
 echo "steady 30s: operator_writes=$(( $(writes) - w0 ))"
-echo "operator peak RSS: $(awk '/VmHWM/ {printf "%.1f MiB", $2/1024}' /proc/$OP_PID/status) (profile $PROFILE)"
+echo "operator peak RSS: $(rss) (profile $PROFILE)"
+log "load after: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -24,6 +24,9 @@ CLAIMS=$CACHE/port-claims
 SERVICE_CIDR=10.96.0.0/16
 FIRST_SERVICE_IP=10.96.0.1
 START_TIMEOUT=${RINGMASTER_START_TIMEOUT:-180}
+# RINGMASTER_APF=false turns API Priority and Fairness off (on by default, as in Kubernetes:
+# its per-FlowSchema request counters are how tests and benchmarks attribute API requests
+# to one ServiceAccount).
 
 log() { echo "cluster: $*" >&2; }
 die() { echo "cluster: error: $*" >&2; exit 1; }
@@ -263,7 +266,7 @@ up() {
     --service-cluster-ip-range=$SERVICE_CIDR \
     --service-account-issuer=https://kubernetes.default.svc.cluster.local \
     --service-account-key-file="$P/sa.pub" --service-account-signing-key-file="$P/sa.key" \
-    --enable-priority-and-fairness=false --profiling=false
+    --enable-priority-and-fairness="${RINGMASTER_APF:-true}" --profiling=false
   wait_until kube-apiserver "kube-apiserver /readyz" \
     curl -sf --cacert "$P/ca.crt" --cert "$P/admin.crt" --key "$P/admin.key" "$APISERVER/readyz"
 

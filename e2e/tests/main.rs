@@ -7,6 +7,7 @@ mod agent_support;
 mod chart_support;
 mod operator_support;
 
+mod agent_footprint;
 mod agent_handoff;
 mod agent_nodes;
 mod agent_staleness;

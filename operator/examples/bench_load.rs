@@ -42,6 +42,14 @@ fn cond(t: &str) -> Condition {
     }
 }
 
+/// Wall-clock seconds, to line the driver up with the operator's log.
+fn unix_now() -> String {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!("{}.{:03}", d.as_secs(), d.subsec_millis())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -126,6 +134,7 @@ async fn main() -> anyhow::Result<()> {
                 if generation == 1 { 2 * count } else { count },
                 t.elapsed().as_secs_f64()
             );
+            println!("last write done at {}", unix_now());
         }
         Some("wait") => {
             let ns = arg(&args, "--namespace");
@@ -144,6 +153,7 @@ async fn main() -> anyhow::Result<()> {
                     && s.up_to_date == n
                 {
                     println!("converged after {:.3}s", t.elapsed().as_secs_f64());
+                    println!("converged at {}", unix_now());
                     return Ok(());
                 }
                 anyhow::ensure!(

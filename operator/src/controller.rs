@@ -30,6 +30,7 @@ use tracing::{debug, info, warn};
 
 use crate::finalizer;
 use crate::metrics::{ErrorLabels, Metrics, ResultLabels};
+use crate::pacing::Pacing;
 use crate::render::{self, ClusterId};
 use crate::scheduling;
 use crate::status::{self, Inputs};
@@ -107,6 +108,8 @@ pub struct Context {
     failures: Mutex<HashMap<ObjectRef<StorageCluster>, u32>>,
     /// Extra reconcile requests (other clusters whose node conflicts may have changed).
     requeue: mpsc::UnboundedSender<ObjectRef<StorageCluster>>,
+    /// When each cluster was last reconciled and its status written (`pacing`).
+    pacing: Mutex<Pacing<ObjectRef<StorageCluster>>>,
 }
 
 fn cluster_ref(sc: &StorageCluster) -> ObjectRef<StorageCluster> {
@@ -217,9 +220,18 @@ async fn write_status(
 
 /// The main loop body: make the world match one StorageCluster, then report on it.
 pub async fn reconcile(sc: Arc<StorageCluster>, ctx: Arc<Context>) -> Result<Action> {
+    let delay = ctx
+        .pacing
+        .lock()
+        .unwrap()
+        .reconcile_delay(&cluster_ref(&sc), Instant::now());
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     let started = Instant::now();
     let id = ClusterId::of(&sc).ok_or_else(|| Error::NoNamespace(sc.name_any()))?;
     let result = if sc.metadata.deletion_timestamp.is_some() {
+        ctx.pacing.lock().unwrap().forget(&cluster_ref(&sc));
         cleanup(&sc, &id, &ctx).await
     } else {
         apply(&sc, &id, &ctx).await
@@ -286,9 +298,27 @@ async fn apply(sc: &StorageCluster, id: &ClusterId, ctx: &Context) -> Result<Act
         now: now(),
     });
 
-    if !status::unchanged(sc.status.as_ref(), &out.status) {
+    let write = if status::unchanged(sc.status.as_ref(), &out.status) {
+        None
+    } else {
+        ctx.pacing.lock().unwrap().status_write(
+            &me,
+            sc.status.as_ref(),
+            &out.status,
+            Instant::now(),
+        )
+    };
+    let mut deferred = None;
+    if let Some(Err(wait)) = write {
+        deferred = Some(wait);
+    } else if write.is_some() {
         write_status(ctx, sc, id, &out.status).await?;
-        debug!(cluster = %id.key(), "status written");
+        ctx.pacing
+            .lock()
+            .unwrap()
+            .wrote(&me, &out.status, Instant::now());
+        let st = &out.status;
+        debug!(cluster = %id.key(), desired = st.desired, reporting = st.reporting, ready = st.ready, up_to_date = st.up_to_date, "status written");
         for t in &out.transitions {
             ctx.publish(sc, t).await;
         }
@@ -311,7 +341,7 @@ async fn apply(sc: &StorageCluster, id: &ClusterId, ctx: &Context) -> Result<Act
     let next = out
         .recheck_after
         .map_or(ctx.settings.resync, |d| d.min(ctx.settings.resync));
-    Ok(Action::requeue(next))
+    Ok(Action::requeue(deferred.map_or(next, |d| d.min(next))))
 }
 
 /// Take `ringmaster.io/ready` and `ringmaster.io/aio-tuned` off nodes whose report is too
@@ -871,6 +901,7 @@ pub async fn run(
         selections: Mutex::default(),
         failures: Mutex::default(),
         requeue,
+        pacing: Mutex::default(),
     });
 
     // Node → clusters that select it now, or selected it at their last reconcile.
@@ -909,12 +940,9 @@ pub async fn run(
 
     let controller =
         Controller::for_stream(log_errors("storageclusters", cluster_stream), clusters)
-            // Debounce: a burst of changes (a rollout, many reports) becomes one status write.
-            .with_config(
-                ControllerConfig::default()
-                    .concurrency(4)
-                    .debounce(Duration::from_millis(500)),
-            )
+            // No debounce (it would wait for a burst of reports to pause): `pacing`
+            // spaces the reconciles of one cluster and its progress-only status writes.
+            .with_config(ControllerConfig::default().concurrency(4))
             .owns_stream(log_errors("daemonsets", ds_stream))
             .owns_stream(log_errors("serviceaccounts", sa_stream))
             .watches_stream(log_errors("clusterrolebindings", crb_stream), |crb| {

@@ -8,6 +8,7 @@ mod finalizer;
 mod fixtures;
 mod leader;
 mod metrics;
+mod pacing;
 mod render;
 mod scheduling;
 mod staleness;

@@ -11,16 +11,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, ObjectReference};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
-use kube::runtime::watcher::{self, watcher};
-use kube::runtime::WatchStreamExt;
 use kube::{Client, ResourceExt};
 use ringmaster_api::node_conditions as cond;
 use ringmaster_api::{StorageCluster, StorageNode, StorageNodeStatus};
-use tokio::sync::watch;
 
 use super::desired::Desired;
 use super::events::{self, Announced, NodeEvents, Transition};
@@ -30,51 +26,10 @@ use super::labels;
 use super::node;
 use super::report::{self, Observation};
 use super::tuning::ClusterTuning;
+use super::watched::{self, View, Watched};
 use super::RunArgs;
 use crate::handoff::{self, ReaderConfig, ReaderReport};
 use crate::settings;
-
-/// What the watch knows about the StorageCluster.
-#[derive(Clone, Debug)]
-enum ClusterState {
-    /// Not listed yet.
-    Unknown,
-    Present(Box<StorageCluster>),
-    Absent,
-}
-
-/// Watch one StorageCluster by name, publishing its latest state.
-fn watch_cluster(client: Client, ns: &str, name: &str) -> watch::Receiver<ClusterState> {
-    let (tx, rx) = watch::channel(ClusterState::Unknown);
-    let api: Api<StorageCluster> = Api::namespaced(client, ns);
-    let cfg = watcher::Config::default().fields(&format!("metadata.name={name}"));
-    let name = name.to_string();
-    tokio::spawn(async move {
-        let mut stream = watcher(api, cfg).default_backoff().boxed();
-        let mut seen_in_init = false;
-        while let Some(ev) = stream.next().await {
-            match ev {
-                Ok(watcher::Event::Apply(sc)) | Ok(watcher::Event::InitApply(sc)) => {
-                    seen_in_init = true;
-                    let _ = tx.send(ClusterState::Present(Box::new(sc)));
-                }
-                Ok(watcher::Event::Delete(_)) => {
-                    let _ = tx.send(ClusterState::Absent);
-                }
-                Ok(watcher::Event::Init) => seen_in_init = false,
-                Ok(watcher::Event::InitDone) => {
-                    if !seen_in_init {
-                        let _ = tx.send(ClusterState::Absent);
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, cluster = %name, "StorageCluster watch failed; retrying")
-                }
-            }
-        }
-    });
-    rx
-}
 
 /// The agent's memory between passes.
 struct Agent {
@@ -82,6 +37,9 @@ struct Agent {
     cluster_ref: String,
     nodes: Api<Node>,
     storage_nodes: Api<StorageNode>,
+    /// This node's Node and StorageNode, from their watches and our own writes.
+    node: View<Node>,
+    storage_node: View<StorageNode>,
     tuner: ClusterTuning,
     events: NodeEvents,
     health: Arc<Health>,
@@ -144,7 +102,21 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let client = Client::try_default()
         .await
         .context("no Kubernetes client config: run in a pod (in-cluster) or set KUBECONFIG")?;
-    let mut cluster_rx = watch_cluster(client.clone(), &ns, &name);
+    // One watch per object, each with this agent's spread timeout: a steady agent's only
+    // requests are these watches' renewals and the heartbeat.
+    let timeout = watched::spread_timeout(args.watch_timeout_seconds);
+    let mut cluster_rx = watched::watch_named(
+        Api::<StorageCluster>::namespaced(client.clone(), &ns),
+        &name,
+        timeout,
+    );
+    let node_rx = watched::watch_named(Api::<Node>::all(client.clone()), &args.node_name, timeout);
+    let sn_rx = watched::watch_named(
+        Api::<StorageNode>::all(client.clone()),
+        &args.node_name,
+        timeout,
+    );
+    let (mut node_changed, mut sn_changed) = (node_rx.clone(), sn_rx.clone());
     let kernel = rustix::system::uname()
         .release()
         .to_string_lossy()
@@ -153,6 +125,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         cluster_ref: format!("{ns}/{name}"),
         nodes: Api::all(client.clone()),
         storage_nodes: Api::all(client.clone()),
+        node: View::new(node_rx),
+        storage_node: View::new(sn_rx),
         tuner: ClusterTuning {
             host_state_dir: args.host_state_dir.clone(),
             sysctl_d_dir: args.sysctl_d_dir.clone(),
@@ -189,6 +163,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 if r.is_err() { anyhow::bail!("StorageCluster watch ended"); }
                 next_pass = tokio::time::Instant::now();
             }
+            // Somebody changed the Node (labels, taints, a reboot) or the StorageNode, or
+            // the watch delivered our own write (a pass that then writes nothing).
+            r = node_changed.changed() => {
+                if r.is_err() { anyhow::bail!("Node watch ended"); }
+                next_pass = tokio::time::Instant::now();
+            }
+            r = sn_changed.changed() => {
+                if r.is_err() { anyhow::bail!("StorageNode watch ended"); }
+                next_pass = tokio::time::Instant::now();
+            }
             _ = poll.tick() => {
                 let bytes = agent.report_bytes();
                 if bytes != last_reader_bytes {
@@ -215,16 +199,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 }
 
 impl Agent {
-    async fn pass(&mut self, state: ClusterState) -> anyhow::Result<()> {
+    async fn pass(&mut self, state: Watched<StorageCluster>) -> anyhow::Result<()> {
         match state {
-            ClusterState::Unknown => {
+            Watched::Unknown => {
                 self.health.set_ready(
                     false,
                     format!("listing StorageCluster {}", self.cluster_ref),
                 );
                 Ok(())
             }
-            ClusterState::Absent => match self.last_desired.clone() {
+            Watched::Absent => match self.last_desired.clone() {
                 // Deleted without us seeing a deletionTimestamp (no finalizer): clean up all the same.
                 Some(d) => self.cleanup(&d).await,
                 None => {
@@ -235,7 +219,7 @@ impl Agent {
                     Ok(())
                 }
             },
-            ClusterState::Present(sc) => {
+            Watched::Present(sc) => {
                 let d = Desired::from_cluster(&sc);
                 self.last_desired = Some(d.clone());
                 if d.deleting {
@@ -301,8 +285,18 @@ impl Agent {
         Ok(())
     }
 
-    async fn get_node(&mut self, about_cluster: &Desired) -> anyhow::Result<Option<Node>> {
-        let node = self.nodes.get_opt(&self.args.node_name).await?;
+    /// The Node from its watch; `None` (and not ready, saying why) while it is not listed
+    /// yet or does not exist.
+    async fn known_node(&mut self, about_cluster: &Desired) -> Option<Node> {
+        let node = match self.node.current() {
+            Watched::Unknown => {
+                self.health
+                    .set_ready(false, format!("listing Node {}", self.args.node_name));
+                return None;
+            }
+            Watched::Present(n) => Some(*n),
+            Watched::Absent => None,
+        };
         if node.is_none() {
             let msg = format!(
                 "Node {} not found: check --node-name/NODE_NAME (downward API spec.nodeName)",
@@ -336,7 +330,7 @@ impl Agent {
         } else {
             self.node_missing_announced = false;
         }
-        Ok(node)
+        node
     }
 
     async fn apply(&mut self, d: &Desired) -> anyhow::Result<()> {
@@ -372,8 +366,18 @@ impl Agent {
             }
             self.reader_error_announced = handoff_error;
         }
-        let Some(node) = self.get_node(d).await? else {
+        let Some(node) = self.known_node(d).await else {
             return Ok(());
+        };
+        let existing = match self.storage_node.current() {
+            Watched::Unknown => {
+                self.health.set_ready(
+                    false,
+                    format!("listing StorageNode {}", self.args.node_name),
+                );
+                return Ok(());
+            }
+            w => w.present().cloned(),
         };
         self.events.set_uid(node.uid());
         let obs = Observation {
@@ -394,9 +398,14 @@ impl Agent {
 
         // Node labels and taint.
         let want_labels = labels::desired_labels(&verdict);
-        if node::apply_labels(&self.nodes, &node, &want_labels, &d.cluster).await? {
+        let mut node = node;
+        if let Some(written) =
+            node::apply_labels(&self.nodes, &node, &want_labels, &d.cluster).await?
+        {
             self.health.metrics.api_writes.inc();
             tracing::info!(labels = ?want_labels, "node labels applied");
+            self.node.wrote(written.clone());
+            node = written;
         }
         let taints = node
             .spec
@@ -404,11 +413,12 @@ impl Agent {
             .and_then(|s| s.taints.clone())
             .unwrap_or_default();
         let want_taint = obs.want_taint();
-        if labels::reconcile_taints(&taints, want_taint).is_some()
-            && node::set_taint(&self.nodes, &self.args.node_name, want_taint).await?
-        {
-            self.health.metrics.api_writes.inc();
-            tracing::info!(taint = want_taint, "node taint updated");
+        if labels::reconcile_taints(&taints, want_taint).is_some() {
+            if let Some(written) = node::set_taint(&self.nodes, &node, want_taint).await? {
+                self.health.metrics.api_writes.inc();
+                tracing::info!(taint = want_taint, "node taint updated");
+                self.node.wrote(written);
+            }
         }
 
         // Verified settings for the storage service.
@@ -428,7 +438,6 @@ impl Agent {
         }
 
         // StorageNode.
-        let existing = self.storage_nodes.get_opt(&self.args.node_name).await?;
         if self.announced.is_none() {
             // Seed from what was reported before a restart, so transitions are not re-announced.
             let prev = existing.as_ref().and_then(|s| s.status.as_ref());
@@ -458,7 +467,8 @@ impl Agent {
                     .any(|o| o.kind == "Node" && Some(&o.uid) == node.uid().as_ref())
         });
         if !spec_right {
-            node::apply_storage_node(&self.storage_nodes, &node, &d.cluster).await?;
+            let written = node::apply_storage_node(&self.storage_nodes, &node, &d.cluster).await?;
+            self.storage_node.wrote(written);
             self.health.metrics.api_writes.inc();
         }
         let prev_status = existing.as_ref().and_then(|s| s.status.as_ref());
@@ -475,7 +485,9 @@ impl Agent {
             now,
         );
         if write != heartbeat::Write::Nothing {
-            node::apply_status(&self.storage_nodes, &self.args.node_name, &status).await?;
+            let written =
+                node::apply_status(&self.storage_nodes, &self.args.node_name, &status).await?;
+            self.storage_node.wrote(written);
             if write == heartbeat::Write::Content {
                 self.health.metrics.api_writes.inc();
                 let changed = super::report::changed_fields(prev_status, &status);
@@ -552,13 +564,35 @@ impl Agent {
     /// drop the settings files, and say so on the StorageNode (`Restored`).
     async fn cleanup(&mut self, d: &Desired) -> anyhow::Result<()> {
         let first = self.cleaned_uid.as_deref() != Some(d.uid.as_str());
-        let node = self.nodes.get_opt(&self.args.node_name).await?;
-        if let Some(node) = &node {
-            if node::apply_labels(&self.nodes, node, &Default::default(), &d.cluster).await? {
-                self.health.metrics.api_writes.inc();
+        let node = match self.node.current() {
+            Watched::Unknown => {
+                self.health
+                    .set_ready(false, format!("listing Node {}", self.args.node_name));
+                return Ok(());
             }
-            if node::set_taint(&self.nodes, &self.args.node_name, false).await? {
+            w => w.present().cloned(),
+        };
+        let sn = match self.storage_node.current() {
+            Watched::Unknown => {
+                self.health.set_ready(
+                    false,
+                    format!("listing StorageNode {}", self.args.node_name),
+                );
+                return Ok(());
+            }
+            w => w.present().cloned(),
+        };
+        if let Some(mut node) = node.clone() {
+            if let Some(written) =
+                node::apply_labels(&self.nodes, &node, &Default::default(), &d.cluster).await?
+            {
                 self.health.metrics.api_writes.inc();
+                self.node.wrote(written.clone());
+                node = written;
+            }
+            if let Some(written) = node::set_taint(&self.nodes, &node, false).await? {
+                self.health.metrics.api_writes.inc();
+                self.node.wrote(written);
             }
         }
         if !first {
@@ -582,7 +616,7 @@ impl Agent {
         if let Err(e) = settings::remove(&self.args.host_state_dir) {
             tracing::warn!(error = %e, "cannot remove aio.toml/aio.env");
         }
-        if let Some(sn) = self.storage_nodes.get_opt(&self.args.node_name).await? {
+        if let Some(sn) = sn {
             let mut status: StorageNodeStatus = sn.status.unwrap_or_default();
             status.conditions.retain(|c| c.type_ != cond::RESTORED);
             let mut c = report::restored_condition(message.clone(), Timestamp::now());
@@ -598,7 +632,9 @@ impl Agent {
                 aio.current = now.trim().parse().unwrap_or(aio.current);
                 aio.tuned = aio.current >= aio.required;
             }
-            node::apply_status(&self.storage_nodes, &self.args.node_name, &status).await?;
+            let written =
+                node::apply_status(&self.storage_nodes, &self.args.node_name, &status).await?;
+            self.storage_node.wrote(written);
             self.health.metrics.api_writes.inc();
         }
         if node.is_some() {

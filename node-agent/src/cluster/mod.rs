@@ -12,6 +12,7 @@
 //! - [`events`]   Kubernetes Events on transitions
 //! - [`heartbeat`] renewing the StorageNode's heartbeat (pure)
 //! - [`http`]     `/metrics`, `/healthz`, `/readyz`
+//! - [`watched`]  one watch per object (StorageCluster, Node, StorageNode)
 //! - [`agent`]    the loop tying them together
 
 pub mod agent;
@@ -24,6 +25,7 @@ pub mod node;
 pub mod report;
 pub mod seccomp;
 pub mod tuning;
+pub mod watched;
 
 use std::path::PathBuf;
 
@@ -49,14 +51,25 @@ pub struct RunArgs {
     /// Address the HTTP endpoint binds to.
     #[arg(long, default_value = "0.0.0.0")]
     pub http_addr: std::net::IpAddr,
-    /// Seconds between drift checks (fs.aio-max-nr, labels, taint, StorageNode).
+    /// Seconds between local passes: fs.aio-max-nr drift, labels and taint against the
+    /// watched Node, the StorageNode against the watched one. No API request unless
+    /// something must be written (the Node and StorageNode come through their watches).
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub resync_seconds: u64,
-    /// Seconds between renewals of the StorageNode's heartbeat (the operator counts a
-    /// report as stale after 3 × (this + --resync-seconds) without one).
-    #[arg(long, env = "RINGMASTER_HEARTBEAT_SECONDS", default_value_t = 30,
+    /// Seconds between renewals of the StorageNode's heartbeat, a steady agent's only
+    /// write. The operator counts a report as stale after 3 × (this + --resync-seconds)
+    /// without one: the default notices a silent agent within 31.5 minutes at 6 writes
+    /// an hour per agent (docs/agent.md, "API footprint").
+    #[arg(long, env = "RINGMASTER_HEARTBEAT_SECONDS", default_value_t = 600,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub heartbeat_seconds: u64,
+    /// Seconds the API server keeps each of the agent's three watches (StorageCluster,
+    /// Node, StorageNode) open before the agent opens the next one; each agent adds up to
+    /// half again at random so a fleet does not re-watch at once. A silently dropped
+    /// connection is noticed only after this long.
+    #[arg(long, env = "RINGMASTER_WATCH_TIMEOUT_SECONDS", default_value_t = 3600,
+          value_parser = clap::value_parser!(u32).range(10..))]
+    pub watch_timeout_seconds: u32,
     /// Milliseconds between polls of the reader's report.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(50..))]
     pub reader_poll_ms: u64,

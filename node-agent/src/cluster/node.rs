@@ -20,14 +20,14 @@ fn apply_params() -> PatchParams {
 }
 
 /// Make the Node's owned labels exactly `desired` (empty: remove all of ours, the record
-/// and the `ringmaster.io/cluster` annotation naming `cluster`). Returns whether anything
-/// was written.
+/// and the `ringmaster.io/cluster` annotation naming `cluster`). Returns the Node as
+/// written, or `None` when nothing needed writing.
 pub async fn apply_labels(
     nodes: &Api<Node>,
     node: &Node,
     desired: &BTreeMap<String, String>,
     cluster: &str,
-) -> kube::Result<bool> {
+) -> kube::Result<Option<Node>> {
     let name = node.name_any();
     let current = node.labels();
     let owned_annotation = node.annotations().get(keys::OWNED_LABELS_ANNOTATION);
@@ -39,7 +39,7 @@ pub async fn apply_labels(
     let annotation_right = owned_annotation.cloned() == want_annotation
         && node.annotations().get(keys::CLUSTER_ANNOTATION).cloned() == want_cluster;
     if stale.is_empty() && labels_right && annotation_right {
-        return Ok(false);
+        return Ok(None);
     }
     if !stale.is_empty() {
         // Owned by our record but (also) set by somebody else: remove exactly these keys.
@@ -67,23 +67,25 @@ pub async fn apply_labels(
     let body = json!({"apiVersion": "v1", "kind": "Node", "metadata": meta});
     nodes
         .patch(&name, &apply_params(), &Patch::Apply(body))
-        .await?;
-    Ok(true)
+        .await
+        .map(Some)
 }
 
 /// Put the Ringmaster taint on (`want`) or off the Node, keeping every other taint.
-/// Retries on write conflicts. Returns whether anything was written.
-pub async fn set_taint(nodes: &Api<Node>, name: &str, want: bool) -> kube::Result<bool> {
+/// Starts from `node` as the agent knows it (its watch), reads the Node again only on a
+/// write conflict. Returns the Node as written, or `None` when nothing needed writing.
+pub async fn set_taint(nodes: &Api<Node>, node: &Node, want: bool) -> kube::Result<Option<Node>> {
+    let name = node.name_any();
+    let mut node = node.clone();
     let mut attempt = 0;
     loop {
-        let node = nodes.get(name).await?;
         let current = node
             .spec
             .as_ref()
             .and_then(|s| s.taints.clone())
             .unwrap_or_default();
         let Some(next) = labels::reconcile_taints(&current, want) else {
-            return Ok(false);
+            return Ok(None);
         };
         let body = json!({
             "metadata": {"resourceVersion": node.resource_version()},
@@ -91,7 +93,7 @@ pub async fn set_taint(nodes: &Api<Node>, name: &str, want: bool) -> kube::Resul
         });
         match nodes
             .patch(
-                name,
+                &name,
                 &PatchParams {
                     field_manager: Some(keys::MANAGER_AGENT.into()),
                     ..Default::default()
@@ -100,8 +102,11 @@ pub async fn set_taint(nodes: &Api<Node>, name: &str, want: bool) -> kube::Resul
             )
             .await
         {
-            Ok(_) => return Ok(true),
-            Err(kube::Error::Api(e)) if e.code == 409 && attempt < 8 => attempt += 1,
+            Ok(written) => return Ok(Some(written)),
+            Err(kube::Error::Api(e)) if e.code == 409 && attempt < 8 => {
+                attempt += 1;
+                node = nodes.get(&name).await?;
+            }
             Err(e) => return Err(e),
         }
     }
@@ -113,7 +118,7 @@ pub async fn apply_storage_node(
     api: &Api<StorageNode>,
     node: &Node,
     cluster: &str,
-) -> kube::Result<()> {
+) -> kube::Result<StorageNode> {
     let name = node.name_any();
     let (ns, cname) = cluster.split_once('/').unwrap_or(("", cluster));
     let owner = OwnerReference {
@@ -137,9 +142,7 @@ pub async fn apply_storage_node(
         },
         "spec": {"nodeName": name, "cluster": cluster},
     });
-    api.patch(&name, &apply_params(), &Patch::Apply(body))
-        .await
-        .map(|_| ())
+    api.patch(&name, &apply_params(), &Patch::Apply(body)).await
 }
 
 /// Apply the StorageNode status (status subresource).
@@ -147,7 +150,7 @@ pub async fn apply_status(
     api: &Api<StorageNode>,
     name: &str,
     status: &StorageNodeStatus,
-) -> kube::Result<()> {
+) -> kube::Result<StorageNode> {
     let body = json!({
         "apiVersion": format!("{}/{}", ringmaster_api::GROUP, ringmaster_api::VERSION),
         "kind": "StorageNode",
@@ -155,5 +158,4 @@ pub async fn apply_status(
     });
     api.patch_status(name, &apply_params(), &Patch::Apply(body))
         .await
-        .map(|_| ())
 }
