@@ -47,22 +47,35 @@ fn sample(metrics: &str, series: &str) -> Option<u64> {
     })
 }
 
+/// Runs `cmd` to its exit, killing it after 20 s (a server that started anyway).
+fn exit_of(mut cmd: Command) -> std::process::Output {
+    let child = Server(cmd.spawn().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut child = child;
+    while child.0.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            panic!("serve is still running: it started instead of refusing");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let c = std::mem::replace(&mut child.0, Command::new("true").spawn().unwrap());
+    c.wait_with_output().unwrap()
+}
+
 #[test]
 fn serve_without_an_auth_choice_refuses_naming_both_flags() {
     let dir = TempDir::new("serve-cli-noauth");
-    let out = serve(dir.path(), &[]).output().unwrap();
+    let out = exit_of(serve(dir.path(), &[]));
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("--auth-token-file") && err.contains("--allow-unauthenticated"),
         "{err}"
     );
-    let out = serve(
+    let out = exit_of(serve(
         dir.path(),
         &["--allow-unauthenticated", "--auth-token-file", "/dev/null"],
-    )
-    .output()
-    .unwrap();
+    ));
     assert!(!out.status.success(), "both flags accepted: {out:?}");
 }
 
