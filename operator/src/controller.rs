@@ -106,6 +106,8 @@ pub struct Context {
     failures: Mutex<HashMap<ObjectRef<StorageCluster>, u32>>,
     /// Extra reconcile requests (other clusters whose node conflicts may have changed).
     requeue: mpsc::UnboundedSender<ObjectRef<StorageCluster>>,
+    /// The read-token Secret and read NetworkPolicy of each cluster (`read_access`).
+    read_access: crate::read_access::ReadAccess,
 }
 
 fn cluster_ref(sc: &StorageCluster) -> ObjectRef<StorageCluster> {
@@ -264,6 +266,10 @@ async fn apply(sc: &StorageCluster, id: &ClusterId, ctx: &Context) -> Result<Act
     let live_ds = ctx.daemon_sets.get(&ds_ref);
     if refused.is_empty() {
         let excluded = status::excluded_nodes(sc, cluster_refs.iter().copied(), &node_refs);
+        // Before the DaemonSet: its pods mount the token Secret.
+        ctx.read_access
+            .ensure(&ctx.client, sc, id, ctx.settings.resync)
+            .await?;
         apply_fleet(sc, id, ctx, &excluded, live_ds.clone()).await?;
     } else {
         warn!(cluster = %id.key(), refused = %refused.iter().map(|v| v.to_string()).collect::<Vec<_>>().join("; "), "spec refused: rendering nothing");
@@ -870,6 +876,7 @@ pub async fn run(
         selections: Mutex::default(),
         failures: Mutex::default(),
         requeue,
+        read_access: Default::default(),
     });
 
     // Node → clusters that select it now, or selected it at their last reconcile.

@@ -6,6 +6,7 @@ mod controller;
 mod finalizer;
 mod leader;
 mod metrics;
+mod read_access;
 mod render;
 mod staleness;
 mod status;
