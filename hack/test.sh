@@ -49,7 +49,10 @@ RINGMASTER_BIN_DIR="$CARGO_TARGET_DIR/debug" hack/images.sh
 # Three e2e stages, each on clusters of its own: the kwok tests (fleets, scale, failure modes on
 # simulated nodes) never see the real node, so their agent DaemonSets cannot land on it and
 # change their counts or this host's sysctls; the real-node tests share one real node; the
-# tests that bring up (and tear down) a real node of their own run last, alone.
+# tests that bring up (and tear down) a real node of their own run last, alone. All are in one
+# binary (e2e/tests/main.rs); the stages pick by name: every real-node test is named
+# `real_node_*` (own_real_node::* too), and `real_node::real_node_` is not a substring of
+# `own_real_node::own_real_node_*`.
 E2E_ENV=(RINGMASTER_BIN_DIR="$CARGO_TARGET_DIR/debug" RINGMASTER_E2E_LOG_DIR="$CARGO_TARGET_DIR/e2e-logs")
 # A cluster of our own, whatever the caller's shell has set.
 unset RINGMASTER_CLUSTER_DIR KUBECONFIG RINGMASTER_REAL_NODE
@@ -72,7 +75,7 @@ step "control plane up (hack/cluster.sh up)"
 eval "$(hack/cluster.sh up)"
 
 step "end-to-end tests on kwok nodes"
-env "${E2E_ENV[@]}" cargo test --locked -p ringmaster-e2e -- --test-threads=1 --skip real_node_
+env "${E2E_ENV[@]}" cargo test --locked -p ringmaster-e2e --test e2e -- --test-threads=1 --skip real_node_
 cluster_down
 
 step "control plane up with this host as a real node (hack/cluster.sh up --real-node)"
@@ -81,11 +84,11 @@ eval "$(RINGMASTER_IMAGES_DIR="$CARGO_TARGET_DIR/images" hack/cluster.sh up --re
 echo "up --real-node took $((SECONDS - t0))s"
 
 step "end-to-end tests on the real node"
-env "${E2E_ENV[@]}" cargo test --locked -p ringmaster-e2e --test real_node -- --test-threads=1
+env "${E2E_ENV[@]}" cargo test --locked -p ringmaster-e2e --test e2e -- --test-threads=1 real_node::real_node_
 cluster_down
 
 step "end-to-end tests that bring up a real node of their own (demo, lifecycle)"
 env "${E2E_ENV[@]}" RINGMASTER_IMAGES_DIR="$CARGO_TARGET_DIR/images" \
-  cargo test --locked -p ringmaster-e2e --test demo --test own_real_node -- --test-threads=1
+  cargo test --locked -p ringmaster-e2e --test e2e -- --test-threads=1 demo:: own_real_node::
 
 step done

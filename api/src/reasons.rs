@@ -28,6 +28,8 @@ pub const ROLLOUT_COMPLETE: &str = "RolloutComplete";
 pub const SPEC_REFUSED: &str = "SpecRefused";
 /// A node is claimed by two StorageClusters.
 pub const NODE_CONFLICT: &str = "NodeConflict";
+/// Reports too old to trust (agent silent, node booted again): those nodes count as unknown.
+pub const REPORTS_STALE: &str = "ReportsStale";
 /// Also the agent's event and the StorageNode `IoUringSupported=False` fallback.
 pub const IO_URING_UNSUPPORTED: &str = "IoUringUnsupported";
 /// Also the StorageNode `DataDirsReady=False` reason and the agent's event.

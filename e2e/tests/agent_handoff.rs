@@ -9,10 +9,10 @@
 //! ```text
 //! eval "$(hack/cluster.sh up)"
 //! cargo build -p ringmaster-agent --bins
-//! RINGMASTER_BIN_DIR=$PWD/target/debug cargo test -p ringmaster-e2e --test agent_handoff
+//! RINGMASTER_BIN_DIR=$PWD/target/debug cargo test -p ringmaster-e2e --test e2e -- agent_handoff::
 //! ```
 
-mod agent_support;
+use crate::agent_support;
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;

@@ -7,8 +7,8 @@
 //! and `seccomp-exec`, helm on PATH, and root (the agents tune the host's fs.aio-max-nr;
 //! every test puts it back).
 
-mod agent_support;
-mod operator_support;
+use crate::agent_support;
+use crate::operator_support;
 
 use ringmaster_api::reasons;
 use std::time::Duration;

@@ -13,11 +13,11 @@
 //! eval "$(hack/cluster.sh up)"
 //! cargo build -p ringmaster-agent --bins -p ringmaster-operator
 //! RINGMASTER_BIN_DIR=$PWD/target/debug flock /tmp/ringmaster-host.lock \
-//!   cargo test -p ringmaster-e2e --test agent_staleness -- --nocapture
+//!   cargo test -p ringmaster-e2e --test e2e -- agent_staleness:: --nocapture
 //! ```
 
-mod agent_support;
-mod operator_support;
+use crate::agent_support;
+use crate::operator_support;
 
 use std::time::{Duration, Instant};
 
@@ -25,7 +25,9 @@ use agent_support::*;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Patch, PatchParams};
 use kube::Api;
-use ringmaster_api::{cluster_conditions as cc, keys, node_conditions as cond, StorageCluster};
+use ringmaster_api::{
+    cluster_conditions as cc, keys, node_conditions as cond, reasons, StorageCluster,
+};
 use ringmaster_e2e::{wait_for, KWOK_TAINT_KEY};
 use serde_json::json;
 
@@ -47,7 +49,7 @@ fn degraded_stale(sc: &StorageCluster, needle: &str) -> anyhow::Result<()> {
         operator_support::cond(sc, cc::DEGRADED).ok_or_else(|| anyhow::anyhow!("no Degraded"))?;
     let st = sc.status.clone().unwrap_or_default();
     anyhow::ensure!(
-        d.status == "True" && d.reason == "ReportsStale" && d.message.contains(needle),
+        d.status == "True" && d.reason == reasons::REPORTS_STALE && d.message.contains(needle),
         "Degraded {} {}: {}",
         d.status,
         d.reason,

@@ -3,7 +3,7 @@
 //! schema) and uninstall leave the cluster as expected: CRDs kept, nothing left behind.
 //! (No kubelet runs, so the operator pods never start: the tests check objects.)
 
-mod chart_support;
+use crate::chart_support;
 
 use chart_support::{chart_dir, helm, render, str_of, Release};
 use std::time::Duration;
@@ -112,6 +112,7 @@ const CLUSTER_SCOPED: &str = "clusterroles,clusterrolebindings,validatingadmissi
 /// upgrade with a changed value and with a changed CRD schema, uninstall.
 #[tokio::test]
 async fn helm_install_upgrade_uninstall_leave_the_cluster_as_expected() {
+    let _turn = chart_support::CHART_POLICIES.lock().await;
     let client = client().await;
     install_crds(&client).await;
     let ns = TestNamespace::create(&client, "helm").await;

@@ -1,7 +1,7 @@
 //! The chart on its own: `helm lint --strict`, the values schema, what the templates render
 //! (hardened operator Deployment, CRDs identical to crds/). No cluster needed, helm on PATH.
 
-mod chart_support;
+use crate::chart_support;
 
 use chart_support::{chart_dir, find, helm, parse_docs, render, repo_root, rule_set, str_of};
 

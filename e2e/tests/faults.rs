@@ -9,8 +9,8 @@
 //! Needs `KUBECONFIG` and `RINGMASTER_CLUSTER_DIR` (hack/cluster.sh up), `RINGMASTER_BIN_DIR`
 //! with `ringmaster-agent`, and root (every test puts fs.aio-max-nr back: SysctlGuard).
 
-mod agent_support;
-mod operator_support;
+use crate::agent_support;
+use crate::operator_support;
 
 use ringmaster_api::reasons;
 use std::time::Duration;

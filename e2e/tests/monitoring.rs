@@ -8,8 +8,8 @@
 //!
 //! Changes the host's `fs.aio-max-nr`: run under `flock /tmp/ringmaster-host.lock`.
 
-mod agent_support;
-mod operator_support;
+use crate::agent_support;
+use crate::operator_support;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

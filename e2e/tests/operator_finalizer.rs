@@ -4,7 +4,7 @@
 //! agents' ClusterRoleBinding, and releases the cluster; the garbage collector removes
 //! the DaemonSet and ServiceAccount.
 
-mod operator_support;
+use crate::operator_support;
 
 use ringmaster_api::reasons;
 use std::time::{Duration, Instant};

@@ -5,7 +5,7 @@
 //! events; `Required` vs `Preferred` flips Degraded; a sizing change reaches status as
 //! upToDate 0 → n without touching the DaemonSet.
 
-mod operator_support;
+use crate::operator_support;
 
 use ringmaster_api::reasons;
 use std::time::Duration;

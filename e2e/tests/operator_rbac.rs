@@ -2,7 +2,7 @@
 //! the real API server's authorizer is asked (`kubectl auth can-i --as`) about every
 //! allowed verb and a list of forbidden ones.
 
-mod operator_support;
+use crate::operator_support;
 
 use operator_support::*;
 use ringmaster_e2e::{client, install_crds, kubectl, kubectl_ok, TestNamespace};

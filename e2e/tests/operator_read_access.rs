@@ -4,7 +4,7 @@
 //! the admin rotated survives an operator restart, a deleted Secret comes back; both go away
 //! with the cluster (garbage collector, owner references).
 
-mod operator_support;
+use crate::operator_support;
 
 use std::time::Duration;
 

@@ -4,7 +4,7 @@
 //! one gets no agent there (and is Degraded/NodeConflict) until the older one is gone; an API
 //! server restart does not lose the watches.
 
-mod operator_support;
+use crate::operator_support;
 
 use ringmaster_api::reasons;
 use std::time::Duration;

@@ -4,7 +4,7 @@
 //! a pod change (the read port) rolls the pods (the real DaemonSet controller replaces them) and
 //! upToDate goes 0 → n as the new agents report. The write counts are printed.
 
-mod operator_support;
+use crate::operator_support;
 
 use ringmaster_api::reasons;
 use std::collections::BTreeMap;

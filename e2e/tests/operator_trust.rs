@@ -4,7 +4,7 @@
 //! the privileged `agent` container holds the ServiceAccount token (the API server's own
 //! ServiceAccount admission decides what each container gets).
 
-mod operator_support;
+use crate::operator_support;
 
 use std::time::Duration;
 

@@ -4,21 +4,16 @@
 //! StorageNode named after it. Cross-node writes and foreign changes are refused; own writes
 //! pass; identities that are not agents are not restricted.
 
-mod chart_support;
+use crate::chart_support;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use chart_support::Release;
+use chart_support::{Release, CHART_POLICIES};
 use ringmaster_e2e::{
     client, install_crds, jwt_claims, kubectl, kubectl_ok, kubectl_stdin, pod_token, unique_name,
     write_token_kubeconfig, FakeNode, TestNamespace,
 };
-
-/// Each test installs the chart, and with it a StorageCluster policy that binds every
-/// StorageCluster in the cluster: the tests take turns so one release's settings never
-/// judge the other's objects.
-static CHART_POLICIES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// kubectl under another identity's kubeconfig (the flag wins over the admin `KUBECONFIG`).
 fn as_user(kc: &Path, args: &[&str]) -> ringmaster_e2e::KubectlOutput {

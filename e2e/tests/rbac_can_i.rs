@@ -1,7 +1,7 @@
 //! Least privilege, asked of the real API server: `kubectl auth can-i --as` each allowed and
 //! each forbidden verb of the operator's and the agent's ServiceAccounts as the chart binds them.
 
-mod chart_support;
+use crate::chart_support;
 
 use chart_support::{can_i, Release};
 use ringmaster_e2e::{client, install_crds, kubectl, kubectl_ok, unique_name, TestNamespace};
@@ -26,6 +26,7 @@ fn check(user: &str, allowed: &[Ask], forbidden: &[Ask]) {
 
 #[tokio::test]
 async fn operator_and_agent_have_exactly_the_rights_they_need() {
+    let _turn = chart_support::CHART_POLICIES.lock().await;
     let client = client().await;
     install_crds(&client).await;
     let ns = TestNamespace::create(&client, "rbac").await;

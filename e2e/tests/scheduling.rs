@@ -15,7 +15,7 @@
 //! Needs what agent_nodes.rs needs: `KUBECONFIG`, `RINGMASTER_BIN_DIR` (ringmaster-agent,
 //! seccomp-exec), helm, root.
 
-mod agent_support;
+use crate::agent_support;
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};

@@ -9,7 +9,7 @@
 //!
 //! Needs `KUBECONFIG`, `RINGMASTER_BIN_DIR` (ringmaster-agent, seccomp-exec), helm, root, sh, awk.
 
-mod agent_support;
+use crate::agent_support;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -31,6 +31,7 @@ use tracing::{debug, info, warn};
 use crate::finalizer;
 use crate::metrics::{ErrorLabels, Metrics, ResultLabels};
 use crate::render::{self, ClusterId};
+use crate::scheduling;
 use crate::status::{self, Inputs};
 
 #[derive(Debug, thiserror::Error)]
@@ -265,7 +266,7 @@ async fn apply(sc: &StorageCluster, id: &ClusterId, ctx: &Context) -> Result<Act
     let ds_ref = ObjectRef::new(&id.agent_name()).within(ns);
     let live_ds = ctx.daemon_sets.get(&ds_ref);
     if refused.is_empty() {
-        let excluded = status::excluded_nodes(sc, cluster_refs.iter().copied(), &node_refs);
+        let excluded = scheduling::excluded_nodes(sc, cluster_refs.iter().copied(), &node_refs);
         // Before the DaemonSet: its pods mount the token Secret.
         ctx.read_access
             .ensure(&ctx.client, sc, id, ctx.settings.resync)
@@ -439,7 +440,7 @@ async fn release_departed(
     let key = id.key();
     let reported: BTreeSet<String> = sns.iter().map(|s| s.spec.node_name.clone()).collect();
     let nodes = ctx.nodes.state();
-    let departed = status::departed(sc, &key, nodes.iter().map(|n| n.as_ref()), &reported);
+    let departed = scheduling::departed(sc, &key, nodes.iter().map(|n| n.as_ref()), &reported);
     if departed.is_empty() {
         return Ok(());
     }
@@ -887,7 +888,7 @@ pub async fn run(
             .clusters
             .state()
             .iter()
-            .filter(|c| status::selects(c, &node))
+            .filter(|c| scheduling::selects(c, &node))
             .map(|c| cluster_ref(c))
             .collect();
         for (r, sel) in node_ctx.selections.lock().unwrap().iter() {

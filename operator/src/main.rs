@@ -4,10 +4,13 @@
 
 mod controller;
 mod finalizer;
+#[cfg(test)]
+mod fixtures;
 mod leader;
 mod metrics;
 mod read_access;
 mod render;
+mod scheduling;
 mod staleness;
 mod status;
 

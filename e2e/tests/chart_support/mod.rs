@@ -160,6 +160,11 @@ pub fn rule_set(rules: &Value) -> BTreeMap<(String, String, String), Vec<String>
     set
 }
 
+/// A chart release installs a StorageCluster policy that binds every StorageCluster in the
+/// cluster: tests that install one take turns so one release's settings never judge another
+/// release's objects.
+pub static CHART_POLICIES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A Helm release installed for a test, uninstalled when dropped (also on a failed assert).
 pub struct Release {
     pub name: String,
