@@ -76,7 +76,11 @@ async fn operator_creates_the_read_token_and_network_policy_and_they_go_with_the
         );
     }
 
-    let op = start_operator(&id, "reads-op-1", &["--resync", "3"]);
+    let op = start_operator(
+        &id,
+        "reads-op-1",
+        &["--resync", "3", "--read-access-recheck", "3"],
+    );
     let sc = create_cluster(&c, cluster_manifest(&n, "reads", &pool, json!({}))).await;
     let uid = sc.metadata.uid.clone().unwrap();
     let secrets: Api<Secret> = Api::namespaced(c.clone(), &n);
@@ -182,7 +186,11 @@ async fn operator_creates_the_read_token_and_network_policy_and_they_go_with_the
         .await
         .unwrap();
     drop(op);
-    let mut op = start_operator(&id, "reads-op-2", &["--resync", "3"]);
+    let mut op = start_operator(
+        &id,
+        "reads-op-2",
+        &["--resync", "3", "--read-access-recheck", "3"],
+    );
     op.process
         .wait_for_log(T, "applied NetworkPolicy reads-agent")
         .await;
@@ -191,7 +199,7 @@ async fn operator_creates_the_read_token_and_network_policy_and_they_go_with_the
         rotated.as_bytes()
     );
 
-    // Deleted by hand, it comes back (a new token) by the next resync.
+    // Deleted by hand, it comes back (a new token) by the next recheck.
     secrets
         .delete("reads-read-token", &DeleteParams::default())
         .await

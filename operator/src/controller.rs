@@ -79,6 +79,9 @@ pub struct Settings {
     pub cleanup_timeout: Duration,
     /// Safety-net resync of a steady cluster (it writes nothing when nothing changed).
     pub resync: Duration,
+    /// How often the read-token Secret and read NetworkPolicy are made sure of again
+    /// without a change (`--read-access-recheck`; they are not watched).
+    pub read_access_recheck: Duration,
     /// Identity in Events (`reportingInstance`).
     pub instance: String,
     /// What the admin decides about the agent pods (`--agent-image`).
@@ -269,7 +272,7 @@ async fn apply(sc: &StorageCluster, id: &ClusterId, ctx: &Context) -> Result<Act
         let excluded = scheduling::excluded_nodes(sc, cluster_refs.iter().copied(), &node_refs);
         // Before the DaemonSet: its pods mount the token Secret.
         ctx.read_access
-            .ensure(&ctx.client, sc, id, ctx.settings.resync)
+            .ensure(&ctx.client, sc, id, ctx.settings.read_access_recheck)
             .await?;
         apply_fleet(sc, id, ctx, &excluded, live_ds.clone()).await?;
     } else {

@@ -1,8 +1,9 @@
 //! Who may read a cluster's data: the I/O shell around `render::read_token_secret` and
 //! `render::network_policy`. The operator may only `create` Secrets (never read one), so the
-//! token Secret is created when missing (409: it exists, left alone) and again every resync
-//! in case it was deleted; the NetworkPolicy is server-side applied when its rendered hash
-//! changes, and again every resync (an edit by hand is put back). Both are owned by the
+//! token Secret is created when missing (409: it exists, left alone) and again every
+//! `--read-access-recheck` in case it was deleted; the NetworkPolicy is server-side applied when
+//! its rendered hash changes, and again every recheck (an edit by hand is put back). A steady
+//! cluster costs no writes between rechecks. Both are owned by the
 //! StorageCluster: the garbage collector removes them with it.
 
 use std::collections::HashMap;
@@ -48,7 +49,7 @@ impl ReadAccess {
         client: &Client,
         sc: &StorageCluster,
         id: &ClusterId,
-        resync: Duration,
+        recheck: Duration,
     ) -> Result<(), kube::Error> {
         let key = ObjectRef::from_obj(sc);
         let uid = sc.uid().unwrap_or_default();
@@ -57,8 +58,8 @@ impl ReadAccess {
             let memo = self.memo.lock().unwrap();
             match memo.get(&key).filter(|m| m.uid == uid) {
                 Some(m) => (
-                    now.duration_since(m.secret_checked) >= resync,
-                    (now.duration_since(m.policy_applied) < resync)
+                    now.duration_since(m.secret_checked) >= recheck,
+                    (now.duration_since(m.policy_applied) < recheck)
                         .then(|| m.policy_hash.clone())
                         .flatten(),
                 ),
@@ -85,9 +86,7 @@ impl ReadAccess {
                 &Patch::Apply(&np),
             )
             .await?;
-            if old_hash.is_none() || hash != old_hash {
-                info!(cluster = %id.key(), "applied NetworkPolicy {}", id.agent_name());
-            }
+            info!(cluster = %id.key(), "applied NetworkPolicy {}", id.agent_name());
         }
         let mut memo = self.memo.lock().unwrap();
         let m = memo.entry(key).or_insert_with(|| Memo {
