@@ -63,9 +63,10 @@ pub struct StorageClusterSpec {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(self.image)").message("spec.agent.image is no longer accepted: the cluster admin sets the agent image (chart value agent.image, operator flag --agent-image); remove the field").field_path(".image").reason(Reason::FieldValueForbidden))]
 pub struct AgentSpec {
-    /// Refused (kept in the schema only to say so): the agent runs privileged, so its
-    /// image is the cluster admin's choice (operator flag `--agent-image`), never a
-    /// StorageCluster's. The operator ignores it.
+    /// Refused (kept in the schema only to say so): the agent runs as uid 0 (not privileged,
+    /// every capability dropped) with host directories mounted, so its image is the cluster
+    /// admin's choice (operator flag `--agent-image`), never a StorageCluster's. The operator
+    /// ignores it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
     /// Resources of the agent containers.

@@ -64,6 +64,9 @@ pub const UNSUPPORTED: &str = "Unsupported";
 pub const IO_URING_SUPPORTED: &str = "IoUringSupported";
 /// Also the agent's warning event.
 pub const READER_REPORT_INVALID: &str = "ReaderReportInvalid";
+/// The agent could not write `config.json` for the reader, which keeps running its last
+/// config (also the agent's warning event).
+pub const CONFIG_HANDOFF_FAILED: &str = "ConfigHandoffFailed";
 /// The reader has not answered the current config yet (also `DataDirsReady`, `Ready`).
 pub const WAITING_FOR_READER: &str = "WaitingForReader";
 

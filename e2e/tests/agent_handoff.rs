@@ -96,11 +96,8 @@ async fn hostile_handoff_files_are_refused_reported_and_survived() {
     }
     // Verify mode: this test never changes the host's sysctl.
     let gen = f
-        .create_cluster("sysctl: {mode: Verify, aioMaxNr: 0}")
-        .await
-        .metadata
-        .generation
-        .unwrap();
+        .create_cluster_generation("sysctl: {mode: Verify, aioMaxNr: 0}")
+        .await;
     let mut failures: Vec<String> = Vec::new();
     let addr_file = agent_dir.join("agent.addr");
     let addr = match poll_until(PER_CASE, || async {

@@ -3,7 +3,9 @@
 
 use crate::chart_support;
 
-use chart_support::{chart_dir, find, helm, parse_docs, render, repo_root, rule_set, str_of};
+use chart_support::{
+    chart_dir, find, helm, parse_docs, render, repo_root, rule_set, str_of, template,
+};
 
 /// Every combination users are told about lints clean: no [WARNING] or [ERROR], exit 0.
 #[test]
@@ -38,7 +40,6 @@ fn helm_lint_strict_is_clean() {
 /// values.schema.json refuses wrong types, bad enums and unknown keys, naming the key.
 #[test]
 fn values_schema_refuses_wrong_types_and_unknown_keys() {
-    let chart = chart_dir();
     let cases: [(&[&str], &str); 10] = [
         (&["--set", "operator.replicas=two"], "/operator/replicas"),
         (&["--set", "operatr.replicas=2"], "'operatr' not allowed"),
@@ -67,9 +68,7 @@ fn values_schema_refuses_wrong_types_and_unknown_keys() {
         ),
     ];
     for (sets, field) in cases {
-        let mut args = vec!["template", "t", chart.as_str(), "--kube-version", "1.33.0"];
-        args.extend(sets);
-        let err = helm(&args).err();
+        let err = template("t", None, sets).err();
         assert!(
             err.contains("values don't meet the specifications of the schema")
                 && err.contains(field),
@@ -219,20 +218,16 @@ fn optional_objects_render_only_when_enabled() {
     // Enabled, but the cluster serves no ServiceMonitor: none (NOTES warns).
     let docs = render("ringmaster", "rm", &["serviceMonitor.enabled=true"]);
     assert!(!docs.iter().any(|d| d["kind"] == "ServiceMonitor"));
-    let chart = chart_dir();
-    let out = helm([
-        "template",
+    let out = template(
         "ringmaster",
-        chart.as_str(),
-        "-n",
-        "rm",
-        "--kube-version",
-        "1.33.0",
-        "--api-versions",
-        "monitoring.coreos.com/v1/ServiceMonitor",
-        "--set",
-        "serviceMonitor.enabled=true",
-    ])
+        Some("rm"),
+        &[
+            "--api-versions",
+            "monitoring.coreos.com/v1/ServiceMonitor",
+            "--set",
+            "serviceMonitor.enabled=true",
+        ],
+    )
     .ok();
     let docs = parse_docs(&out);
     let sm = find(&docs, "ServiceMonitor", "ringmaster-operator");
@@ -302,17 +297,7 @@ fn admin_settings_reach_the_operator_and_the_policy() {
     assert!(text.contains(r#"["/srv/storage","/mnt/disks"]"#), "{text}");
     assert!(text.contains("/srv/storage, /mnt/disks"), "{text}");
     // A digest that is not one is refused by the values schema.
-    let chart = chart_dir();
-    let err = helm([
-        "template",
-        "ringmaster",
-        chart.as_str(),
-        "--kube-version",
-        "1.33.0",
-        "--set",
-        "agent.image.digest=latest",
-    ])
-    .err();
+    let err = template("ringmaster", None, &["--set", "agent.image.digest=latest"]).err();
     assert!(err.contains("digest"), "{err}");
 }
 
@@ -350,15 +335,7 @@ fn monitoring_objects_render_when_enabled_and_link_their_runbooks() {
         serde_json::from_str(cm["data"]["ringmaster.json"].as_str().unwrap()).unwrap();
     assert_eq!(in_cm, shipped);
 
-    let chart = chart_dir();
     let mut args = vec![
-        "template",
-        "ringmaster",
-        chart.as_str(),
-        "-n",
-        "rm",
-        "--kube-version",
-        "1.33.0",
         "--api-versions",
         "monitoring.coreos.com/v1/PrometheusRule",
         "--api-versions",
@@ -371,7 +348,7 @@ fn monitoring_objects_render_when_enabled_and_link_their_runbooks() {
         "--set",
         "monitoring.prometheusRule.alerts.RingmasterAgentDown.enabled=false",
     ]);
-    let docs = parse_docs(&helm(&args).ok());
+    let docs = parse_docs(&template("ringmaster", Some("rm"), &args).ok());
     let pm = find(&docs, "PodMonitor", "ringmaster-agents");
     assert_eq!(
         pm["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"],

@@ -194,18 +194,20 @@ async fn later_cluster_gets_no_agent_on_nodes_an_older_one_serves() {
     // creationTimestamp has second resolution: make "later" unambiguous.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     create_cluster(&c, cluster_manifest(&n, "second", &pool, json!({}))).await;
-    let sc = wait_status(&c, &n, "second", "second Degraded NodeConflict", T, |sc| {
-        let d = cond(sc, cc::DEGRADED).ok_or_else(|| anyhow::anyhow!("no Degraded"))?;
-        anyhow::ensure!(
-            d.status == "True" && d.reason == reasons::NODE_CONFLICT,
-            "{} {}",
-            d.status,
-            d.reason
-        );
-        Ok(())
-    })
+    let degraded = wait_condition(
+        &c,
+        &n,
+        "second",
+        cc::DEGRADED,
+        "True",
+        reasons::NODE_CONFLICT,
+    )
     .await;
-    let msg = &cond(&sc, cc::DEGRADED).unwrap().message;
+    let msg = &degraded.message;
+    let sc = Api::<StorageCluster>::namespaced(c.clone(), &n)
+        .get("second")
+        .await
+        .unwrap();
     assert!(
         msg.contains(&format!("older StorageCluster {n}/first")),
         "{msg}"

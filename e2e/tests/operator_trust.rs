@@ -36,18 +36,9 @@ async fn refused_spec_is_degraded_naming_the_field_and_nothing_is_rendered() {
     let spec =
         json!({"readService": {"dataDirs": [{"name": "d0", "hostPath": "/srv/storage/d0"}]}});
     create_cluster(&c, cluster_manifest(&n, "data", &pool, spec)).await;
-    let sc = wait_status(&c, &n, "data", "Degraded SpecRefused", T, |sc| {
-        let d = cond(sc, cc::DEGRADED).ok_or_else(|| anyhow::anyhow!("no Degraded"))?;
-        anyhow::ensure!(
-            d.status == "True" && d.reason == reasons::SPEC_REFUSED,
-            "{} {}",
-            d.status,
-            d.reason
-        );
-        Ok(())
-    })
-    .await;
-    let msg = &cond(&sc, cc::DEGRADED).unwrap().message;
+    let degraded =
+        wait_condition(&c, &n, "data", cc::DEGRADED, "True", reasons::SPEC_REFUSED).await;
+    let msg = &degraded.message;
     assert!(
         msg.contains("spec.readService.dataDirs[0].hostPath")
             && msg.contains("allows no data dirs")

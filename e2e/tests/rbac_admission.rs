@@ -78,6 +78,23 @@ fn apply_as(kc: &Path, manifest: &str) -> ringmaster_e2e::KubectlOutput {
     )
 }
 
+/// `apply_as` that must pass.
+fn applied(kc: &Path, what: &str, manifest: &str) {
+    let out = apply_as(kc, manifest);
+    assert!(out.success(), "{what}: {}", out.stderr);
+}
+
+/// `apply_as` that must be refused with `because` in the error.
+fn apply_refused(kc: &Path, what: &str, manifest: &str, because: &str) {
+    let out = apply_as(kc, manifest);
+    assert!(
+        !out.success() && out.stderr.contains(because),
+        "{what}: {}{}",
+        out.stdout,
+        out.stderr
+    );
+}
+
 /// An agent pod on `node` and a kubeconfig holding a token bound to it.
 fn agent_identity(ns: &str, sa: &str, node: &str) -> PathBuf {
     let pod = format!("agent-{node}");
@@ -253,11 +270,10 @@ async fn agent_may_change_only_its_own_node_and_storagenode() {
         ],
         "only with effect NoSchedule or PreferNoSchedule",
     );
-    let out = apply_as(&a1, &storage_node(&n1, ns.name()));
-    assert!(
-        out.success(),
-        "agent of {n1} could not create StorageNode {n1}: {}",
-        out.stderr
+    applied(
+        &a1,
+        &format!("agent of {n1} could not create StorageNode {n1}"),
+        &storage_node(&n1, ns.name()),
     );
     allowed(
         &a1,
@@ -283,11 +299,10 @@ async fn agent_may_change_only_its_own_node_and_storagenode() {
             "--overwrite",
         ],
     );
-    let out = apply_as(&a2, &storage_node(&n2, ns.name()));
-    assert!(
-        out.success(),
-        "agent of {n2} could not create StorageNode {n2}: {}",
-        out.stderr
+    applied(
+        &a2,
+        &format!("agent of {n2} could not create StorageNode {n2}"),
+        &storage_node(&n2, ns.name()),
     );
 
     // Cross-node writes are refused.
@@ -327,20 +342,18 @@ async fn agent_may_change_only_its_own_node_and_storagenode() {
         ],
         other,
     );
-    let out = apply_as(&a1, &storage_node(&n2, ns.name()));
-    assert!(
-        !out.success() && out.stderr.contains(other),
-        "agent of {n1} wrote StorageNode {n2}: {}{}",
-        out.stdout,
-        out.stderr
+    apply_refused(
+        &a1,
+        &format!("agent of {n1} wrote StorageNode {n2}"),
+        &storage_node(&n2, ns.name()),
+        other,
     );
     // Its own StorageNode's name, but another node in spec.nodeName, or another cluster.
-    let out = apply_as(&a1, &storage_node_of(&n1, &n2, ns.name(), CLUSTER));
-    assert!(
-        !out.success() && out.stderr.contains("whose spec.nodeName is"),
-        "agent of {n1} wrote StorageNode {n1} with spec.nodeName {n2}: {}{}",
-        out.stdout,
-        out.stderr
+    apply_refused(
+        &a1,
+        &format!("agent of {n1} wrote StorageNode {n1} with spec.nodeName {n2}"),
+        &storage_node_of(&n1, &n2, ns.name(), CLUSTER),
+        "whose spec.nodeName is",
     );
     let own_cluster = "only StorageNodes of its own StorageCluster";
     for (what, manifest) in [
@@ -353,12 +366,11 @@ async fn agent_may_change_only_its_own_node_and_storagenode() {
             storage_node_of(&n1, &n1, "kube-system", CLUSTER),
         ),
     ] {
-        let out = apply_as(&a1, &manifest);
-        assert!(
-            !out.success() && out.stderr.contains(own_cluster),
-            "agent of {n1} wrote its StorageNode with another cluster's {what}: {}{}",
-            out.stdout,
-            out.stderr
+        apply_refused(
+            &a1,
+            &format!("agent of {n1} wrote its StorageNode with another cluster's {what}"),
+            &manifest,
+            own_cluster,
         );
     }
     // A StorageNode another cluster's agent wrote cannot be taken over.

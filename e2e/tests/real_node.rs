@@ -49,6 +49,24 @@ fn get_json(args: &[&str]) -> Value {
     serde_json::from_str(&kubectl_ok(a)).expect("kubectl -o json")
 }
 
+/// The first pod labelled `selector` in `ns` (for a wait: an error until there is one).
+fn first_pod(ns: &str, selector: &str) -> anyhow::Result<Value> {
+    let pods = get_json(&["pods", "-n", ns, "-l", selector]);
+    pods["items"]
+        .as_array()
+        .and_then(|a| a.first())
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("no pod labelled {selector} yet"))
+}
+
+/// `kubectl <verb> -n ns -f examples/<file> <extra...>`.
+fn kubectl_example(verb: &str, ns: &str, file: &str, extra: &[&str]) {
+    let path = repo_root().join("examples").join(file);
+    let mut args = vec![verb, "-n", ns, "-f", path.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    kubectl_ok(args);
+}
+
 fn aio_max_nr() -> u64 {
     std::fs::read_to_string("/proc/sys/fs/aio-max-nr")
         .unwrap()
@@ -329,15 +347,7 @@ fn real_node_chart_pods_run_follow_the_verdict_and_leave_the_node_as_found() {
         "{labels:?}"
     );
     // The workload that needs io_uring is not placed here.
-    kubectl_ok([
-        "apply",
-        "-n",
-        &ns.0,
-        "-f",
-        root.join("examples/storage-workload.yaml")
-            .to_str()
-            .unwrap(),
-    ]);
+    kubectl_example("apply", &ns.0, "storage-workload.yaml", &[]);
     std::thread::sleep(Duration::from_secs(5));
     let ds = get_json(&["daemonset", "-n", &ns.0, "storage"]);
     assert_eq!(
@@ -427,9 +437,7 @@ fn real_node_chart_pods_run_follow_the_verdict_and_leave_the_node_as_found() {
         WAIT,
         "storage-workload pod Running on the real node",
         || {
-            let pods = get_json(&["pods", "-n", &ns.0, "-l", "app=storage"]);
-            let p = pods["items"].as_array().and_then(|a| a.first()).cloned();
-            let p = p.ok_or_else(|| anyhow::anyhow!("no pod yet"))?;
+            let p = first_pod(&ns.0, "app=storage")?;
             anyhow::ensure!(p["status"]["phase"] == "Running", "{}", p["status"]);
             Ok(p)
         },
@@ -443,20 +451,12 @@ fn real_node_chart_pods_run_follow_the_verdict_and_leave_the_node_as_found() {
     ]);
     assert!(logs.contains("io_uring=true max_events=512"), "{logs}");
     // examples/3fs: the init container renders storage_main.toml from the real hostPath file.
-    kubectl_ok([
-        "apply",
-        "-n",
-        &ns.0,
-        "-f",
-        root.join("examples/3fs/storage-main.yaml")
-            .to_str()
-            .unwrap(),
-    ]);
+    kubectl_example("apply", &ns.0, "3fs/storage-main.yaml", &[]);
     let init_logs = wait_for_sync(WAIT, "the 3fs init container's output", || {
-        let pods = get_json(&["pods", "-n", &ns.0, "-l", "app=storage-main"]);
-        let name = pods["items"][0]["metadata"]["name"]
+        let pod = first_pod(&ns.0, "app=storage-main")?;
+        let name = pod["metadata"]["name"]
             .as_str()
-            .ok_or_else(|| anyhow::anyhow!("no pod yet"))?
+            .unwrap_or_default()
             .to_string();
         let l = kubectl(["logs", "-n", &ns.0, &name, "-c", "aio-settings"]);
         anyhow::ensure!(l.stdout.contains("render-aio-settings:"), "{l:?}");
@@ -467,16 +467,7 @@ fn real_node_chart_pods_run_follow_the_verdict_and_leave_the_node_as_found() {
         init_logs.contains("max_events=512") && init_logs.contains("enable_io_uring=true"),
         "{init_logs}"
     );
-    kubectl_ok([
-        "delete",
-        "-n",
-        &ns.0,
-        "-f",
-        root.join("examples/3fs/storage-main.yaml")
-            .to_str()
-            .unwrap(),
-        "--wait=false",
-    ]);
+    kubectl_example("delete", &ns.0, "3fs/storage-main.yaml", &["--wait=false"]);
     kubectl_ok([
         "delete",
         "-n",

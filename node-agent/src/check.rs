@@ -465,19 +465,15 @@ pub fn run(a: CheckArgs) -> i32 {
 mod tests {
     use super::*;
 
-    fn facts() -> HostFacts {
-        HostFacts {
-            kernel_release: "6.18.0".into(),
-            io_uring_disabled: Some(0),
-            io_uring_group: Some(-1),
-            seccomp_mode: "disabled".into(),
-            memlock_bytes: Some(8 << 20),
-            cap_sys_admin: true,
-            cap_ipc_lock: true,
-            aio_max_nr: 65_536,
-            aio_nr: 0,
-            ..Default::default()
-        }
+    /// The report of a healthy host where io_uring and libaio both work.
+    fn healthy_report() -> Report {
+        build_report(
+            &Sizing::default(),
+            64,
+            &HostFacts::healthy(),
+            &good_uring(),
+            &good_aio(),
+        )
     }
 
     fn good_uring() -> UringProbe {
@@ -502,7 +498,7 @@ mod tests {
 
     #[test]
     fn ready_when_all_parts_work_but_advises_raising_below_required() {
-        let r = build_report(&Sizing::default(), 64, &facts(), &good_uring(), &good_aio());
+        let r = healthy_report();
         assert!(r.ready, "{}", r.verdict);
         assert!(r.verdict.starts_with("READY"));
         assert_eq!(r.sysctl.aio_max_nr_required, 1_048_576);
@@ -522,7 +518,13 @@ mod tests {
             requested_entries: 512,
             ..Default::default()
         };
-        let r = build_report(&Sizing::default(), 64, &facts(), &u, &good_aio());
+        let r = build_report(
+            &Sizing::default(),
+            64,
+            &HostFacts::healthy(),
+            &u,
+            &good_aio(),
+        );
         assert!(!r.ready);
         assert!(r.verdict.contains("ENOSYS"), "{}", r.verdict);
         let v = serde_json::to_value(&r).unwrap();
@@ -552,7 +554,7 @@ mod tests {
     fn not_ready_when_workers_do_not_fit_in_aio_max_nr() {
         let f = HostFacts {
             aio_max_nr: 4000,
-            ..facts()
+            ..HostFacts::healthy()
         };
         let r = build_report(&Sizing::default(), 64, &f, &good_uring(), &good_aio());
         assert!(!r.ready);
@@ -566,7 +568,7 @@ mod tests {
 
     #[test]
     fn text_has_table_verdict_and_advice() {
-        let r = build_report(&Sizing::default(), 64, &facts(), &good_uring(), &good_aio());
+        let r = healthy_report();
         let t = render_text(&r);
         assert!(t.contains("kernel.release"));
         assert!(t.contains("io_uring.read"));

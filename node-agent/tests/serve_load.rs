@@ -40,13 +40,45 @@ fn open_fds(pid: u32) -> usize {
         .count()
 }
 
-fn rss_kb(pid: u32) -> u64 {
+/// A kB field of /proc/<pid>/status (`VmRSS:` resident now, `VmHWM:` its peak).
+fn status_kb(pid: u32, field: &str) -> u64 {
     let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     st.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
+}
+
+impl Server {
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+    fn open_fds(&self) -> usize {
+        open_fds(self.pid())
+    }
+    fn rss_kb(&self) -> u64 {
+        status_kb(self.pid(), "VmRSS:")
+    }
+    fn peak_rss_kb(&self) -> u64 {
+        status_kb(self.pid(), "VmHWM:")
+    }
+}
+
+/// One random range read (up to 16 KiB) of `f0..` that must come back 206 with the right
+/// bytes, as an ordinary client beside the misbehaving ones.
+fn ordinary_read(addr: SocketAddr, data: &[Vec<u8>], rng: &mut Rng, what: &str) {
+    let f = rng.below(FILES as u64) as usize;
+    let a = rng.below(SIZE as u64) as usize;
+    let b = (a + rng.below(16 * 1024) as usize).min(SIZE - 1);
+    let r = http_get(
+        addr,
+        &format!("/v1/files/d/f{f}"),
+        &[("Range", &format!("bytes={a}-{b}"))],
+    )
+    .expect("an ordinary client was not served");
+    assert_eq!(r.status, 206, "{what}: {}", r.text());
+    assert!(r.body == data[f][a..=b], "wrong bytes for f{f} {a}-{b}");
 }
 
 /// Start `ringmaster-agent serve` over `dir` (name `d`) on a free loopback port.
@@ -176,8 +208,7 @@ fn assert_still_serving(
     data: &[Vec<u8>],
     expect_404: &[usize],
 ) {
-    let pid = server.0.id();
-    let (fds_after, rss_kb) = (open_fds(pid), rss_kb(pid));
+    let (fds_after, rss_kb) = (server.open_fds(), server.rss_kb());
     eprintln!("serve_load: server fds {fds_before} before, {fds_after} after; VmRSS {rss_kb} kB");
     assert!(
         fds_after <= fds_before + 64,
@@ -207,7 +238,7 @@ fn assert_still_serving(
 fn range_reads_under_load_survive_a_removed_file() {
     let (dir, data) = data_dir("serve-load");
     let (mut server, addr) = start_serve(dir.path(), &[], &[]);
-    let fds_before = open_fds(server.0.id());
+    let fds_before = server.open_fds();
     let path = dir.path().join(format!("f{REMOVED}"));
     // The open-file cache may serve a removed file for its validity (1 s by default); the
     // fault ends, and answers must be 404, once that has passed.
@@ -293,7 +324,7 @@ fn range_reads_under_load_survive_a_broken_ring() {
             ("RUST_LOG", "warn"),
         ],
     );
-    let fds_before = open_fds(server.0.id());
+    let fds_before = server.open_fds();
     assert_eq!(metric(addr, "ringmaster_ring_replacements_total"), 0);
     let outcomes = drive_load(addr, &data, &|| {});
 
@@ -399,8 +430,8 @@ fn slow_clients_and_connection_floods_stay_bounded() {
         ],
         &[],
     );
-    let pid = server.0.id();
-    let fds_before = open_fds(pid);
+    let pid = server.pid();
+    let fds_before = server.open_fds();
     let sampling = AtomicBool::new(true);
     let fds_max = AtomicU64::new(fds_before as u64);
     let started = std::time::Instant::now();
@@ -448,17 +479,7 @@ fn slow_clients_and_connection_floods_stay_bounded() {
                 s.spawn(move || {
                     let mut rng = Rng(99 + c);
                     while next.fetch_add(1, Ordering::SeqCst) < NORMAL {
-                        let f = rng.below(FILES as u64) as usize;
-                        let a = rng.below(SIZE as u64) as usize;
-                        let b = (a + rng.below(16 * 1024) as usize).min(SIZE - 1);
-                        let r = http_get(
-                            addr,
-                            &format!("/v1/files/d/f{f}"),
-                            &[("Range", &format!("bytes={a}-{b}"))],
-                        )
-                        .expect("an ordinary client was not served");
-                        assert_eq!(r.status, 206, "{}", r.text());
-                        assert!(r.body == data[f][a..=b], "wrong bytes for f{f} {a}-{b}");
+                        ordinary_read(addr, data, &mut rng, "ordinary read beside slow clients");
                         ok.fetch_add(1, Ordering::SeqCst);
                     }
                 })
@@ -487,7 +508,7 @@ fn slow_clients_and_connection_floods_stay_bounded() {
          VmRSS {} kB",
         started.elapsed().as_secs_f64(),
         longest.as_secs_f64(),
-        rss_kb(pid)
+        server.rss_kb()
     );
     assert_eq!(normal_ok, NORMAL);
     // Open connections ≤ the cap, plus a file or two opened by reads in progress.
@@ -500,16 +521,6 @@ fn slow_clients_and_connection_floods_stay_bounded() {
         "connections left open"
     );
     assert_still_serving(&mut server, addr, fds_before, &data, &[]);
-}
-
-/// Peak resident memory of `pid` (VmHWM), kB.
-fn peak_rss_kb(pid: u32) -> u64 {
-    let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    st.lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 #[test]
@@ -538,8 +549,7 @@ fn clients_that_never_read_large_answers_do_not_pin_memory() {
         ],
         &[],
     );
-    let pid = server.0.id();
-    let fds_before = open_fds(pid);
+    let fds_before = server.open_fds();
     let started = std::time::Instant::now();
     let stalled: Vec<std::net::TcpStream> = (0..STALLED)
         .map(|i| {
@@ -574,22 +584,7 @@ fn clients_that_never_read_large_answers_do_not_pin_memory() {
             s.spawn(move || {
                 let mut rng = Rng(1234 + c);
                 while next.fetch_add(1, Ordering::SeqCst) < NORMAL {
-                    let f = rng.below(FILES as u64) as usize;
-                    let a = rng.below(SIZE as u64) as usize;
-                    let b = (a + rng.below(16 * 1024) as usize).min(SIZE - 1);
-                    let r = http_get(
-                        addr,
-                        &format!("/v1/files/d/f{f}"),
-                        &[("Range", &format!("bytes={a}-{b}"))],
-                    )
-                    .expect("an ordinary client was not served");
-                    assert_eq!(
-                        r.status,
-                        206,
-                        "ordinary read beside stalled ones: {}",
-                        r.text()
-                    );
-                    assert!(r.body == data[f][a..=b], "wrong bytes for f{f} {a}-{b}");
+                    ordinary_read(addr, data, &mut rng, "ordinary read beside stalled ones");
                 }
             });
         }
@@ -604,7 +599,7 @@ fn clients_that_never_read_large_answers_do_not_pin_memory() {
         std::thread::sleep(std::time::Duration::from_millis(200));
         left = metric(addr, "ringmaster_reads_in_flight");
     }
-    let peak = peak_rss_kb(pid);
+    let peak = server.peak_rss_kb();
     let big_ok = http_get(addr, "/v1/files/d/big", &[("Range", "bytes=1000-1999")]).unwrap();
     eprintln!(
         "serve_load: {STALLED} clients asking 16 MiB and never reading, {NORMAL} ordinary reads \

@@ -976,4 +976,40 @@ mod tests {
         let d: Vec<u64> = (1..=12).map(|n| backoff(n).as_secs()).collect();
         assert_eq!(d, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300]);
     }
+
+    /// One error of each variant, every API status code included. The match has no
+    /// wildcard: a new variant does not compile here until it has examples, and then its
+    /// kinds must be in [`ERROR_KINDS`].
+    fn errors_of_every_kind() -> Vec<Error> {
+        let api = |code| {
+            Error::Kube(kube::Error::Api(
+                kube::core::Status::failure("m", "R")
+                    .with_code(code)
+                    .boxed(),
+            ))
+        };
+        let mut all: Vec<Error> = (100..600).map(api).collect();
+        all.push(Error::Kube(kube::Error::SerdeError(
+            serde_json::from_str::<u8>("x").unwrap_err(),
+        )));
+        all.push(Error::Json(serde_json::from_str::<u8>("x").unwrap_err()));
+        all.push(Error::NoNamespace("sc".into()));
+        for e in &all {
+            match e {
+                Error::Kube(_) | Error::Json(_) | Error::NoNamespace(_) => {}
+            }
+        }
+        all
+    }
+
+    #[test]
+    fn error_kinds_lists_every_kind() {
+        let kinds: std::collections::BTreeSet<&str> =
+            errors_of_every_kind().iter().map(Error::kind).collect();
+        let listed: std::collections::BTreeSet<&str> = ERROR_KINDS.into_iter().collect();
+        assert_eq!(
+            kinds, listed,
+            "ERROR_KINDS must list exactly what Error::kind returns"
+        );
+    }
 }

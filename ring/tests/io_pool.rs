@@ -18,13 +18,40 @@ use ringmaster_ring::io::{
 
 const SIZE: usize = (1 << 20) + 777; // not block-aligned: reads cross a ragged EOF
 
+/// An io_uring pool (policy Required: it must start on the CI kernel); with `break_after`,
+/// one worker's ring breaks for real once that many reads reached the rings.
+fn uring_pool(workers: u32, max_events: u32, break_after: Option<u64>) -> Pool {
+    let mut cfg = PoolConfig::new(workers, max_events, Policy::Required);
+    cfg.break_ring_after = break_after;
+    let pool =
+        Pool::start(&cfg).expect("io_uring pool (policy required) must start on the CI kernel");
+    assert_eq!(pool.mode(), WorkerMode::IoUring);
+    pool
+}
+
 fn pools() -> Vec<Pool> {
-    let uring = Pool::start(&PoolConfig::new(2, 16, Policy::Required))
-        .expect("io_uring pool (policy required) must start on the CI kernel");
-    assert_eq!(uring.mode(), WorkerMode::IoUring);
+    let uring = uring_pool(2, 16, None);
     let pread = Pool::start(&PoolConfig::new(3, 16, Policy::Disabled)).unwrap();
     assert_eq!(pread.mode(), WorkerMode::Pread);
     vec![uring, pread]
+}
+
+/// A read of `len` bytes at `off` into a fresh buffer; `done` gets its outcome.
+fn read_job(
+    file: &Arc<File>,
+    off: u64,
+    len: usize,
+    direct: bool,
+    done: impl FnOnce(ReadOutcome) + Send + 'static,
+) -> ReadJob {
+    ReadJob::new(
+        file.clone(),
+        off,
+        len,
+        AlignedBuf::new(len),
+        direct,
+        Box::new(done),
+    )
 }
 
 fn data_file(dir: &TempDir, name: &str, len: usize, seed: u64) -> (std::path::PathBuf, Vec<u8>) {
@@ -59,14 +86,7 @@ fn read_many(
     let (tx, rx) = mpsc::channel::<(usize, ReadOutcome)>();
     for (i, &(off, len)) in reqs.iter().enumerate() {
         let tx = tx.clone();
-        let job = ReadJob::new(
-            file.clone(),
-            off,
-            len,
-            AlignedBuf::new(len),
-            direct,
-            Box::new(move |o| tx.send((i, o)).unwrap()),
-        );
+        let job = read_job(file, off, len, direct, move |o| tx.send((i, o)).unwrap());
         // Back-pressure: a full queue hands the job back; wait for room and retry.
         let mut job = job;
         loop {
@@ -202,14 +222,7 @@ fn pipe_read(pool: &Pool, len: usize, first: &[u8]) -> (File, mpsc::Receiver<Rea
     let (rd, mut wr) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
     wr.write_all(first).unwrap();
     let (tx, rx) = mpsc::channel();
-    let job = ReadJob::new(
-        Arc::new(rd),
-        0,
-        len,
-        AlignedBuf::new(len),
-        false,
-        Box::new(move |o| tx.send(o).unwrap()),
-    );
+    let job = read_job(&Arc::new(rd), 0, len, false, move |o| tx.send(o).unwrap());
     assert!(pool.submit(job).is_ok());
     (wr, rx)
 }
@@ -218,7 +231,7 @@ fn pipe_read(pool: &Pool, len: usize, first: &[u8]) -> (File, mpsc::Receiver<Rea
 fn short_reads_from_a_pipe_are_resubmitted_until_full() {
     // A pipe returns what has arrived: the first read completes short (1000 of 8192 bytes) and
     // the ring worker must read again for the rest, which arrives 200 ms later.
-    let pool = Pool::start(&PoolConfig::new(1, 8, Policy::Required)).unwrap();
+    let pool = uring_pool(1, 8, None);
     let data = pattern(8192, 3);
     let (mut wr, rx) = pipe_read(&pool, 8192, &data[..1000]);
     std::thread::sleep(Duration::from_millis(200));
@@ -254,14 +267,7 @@ fn a_bad_request_fails_alone() {
         let (tx, rx) = mpsc::channel::<(&str, ReadOutcome)>();
         let submit = |tag: &'static str, f: &Arc<File>, off: u64, len: usize, d: bool| {
             let tx = tx.clone();
-            let job = ReadJob::new(
-                f.clone(),
-                off,
-                len,
-                AlignedBuf::new(len),
-                d,
-                Box::new(move |o| tx.send((tag, o)).unwrap()),
-            );
+            let job = read_job(f, off, len, d, move |o| tx.send((tag, o)).unwrap());
             assert!(pool.submit(job).is_ok());
         };
         submit("good1", &direct, 0, 8192, true);
@@ -313,14 +319,7 @@ fn pool_survives_a_deleted_file() {
         let (tx, rx) = mpsc::channel();
         for &(off, len) in &reqs {
             let tx = tx.clone();
-            let job = ReadJob::new(
-                f.clone(),
-                off,
-                len,
-                AlignedBuf::new(len),
-                false,
-                Box::new(move |o| tx.send(o).unwrap()),
-            );
+            let job = read_job(&f, off, len, false, move |o| tx.send(o).unwrap());
             assert!(pool.submit(job).is_ok());
         }
         std::fs::remove_file(&p).unwrap(); // unlinked while reads are queued and in flight
@@ -361,14 +360,9 @@ fn shutdown_finishes_every_queued_read() {
         let mut queued = 0;
         for i in 0..200u64 {
             let tx = tx.clone();
-            let job = ReadJob::new(
-                f.clone(),
-                (i % 256) * 4096,
-                4096,
-                AlignedBuf::new(4096),
-                true,
-                Box::new(move |o| tx.send(o).unwrap()),
-            );
+            let job = read_job(&f, (i % 256) * 4096, 4096, true, move |o| {
+                tx.send(o).unwrap()
+            });
             if pool.submit(job).is_ok() {
                 queued += 1;
             }
@@ -388,14 +382,7 @@ fn shutdown_finishes_every_queued_read() {
             assert!(o.buf.as_slice() == &data[off..off + n]);
         }
         // After shutdown the pool refuses work and hands the job back.
-        let job = ReadJob::new(
-            f.clone(),
-            0,
-            4096,
-            AlignedBuf::new(4096),
-            true,
-            Box::new(|_| {}),
-        );
+        let job = read_job(&f, 0, 4096, true, |_| {});
         assert!(matches!(
             pool.submit(job),
             Err(ringmaster_ring::io::SubmitError::ShutDown(_))
@@ -420,22 +407,15 @@ fn bad_pool_config_is_refused_with_the_flag_named() {
 fn chain(pool: Arc<Pool>, file: Arc<File>, data: Arc<Vec<u8>>, left: u32, done: mpsc::Sender<u32>) {
     let off = (left as u64 * 7919) % (data.len() as u64 - 4096);
     let p = pool.clone();
-    let job = ReadJob::new(
-        file,
-        off,
-        4096,
-        AlignedBuf::new(4096),
-        false,
-        Box::new(move |o: ReadOutcome| {
-            let n = o.result.expect("chained read");
-            let ok = o.buf.as_slice() == &data[off as usize..off as usize + n] && n == 4096;
-            if !ok || left == 0 {
-                done.send(if ok { 0 } else { left + 1 }).unwrap();
-                return;
-            }
-            chain(p, o.file, data, left - 1, done);
-        }),
-    );
+    let job = read_job(&file, off, 4096, false, move |o: ReadOutcome| {
+        let n = o.result.expect("chained read");
+        let ok = o.buf.as_slice() == &data[off as usize..off as usize + n] && n == 4096;
+        if !ok || left == 0 {
+            done.send(if ok { 0 } else { left + 1 }).unwrap();
+            return;
+        }
+        chain(p, o.file, data, left - 1, done);
+    });
     assert!(pool.read(job).is_ok());
 }
 
@@ -473,9 +453,7 @@ fn a_broken_ring_is_replaced_and_only_the_read_it_held_fails() {
     // becomes /dev/null, so the kernel fails the next io_uring_enter (EOPNOTSUPP). The read
     // the old ring holds forever (a pipe with no data) fails alone, with that errno, after
     // the bounded drain; every other read completes with the right bytes on the new ring.
-    let mut cfg = PoolConfig::new(1, 8, Policy::Required);
-    cfg.break_ring_after = Some(2);
-    let pool = Pool::start(&cfg).unwrap();
+    let pool = uring_pool(1, 8, Some(2));
     let (_writer, stuck) = pipe_read(&pool, 4096, &[]);
     std::thread::sleep(Duration::from_millis(100));
     assert!(stuck.try_recv().is_err(), "the pipe read should be waiting");
@@ -526,9 +504,7 @@ fn direct_reads_in_flight_survive_a_broken_ring() {
     let reqs: Vec<(u64, usize)> = (0..3000)
         .map(|_| (rng.below(1024) * 4096, 4096 * (1 + rng.below(16) as usize)))
         .collect();
-    let mut cfg = PoolConfig::new(2, 32, Policy::Required);
-    cfg.break_ring_after = Some(700);
-    let pool = Pool::start(&cfg).unwrap();
+    let pool = uring_pool(2, 32, Some(700));
     let outs = read_many(&pool, &file, &reqs, true, false);
     check(
         &data,

@@ -507,6 +507,15 @@ impl Fleet {
         self.create_cluster_spec(spec).await
     }
 
+    /// [`Self::create_cluster`], returning the generation the agents will apply.
+    pub async fn create_cluster_generation(&self, spec_yaml: &str) -> i64 {
+        self.create_cluster(spec_yaml)
+            .await
+            .metadata
+            .generation
+            .expect("a created StorageCluster has a generation")
+    }
+
     /// Creates the StorageCluster `main` with exactly `spec`.
     pub async fn create_cluster_spec(&self, spec: serde_json::Value) -> StorageCluster {
         let sc: StorageCluster = serde_json::from_value(json!({
@@ -550,12 +559,7 @@ impl Fleet {
     /// Creates the StorageCluster from `spec_yaml`, starts every agent and reader, and
     /// waits until each node applied it; returns its generation.
     pub async fn start_and_wait_applied(&mut self, spec_yaml: &str) -> i64 {
-        let gen = self
-            .create_cluster(spec_yaml)
-            .await
-            .metadata
-            .generation
-            .unwrap();
+        let gen = self.create_cluster_generation(spec_yaml).await;
         self.start_all();
         let nodes: Vec<String> = self.agents.iter().map(|a| a.node.clone()).collect();
         for n in &nodes {

@@ -83,23 +83,22 @@ where
     }
 }
 
+/// `helm template RELEASE CHART [--namespace NS] --kube-version V EXTRA...`.
+pub fn template(release: &str, namespace: Option<&str>, extra: &[&str]) -> HelmOutput {
+    let chart = chart_dir();
+    let mut args = vec!["template", release, chart.as_str()];
+    if let Some(ns) = namespace {
+        args.extend(["--namespace", ns]);
+    }
+    args.extend(["--kube-version", TEMPLATE_KUBE_VERSION]);
+    args.extend_from_slice(extra);
+    helm(args)
+}
+
 /// `helm template` of the chart with `--set` pairs, as YAML documents.
 pub fn render(release: &str, namespace: &str, sets: &[&str]) -> Vec<Value> {
-    let chart = chart_dir();
-    let mut args = vec![
-        "template",
-        release,
-        chart.as_str(),
-        "--namespace",
-        namespace,
-        "--kube-version",
-        TEMPLATE_KUBE_VERSION,
-    ];
-    for s in sets {
-        args.push("--set");
-        args.push(s);
-    }
-    parse_docs(&helm(args).ok())
+    let extra: Vec<&str> = sets.iter().flat_map(|s| ["--set", s]).collect();
+    parse_docs(&template(release, Some(namespace), &extra).ok())
 }
 
 /// The non-empty YAML documents of a multi-document stream.

@@ -337,6 +337,33 @@ pub async fn wait_status(
     .await
 }
 
+/// Waits (up to 60 s) until the StorageCluster's condition `type_` has `status` and
+/// `reason`, and returns that condition (its message is what tests check next).
+pub async fn wait_condition(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    type_: &str,
+    status: &str,
+    reason: &str,
+) -> Condition {
+    let what = format!("{type_}={status}/{reason}");
+    let sc = wait_status(client, ns, name, &what, Duration::from_secs(60), |sc| {
+        let c = cond(sc, type_).ok_or_else(|| anyhow::anyhow!("no {type_}"))?;
+        anyhow::ensure!(
+            c.status == status && c.reason == reason,
+            "{} {}",
+            c.status,
+            c.reason
+        );
+        Ok(())
+    })
+    .await;
+    cond(&sc, type_)
+        .cloned()
+        .expect("the condition just waited for")
+}
+
 /// The counts as a tuple: (desired, reporting, tuned, supported, unsupported, ready, upToDate).
 pub fn counts(sc: &StorageCluster) -> (i32, i32, i32, i32, i32, i32, i32) {
     let s = sc.status.clone().unwrap_or_default();

@@ -344,28 +344,33 @@ impl Agent {
         if let Some(e) = &tune.error {
             tracing::warn!(error = %e, "fs.aio-max-nr not tuned");
         }
-        // A handoff that fails is reported like an unreadable report; the pass goes on.
+        // A handoff that fails is announced like an unreadable report, under its own
+        // reason; the pass goes on.
         let config_error = self.write_config(d).err().map(|e| format!("{e:#}"));
-        let (report, mut reader_error) = self.read_report();
-        if let Some(e) = config_error {
-            reader_error = Some(match reader_error {
-                Some(r) => format!("{e}; {r}"),
-                None => e,
-            });
-        }
-        if reader_error != self.reader_error_announced {
-            if let Some(e) = &reader_error {
-                tracing::warn!(error = %e, "reader report unreadable");
+        let (report, reader_error) = self.read_report();
+        let handoff_error = match (&config_error, &reader_error) {
+            (Some(c), Some(r)) => Some(format!("{c}; {r}")),
+            (c, r) => c.clone().or_else(|| r.clone()),
+        };
+        if handoff_error != self.reader_error_announced {
+            if let Some(e) = &handoff_error {
+                let reason = if config_error.is_some() {
+                    tracing::warn!(error = %e, "cannot hand config.json to the reader");
+                    reasons::CONFIG_HANDOFF_FAILED
+                } else {
+                    tracing::warn!(error = %e, "reader report unreadable");
+                    reasons::READER_REPORT_INVALID
+                };
                 self.events
                     .publish(&Transition {
                         warning: true,
-                        reason: reasons::READER_REPORT_INVALID,
+                        reason,
                         action: "Report",
                         note: e.clone(),
                     })
                     .await;
             }
-            self.reader_error_announced = reader_error.clone();
+            self.reader_error_announced = handoff_error;
         }
         let Some(node) = self.get_node(d).await? else {
             return Ok(());
@@ -377,6 +382,7 @@ impl Agent {
             tune: &tune,
             report: report.as_ref(),
             reader_error: reader_error.as_deref(),
+            config_error: config_error.as_deref(),
             kernel: report
                 .as_ref()
                 .map(|r| r.host.kernel_release.as_str())

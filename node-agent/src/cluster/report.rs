@@ -27,6 +27,8 @@ pub struct Observation<'a> {
     pub report: Option<&'a ReaderReport>,
     /// `reader.json` exists but cannot be read/parsed.
     pub reader_error: Option<&'a str>,
+    /// `config.json` could not be written for the reader (it keeps its last config).
+    pub config_error: Option<&'a str>,
     pub kernel: &'a str,
     pub io_uring_disabled: Option<i64>,
 }
@@ -292,6 +294,21 @@ impl Observation<'_> {
 
     fn io_uring_condition(&self) -> Condition {
         match (self.report, self.reader_error) {
+            (None, reader_error) if self.config_error.is_some() => Condition {
+                status: "Unknown".into(),
+                ..condition(
+                    cond::IO_URING_SUPPORTED,
+                    false,
+                    reasons::CONFIG_HANDOFF_FAILED,
+                    format!(
+                        "{}{}",
+                        self.config_error.unwrap_or_default(),
+                        reader_error
+                            .map(|e| format!("; cannot read the reader's report: {e}"))
+                            .unwrap_or_default()
+                    ),
+                )
+            },
             (Some(r), _) if r.io_uring.supported => condition(
                 cond::IO_URING_SUPPORTED,
                 true,
@@ -612,6 +629,7 @@ mod tests {
             tune: t,
             report: r,
             reader_error: None,
+            config_error: None,
             kernel: "6.8.0",
             io_uring_disabled: Some(0),
         }
@@ -663,6 +681,36 @@ mod tests {
         let t = tuned();
         let r = report(&d, false, WorkerMode::Pread, true);
         assert!(!obs(&d, &t, Some(&r)).want_taint());
+    }
+
+    #[test]
+    fn failed_config_handoff_has_its_own_reason() {
+        let d = desired("Label");
+        let t = tuned();
+        let io_uring = |o: &Observation| {
+            o.status(None, None, Timestamp::UNIX_EPOCH)
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == cond::IO_URING_SUPPORTED)
+                .unwrap()
+        };
+        let mut o = obs(&d, &t, None);
+        o.config_error = Some("cannot hand config.json to the reader in /state/agent: EROFS");
+        let c = io_uring(&o);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("Unknown", reasons::CONFIG_HANDOFF_FAILED)
+        );
+        assert!(
+            c.message.contains("config.json") && c.message.contains("EROFS"),
+            "{}",
+            c.message
+        );
+        // An unreadable report alone keeps its own reason.
+        o.config_error = None;
+        o.reader_error = Some("reader.json: refused: it is a FIFO");
+        let c = io_uring(&o);
+        assert_eq!(c.reason, reasons::READER_REPORT_INVALID);
     }
 
     #[test]

@@ -467,6 +467,17 @@ fn with_dirs(mut sc: StorageCluster, dirs: &[(&str, &str)]) -> StorageCluster {
     sc
 }
 
+/// The three selected nodes: n1 and n2 report every data dir available, n3 as given.
+fn n1_n2_fine_and_n3(n3: StorageNode) -> World {
+    World {
+        nodes: three_selected(),
+        reports: vec![report("n1", None, 3), report("n2", None, 3), n3],
+        clusters: vec![],
+        ds: Some(ds(3, 3, 3)),
+        refused: vec![],
+    }
+}
+
 fn three_selected() -> Vec<Node> {
     vec![
         node("n1", &[("tier", "storage")], &[]),
@@ -481,17 +492,12 @@ fn one_node_missing_one_data_dir_degrades_naming_the_field() {
         cluster("fast", 10, &[("tier", "storage")]),
         &[("d0", "/storage/data0"), ("d1", "/storage/data1")],
     );
-    let w = World {
-        nodes: three_selected(),
-        reports: vec![
-            report("n1", None, 3),
-            report("n2", None, 3),
-            dir_unavailable(report("n3", None, 3), "d1", "/storage/data1", "NotFound"),
-        ],
-        clusters: vec![],
-        ds: Some(ds(3, 3, 3)),
-        refused: vec![],
-    };
+    let w = n1_n2_fine_and_n3(dir_unavailable(
+        report("n3", None, 3),
+        "d1",
+        "/storage/data1",
+        "NotFound",
+    ));
     let o = w.run(&sc);
     let d = get(&o, cc::DEGRADED);
     assert_eq!(
@@ -596,17 +602,12 @@ fn data_dir_removed_from_the_spec_falls_back_to_its_name() {
         cluster("fast", 10, &[("tier", "storage")]),
         &[("d0", "/storage/data0")],
     );
-    let w = World {
-        nodes: three_selected(),
-        reports: vec![
-            report("n1", None, 3),
-            report("n2", None, 3),
-            dir_unavailable(report("n3", None, 2), "d1", "/storage/data1", "NotFound"),
-        ],
-        clusters: vec![],
-        ds: Some(ds(3, 3, 3)),
-        refused: vec![],
-    };
+    let w = n1_n2_fine_and_n3(dir_unavailable(
+        report("n3", None, 2),
+        "d1",
+        "/storage/data1",
+        "NotFound",
+    ));
     let o = w.run(&sc);
     let d = get(&o, cc::DEGRADED);
     assert!(

@@ -39,6 +39,25 @@ pub struct HostFacts {
 }
 
 impl HostFacts {
+    /// The host unit tests start from (and change one fact at a time): kernel 6.18,
+    /// io_uring allowed, no seccomp, 8 MiB RLIMIT_MEMLOCK, CAP_SYS_ADMIN and CAP_IPC_LOCK,
+    /// fs.aio-max-nr 65536 with nothing in use.
+    #[cfg(any(test, feature = "test-fixtures"))]
+    pub fn healthy() -> Self {
+        HostFacts {
+            kernel_release: "6.18.0".into(),
+            io_uring_disabled: Some(0),
+            io_uring_group: Some(-1),
+            seccomp_mode: "disabled".into(),
+            memlock_bytes: Some(8 << 20),
+            cap_sys_admin: true,
+            cap_ipc_lock: true,
+            aio_max_nr: 65_536,
+            aio_nr: 0,
+            ..Default::default()
+        }
+    }
+
     /// This process runs under a seccomp filter (a container runtime profile, a sandbox).
     pub fn seccomp_filtered(&self) -> bool {
         self.seccomp_mode == "filter"

@@ -280,21 +280,6 @@ pub fn classify_aio(errno: i32, max_events: u32, f: &HostFacts) -> Diagnosis {
 mod tests {
     use super::*;
 
-    fn host() -> HostFacts {
-        HostFacts {
-            kernel_release: "6.18.0".into(),
-            io_uring_disabled: Some(0),
-            io_uring_group: Some(-1),
-            seccomp_mode: "disabled".into(),
-            memlock_bytes: Some(8 << 20),
-            cap_sys_admin: true,
-            cap_ipc_lock: true,
-            aio_max_nr: 65_536,
-            aio_nr: 0,
-            ..Default::default()
-        }
-    }
-
     #[test]
     fn names_round_trip() {
         for e in [
@@ -320,7 +305,7 @@ mod tests {
     fn enosys_under_seccomp_blames_the_profile() {
         let f = HostFacts {
             seccomp_mode: "filter".into(),
-            ..host()
+            ..HostFacts::healthy()
         };
         let d = classify_uring(libc::ENOSYS, Step::Setup, 512, &f);
         assert_eq!(d.reason, "ENOSYS");
@@ -331,7 +316,7 @@ mod tests {
 
     #[test]
     fn enosys_without_seccomp_blames_the_kernel() {
-        let d = classify_uring(libc::ENOSYS, Step::Setup, 512, &host());
+        let d = classify_uring(libc::ENOSYS, Step::Setup, 512, &HostFacts::healthy());
         assert!(d.cause.contains("CONFIG_IO_URING"), "{}", d.cause);
         assert!(d.cause.contains("6.18.0"), "{}", d.cause);
     }
@@ -341,7 +326,7 @@ mod tests {
         let f2 = HostFacts {
             io_uring_disabled: Some(2),
             seccomp_mode: "filter".into(),
-            ..host()
+            ..HostFacts::healthy()
         };
         let d = classify_uring(libc::EPERM, Step::Setup, 512, &f2);
         assert!(d.cause.contains("io_uring_disabled=2"), "{}", d.cause);
@@ -349,7 +334,7 @@ mod tests {
         let f1 = HostFacts {
             io_uring_disabled: Some(1),
             cap_sys_admin: false,
-            ..host()
+            ..HostFacts::healthy()
         };
         let d = classify_uring(libc::EPERM, Step::Setup, 512, &f1);
         assert!(d.cause.contains("io_uring_disabled=1"), "{}", d.cause);
@@ -360,26 +345,26 @@ mod tests {
         let f1_admin = HostFacts {
             io_uring_disabled: Some(1),
             seccomp_mode: "filter".into(),
-            ..host()
+            ..HostFacts::healthy()
         };
         let d = classify_uring(libc::EPERM, Step::Setup, 512, &f1_admin);
         assert!(d.cause.contains("Docker >= 25"), "{}", d.cause);
 
-        let d = classify_uring(libc::EPERM, Step::Setup, 512, &host());
+        let d = classify_uring(libc::EPERM, Step::Setup, 512, &HostFacts::healthy());
         assert!(d.cause.contains("security policy"), "{}", d.cause);
         assert!(!d.shrinkable);
     }
 
     #[test]
     fn einval_and_enomem_allow_shrinking() {
-        let d = classify_uring(libc::EINVAL, Step::Setup, 65_536, &host());
+        let d = classify_uring(libc::EINVAL, Step::Setup, 65_536, &HostFacts::healthy());
         assert!(d.shrinkable);
         assert!(d.cause.contains("1..=32768"), "{}", d.cause);
-        assert!(classify_uring(libc::EINVAL, Step::Setup, 512, &host()).shrinkable);
+        assert!(classify_uring(libc::EINVAL, Step::Setup, 512, &HostFacts::healthy()).shrinkable);
         let f = HostFacts {
             cap_ipc_lock: false,
             memlock_bytes: Some(65_536),
-            ..host()
+            ..HostFacts::healthy()
         };
         let d = classify_uring(libc::ENOMEM, Step::RegisterBuffers, 512, &f);
         assert!(d.shrinkable);
@@ -396,7 +381,7 @@ mod tests {
         let f = HostFacts {
             aio_max_nr: 256,
             aio_nr: 10,
-            ..host()
+            ..HostFacts::healthy()
         };
         let d = classify_aio(libc::EAGAIN, 512, &f);
         assert_eq!(d.reason, "EAGAIN");
@@ -406,7 +391,7 @@ mod tests {
             d.cause
         );
         assert!(d.fix.contains("ringmaster-agent tune"), "{}", d.fix);
-        let d = classify_aio(libc::ENOSYS, 512, &host());
+        let d = classify_aio(libc::ENOSYS, 512, &HostFacts::healthy());
         assert!(d.cause.contains("CONFIG_AIO"), "{}", d.cause);
     }
 }
