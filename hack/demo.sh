@@ -5,8 +5,9 @@
 #                         as a real node (hack/cluster.sh up --real-node: kubelet, containerd, runc,
 #                         CNI bridge, kube-proxy), `helm install` the chart (the operator runs as
 #                         pods), add two simulated nodes (kwok) beside it, apply
-#                         examples/storagecluster.yaml, wait for the agent pod on this host and
-#                         print what the cluster shows
+#                         examples/storagecluster.yaml serving a small demo data dir, wait for the
+#                         agent pod on this host, print what the cluster shows, and read a file
+#                         through the reader: without the cluster's token (401), then with it
 #   hack/demo.sh status   print it again
 #   hack/demo.sh down     stop everything and remove the demo's state; hack/cluster.sh down puts the
 #                         host back as it was (fs.aio-max-nr and the other sysctls, iptables/nftables,
@@ -27,6 +28,9 @@ DEMO=${RINGMASTER_DEMO_DIR:-$CACHE/demo}
 SYSTEM_NS=ringmaster-system
 DEMO_NS=ringmaster-demo
 CLUSTER=storage # metadata.name in examples/storagecluster.yaml
+# The data dir the demo serves (its parent is the one root the demo's admin allows; the chart
+# allows none by default, and never system dirs or anything under /root).
+DATA_ROOT=/srv/ringmaster-demo
 SIM_NODES=(demo-node-2 demo-node-3)
 WAIT=${RINGMASTER_DEMO_TIMEOUT:-180}
 export RINGMASTER_CLUSTER_DIR=$DEMO/cluster
@@ -77,6 +81,32 @@ status() {
   kubectl get pods -n "$DEMO_NS" -o wide
 }
 
+# read_demo_file [TOKEN]: GET a range of the demo file through the reader's pod address.
+read_demo_file() {
+  local n ip; n=$(node_name)
+  ip=$(kubectl get pods -n "$DEMO_NS" --field-selector "spec.nodeName=$n" -o jsonpath='{.items[0].status.podIP}')
+  curl -sS -m 5 -D - ${1:+-H "Authorization: Bearer $1"} -H 'Range: bytes=0-40' \
+    "http://$ip:7480/v1/files/data/hello.txt"
+}
+
+read_token() {
+  kubectl get secret -n "$DEMO_NS" "$CLUSTER-read-token" -o jsonpath='{.data.token}' | base64 -d
+}
+
+demo_read_ok() { read_demo_file "$(read_token)" 2>/dev/null | grep -q '^HTTP/1.1 206'; }
+
+show_reads() {
+  echo
+  echo "\$ curl -H 'Range: bytes=0-40' http://<agent pod IP>:7480/v1/files/data/hello.txt   # no token"
+  read_demo_file || true
+  echo
+  echo
+  echo "\$ curl -H \"Authorization: Bearer \$(kubectl get secret -n $DEMO_NS $CLUSTER-read-token -o jsonpath='{.data.token}' | base64 -d)\" \\"
+  echo "       -H 'Range: bytes=0-40' http://<agent pod IP>:7480/v1/files/data/hello.txt"
+  read_demo_file "$(read_token)" || true
+  echo
+}
+
 explore() {
   local n; n=$(node_name)
   cat <<EOF
@@ -94,6 +124,9 @@ Explore:
     -p '{"spec":{"seccomp":{"type":"Localhost","localhostProfile":"ringmaster/io-uring.json"}}}'
                                                      # the DaemonSet rolls; the verdict turns supported
   kubectl get stc -n $DEMO_NS $CLUSTER -o yaml           # status: counts, conditions, unsupportedNodes
+  kubectl get secret,networkpolicy -n $DEMO_NS           # the read token (clients in $DEMO_NS mount it) and
+                                                     # the NetworkPolicy (the bridge CNI here ignores it:
+                                                     # the token is what keeps reads closed)
   crictl ps                                          # the containers containerd runs on this host
   helm -n $SYSTEM_NS get values ringmaster
 
@@ -130,6 +163,7 @@ up() {
   say "helm install ringmaster charts/ringmaster -n $SYSTEM_NS --create-namespace"
   # (grep: the API server warns about the integer formats in the CRD schemas.)
   helm install ringmaster charts/ringmaster -n "$SYSTEM_NS" --create-namespace \
+    --set-json "agent.allowedDataDirRoots=[\"$DATA_ROOT\"]" \
     2> >(grep -v 'unrecognized format' >&2) | sed -n '1,6p'
   wait_until "the operator Deployment Available" \
     kubectl wait -n "$SYSTEM_NS" --for=condition=Available deployment -l app.kubernetes.io/component=operator --timeout=5s
@@ -149,9 +183,16 @@ EOF
     wait_until "node $s Ready" kubectl wait --for=condition=Ready "node/$s" --timeout=5s
   done
 
-  say "kubectl apply -n $DEMO_NS -f examples/storagecluster.yaml"
+  say "a demo data dir $DATA_ROOT/data (the reader, uid 65532, reads it)"
+  mkdir -p "$DATA_ROOT/data"
+  echo "hello from $n, read through the io_uring read service" >"$DATA_ROOT/data/hello.txt"
+  chmod 755 "$DATA_ROOT" "$DATA_ROOT/data" && chmod 644 "$DATA_ROOT/data/hello.txt"
+
+  say "kubectl apply -n $DEMO_NS -f examples/storagecluster.yaml, serving $DATA_ROOT/data"
   kubectl create namespace "$DEMO_NS" >/dev/null
   kubectl apply -n "$DEMO_NS" -f examples/storagecluster.yaml
+  kubectl patch stc -n "$DEMO_NS" "$CLUSTER" --type merge \
+    -p "{\"spec\":{\"readService\":{\"dataDirs\":[{\"name\":\"data\",\"hostPath\":\"$DATA_ROOT/data\"}]}}}"
 
   say "wait for the agent pod on $n (containers agent and reader Ready) and its report"
   wait_until "the agent pod on $n Ready" bash -c "kubectl get pods -n $DEMO_NS --field-selector spec.nodeName=$n \
@@ -163,7 +204,10 @@ EOF
   wait_until "StorageCluster status counting the report" \
     bash -c "test \"\$(kubectl get stc -n $DEMO_NS $CLUSTER -o jsonpath='{.status.reporting}')\" -ge 1"
 
+  wait_until "the reader serving the demo file (with the token)" demo_read_ok
+
   status
+  show_reads
   explore
 }
 
@@ -174,13 +218,13 @@ down() {
   fi
   say "stop the real node and the control plane (hack/cluster.sh down)"
   if [[ -d $RINGMASTER_CLUSTER_DIR ]]; then hack/cluster.sh down || true; fi
-  rm -rf "$DEMO"
+  rm -rf "$DEMO" "$DATA_ROOT"
   echo "demo: torn down" >&2
 }
 
 case ${1:-up} in
   up) up ;;
-  status) [[ -e $DEMO/env ]] || die "no demo is up (hack/demo.sh)"; status; explore ;;
+  status) [[ -e $DEMO/env ]] || die "no demo is up (hack/demo.sh)"; status; show_reads; explore ;;
   down) down ;;
   *) echo "usage: $0 [up|status|down]" >&2; exit 2 ;;
 esac

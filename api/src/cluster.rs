@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -209,6 +209,31 @@ pub struct ReadServiceSpec {
     #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     #[schemars(length(max = 64))]
     pub data_dirs: Vec<DataDir>,
+    /// Pods that may reach the read port, rendered as a NetworkPolicy on the agent pods
+    /// (`<cluster>-agent`). Empty (the default): only pods in this StorageCluster's own
+    /// namespace. Each entry works like a NetworkPolicy peer: `podSelector` alone selects
+    /// pods in this namespace, `namespaceSelector` alone every pod of the namespaces it
+    /// selects, both together the selected pods of the selected namespaces. Where the CNI
+    /// does not enforce NetworkPolicy this is no barrier; reads still need the bearer token
+    /// of the `<cluster>-read-token` Secret.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub allowed_clients: Vec<ReadClient>,
+}
+
+/// Pods allowed to reach the read service (a NetworkPolicy peer without `ipBlock`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.namespaceSelector) || has(self.podSelector)").message("spec.readService.allowedClients[]: set namespaceSelector, podSelector or both (e.g. podSelector: {matchLabels: {app: storage}})").reason(Reason::FieldValueRequired))]
+pub struct ReadClient {
+    /// Namespaces whose pods may read (`{}`: every namespace). Unset: this StorageCluster's
+    /// namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_selector: Option<LabelSelector>,
+    /// Pods that may read, in the namespaces above (`{}`: every pod). Unset: every pod of
+    /// those namespaces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_selector: Option<LabelSelector>,
 }
 
 fn default_port() -> u16 {
@@ -220,6 +245,7 @@ impl Default for ReadServiceSpec {
         Self {
             port: default_port(),
             data_dirs: Vec::new(),
+            allowed_clients: Vec::new(),
         }
     }
 }
@@ -353,10 +379,13 @@ impl StorageClusterSpec {
     /// Hash of the fields that change the agent pods themselves (resources,
     /// seccomp, port, data dirs, selection); only these roll the DaemonSet.
     pub fn pod_hash(&self) -> String {
+        // Who may read is the NetworkPolicy's business, not the pods'.
+        let mut read_service = self.read_service.clone();
+        read_service.allowed_clients.clear();
         let v = serde_json::json!({
             "resources": self.agent.resources,
             "seccomp": self.seccomp,
-            "readService": self.read_service,
+            "readService": read_service,
             "persist": self.sysctl.persist,
         });
         short_hash(&serde_json::to_vec(&v).expect("json serializes"))
@@ -393,6 +422,8 @@ mod tests {
         assert_ne!(a.config_hash(), b.config_hash());
         b.agent.image = Some("other:1".into());
         assert_eq!(a.pod_hash(), b.pod_hash(), "the image field is ignored");
+        b.read_service.allowed_clients.push(ReadClient::default());
+        assert_eq!(a.pod_hash(), b.pod_hash(), "allowedClients rolls no pod");
         b.seccomp.type_ = SeccompType::Localhost;
         assert_ne!(a.pod_hash(), b.pod_hash());
     }

@@ -21,6 +21,7 @@ mod monitoring;
 mod operator_finalizer;
 mod operator_fleet;
 mod operator_rbac;
+mod operator_read_access;
 mod operator_resilience;
 mod operator_rollout;
 mod operator_trust;

@@ -104,11 +104,23 @@ async fn refused_spec_is_degraded_naming_the_field_and_nothing_is_rendered() {
         reader
             .iter()
             .all(|(v, p)| !p.starts_with("/var/run/secrets")
-                && !v.contains("token")
+                && (!v.contains("token") || v == "read-token")
                 && !v.starts_with("kube-api-access")),
         "the reader must hold no ServiceAccount token: {reader:?}"
     );
+    // The read token (what clients must send) is the reader's, never the agent's.
+    assert!(
+        reader.contains(&(
+            "read-token".to_string(),
+            "/etc/ringmaster/read-token".to_string()
+        )),
+        "{reader:?}"
+    );
     let agent = mounts("agent");
+    assert!(
+        agent.iter().all(|(v, _)| v != "read-token"),
+        "the agent must not see the read token: {agent:?}"
+    );
     assert!(
         agent.contains(&("agent-token".to_string(), TOKEN_DIR.to_string())),
         "{agent:?}"

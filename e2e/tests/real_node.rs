@@ -377,8 +377,49 @@ fn real_node_chart_pods_run_follow_the_verdict_and_leave_the_node_as_found() {
         .unwrap()
         .to_string();
     let url = format!("http://{ip}:7480/v1/files/data/blob");
+    // Without the cluster's read token: 401 (the pod network here does not enforce
+    // NetworkPolicy; the token is what keeps reads closed).
     let out = std::process::Command::new("curl")
         .args(["-sS", "-D", "-", "-H", "Range: bytes=1000-1099", &url])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        text.starts_with("HTTP/1.1 401"),
+        "a read without the token via {url}: {text}"
+    );
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("www-authenticate: bearer"),
+        "{text}"
+    );
+    assert!(
+        !out.stdout.windows(100).any(|w| w == &data.1[1000..1100]),
+        "a 401 carried the data"
+    );
+    // The operator created the token Secret; a client of the namespace mounts it, here
+    // the test reads it as the admin would.
+    let token = kubectl_ok([
+        "get",
+        "secret",
+        "-n",
+        &ns.0,
+        "storage-read-token",
+        "-o",
+        "jsonpath={.data.token}",
+    ]);
+    use base64::Engine;
+    let token = String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(token.trim())
+            .expect("the Secret's token is base64"),
+    )
+    .unwrap();
+    assert_eq!(token.len(), 64, "{token}");
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "-D", "-", "-H", "Range: bytes=1000-1099", "-H"])
+        .arg(format!("Authorization: Bearer {token}"))
+        .arg(&url)
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).to_string();

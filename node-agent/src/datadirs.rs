@@ -51,12 +51,13 @@ fn who() -> String {
     )
 }
 
-/// Check one dir: open it `O_RDONLY|O_DIRECTORY` at `path` (where the reader sees it),
+/// Check one dir: open it `O_RDONLY|O_DIRECTORY|O_NOFOLLOW` at `path` (where the reader
+/// sees it; a symlink as the last component is refused, as the read service refuses it),
 /// then ask for read and search permission with the effective ids. Messages name `host`.
 pub fn check_one(name: &str, host: &Path, path: &Path) -> DataDirCheck {
     let opened = rustix::fs::open(
         path,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::empty(),
     )
     .and_then(|_fd| {
@@ -68,6 +69,9 @@ pub fn check_one(name: &str, host: &Path, path: &Path) -> DataDirCheck {
         )
     });
     let h = host.display();
+    // O_DIRECTORY|O_NOFOLLOW answers ENOTDIR for a symlink: say which it is.
+    let is_link = opened.is_err()
+        && std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
     match opened {
         Ok(()) => DataDirCheck {
             name: name.into(),
@@ -80,6 +84,10 @@ pub fn check_one(name: &str, host: &Path, path: &Path) -> DataDirCheck {
             let reason = classify(e);
             let message = match reason.as_str() {
                 reason::NOT_FOUND => format!("{h} does not exist"),
+                _ if is_link => format!(
+                    "{h} is a symbolic link: the reader never follows one at a data dir's last \
+                     component; set hostPath to the directory it points to"
+                ),
                 reason::NOT_A_DIRECTORY => {
                     format!("{h} is not a directory (or a component of it is not)")
                 }
@@ -192,6 +200,31 @@ mod tests {
         assert_eq!(gone.path, s.0.join("gone"));
         let m = gone.message.as_deref().unwrap();
         assert!(m.contains(&s.0.join("gone").display().to_string()), "{m}");
+    }
+
+    #[test]
+    fn a_data_dir_whose_last_component_is_a_symlink_is_refused() {
+        let s = scratch("link");
+        let real = s.0.join("real");
+        std::fs::create_dir(&real).unwrap();
+        let link = s.0.join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        // A link above the last component is the host's layout, not ours to judge.
+        let through = s.0.join("through");
+        std::os::unix::fs::symlink(&s.0, &through).unwrap();
+        let dirs = vec![
+            ("link".to_string(), link.clone()),
+            ("through".to_string(), through.join("real")),
+        ];
+        let (checks, usable) = check_all(&dirs, None);
+        assert!(!checks[0].available, "{:?}", checks[0]);
+        assert_eq!(checks[0].reason.as_deref(), Some("NotADirectory"));
+        let m = checks[0].message.as_deref().unwrap();
+        assert!(
+            m.contains(&link.display().to_string()) && m.contains("symbolic link"),
+            "{m}"
+        );
+        assert_eq!(usable, vec![("through".to_string(), through.join("real"))]);
     }
 
     #[test]

@@ -33,6 +33,14 @@ pub struct ReaderArgs {
     /// that cannot start). Reports and messages keep naming the host path.
     #[arg(long)]
     pub data_root: Option<PathBuf>,
+    /// File holding the bearer token reads must send (the StorageCluster's read-token
+    /// Secret, mounted into this container only); read again every second.
+    #[arg(long, value_name = "FILE", conflicts_with = "allow_unauthenticated")]
+    pub auth_token_file: Option<PathBuf>,
+    /// Serve reads without authentication (local tests only); without it,
+    /// --auth-token-file is required.
+    #[arg(long)]
+    pub allow_unauthenticated: bool,
     /// Milliseconds between checks of config.json.
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(50..))]
     pub poll_ms: u64,
@@ -111,8 +119,9 @@ async fn start_service(
     cfg: &ReaderConfig,
     dirs: Vec<(String, PathBuf)>,
     bind: SocketAddr,
+    auth: serve::Auth,
 ) -> anyhow::Result<serve::ServeHandle> {
-    let mut sc = serve::ServeConfig::new(dirs, bind);
+    let mut sc = serve::ServeConfig::new(dirs, bind, auth);
     sc.workers = cfg.workers;
     sc.max_events = cfg.max_events;
     sc.policy = cfg.policy;
@@ -171,7 +180,11 @@ async fn probe(cfg: &ReaderConfig, scratch: &Path) -> (host::HostFacts, UringPro
 
 /// Probe, check the data dirs, and start what `cfg` asks for with the usable dirs; the
 /// report says what runs and which dirs are left out, and why.
-async fn apply_config(args: &ReaderArgs, cfg: &ReaderConfig) -> (ReaderReport, Option<Running>) {
+async fn apply_config(
+    args: &ReaderArgs,
+    cfg: &ReaderConfig,
+    auth: &serve::Auth,
+) -> (ReaderReport, Option<Running>) {
     let scratch = args.state_dir.join(handoff::READER_DIR);
     let (facts, uring) = probe(cfg, &scratch).await;
     let (checks, usable) = check_data_dirs(cfg, args.data_root.as_deref()).await;
@@ -185,7 +198,7 @@ async fn apply_config(args: &ReaderArgs, cfg: &ReaderConfig) -> (ReaderReport, O
     let mut listen_addr = None;
     let mut error = None;
     let running = if mode != WorkerMode::Off && !usable.is_empty() {
-        match start_service(cfg, usable, bind).await {
+        match start_service(cfg, usable, bind, auth.clone()).await {
             Ok(h) => {
                 serving = true;
                 listen_addr = Some(h.local_addr().to_string());
@@ -260,6 +273,9 @@ pub const RETRY_AFTER: Duration = Duration::from_secs(10);
 
 async fn reader_loop(args: ReaderArgs) -> anyhow::Result<()> {
     crate::boot::warn_if_faked();
+    let auth =
+        crate::serve::auth_from_flags(args.auth_token_file.clone(), args.allow_unauthenticated)
+            .map_err(|e| anyhow::anyhow!(e))?;
     let handoff_dirs = handoff::Handoff::open(&args.state_dir)?;
     let out = handoff_dirs.reader_dir(true)?.ok_or_else(|| {
         anyhow::anyhow!("--state-dir {}: no reader/ dir", args.state_dir.display())
@@ -331,7 +347,7 @@ async fn reader_loop(args: ReaderArgs) -> anyhow::Result<()> {
                     if let Some(r) = running.take() {
                         r.stop().await;
                     }
-                    let (report, r) = apply_config(&args, &cfg).await;
+                    let (report, r) = apply_config(&args, &cfg, &auth).await;
                     running = r;
                     retry_at = report
                         .error

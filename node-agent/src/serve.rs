@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use ringmaster_ring::io::Policy;
+use ringmaster_serve::Auth;
 use ringmaster_serve::{
     break_ring_after_from_env, start, ServeConfig, DEFAULT_HEADER_READ_TIMEOUT_SECS,
     DEFAULT_MAX_CONCURRENT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_RANGE_BYTES,
@@ -84,11 +85,47 @@ pub struct ServeArgs {
     /// Read files with O_DIRECT through the workers (no page cache).
     #[arg(long)]
     pub direct: bool,
+    /// File holding the bearer token every read must send (`Authorization: Bearer <token>`;
+    /// 401 otherwise). Read again every second, so a rotated token takes effect without a
+    /// restart. /healthz, /readyz and /metrics stay open.
+    #[arg(long, value_name = "FILE", conflicts_with = "allow_unauthenticated")]
+    pub auth_token_file: Option<PathBuf>,
+    /// Serve without authentication: anyone who reaches the port reads the data dirs
+    /// (loopback tests and benchmarks). Without it, --auth-token-file is required.
+    #[arg(long)]
+    pub allow_unauthenticated: bool,
+}
+
+/// The service's `Auth` from the two flags; neither is an error naming both.
+pub fn auth_from_flags(
+    token_file: Option<PathBuf>,
+    allow_unauthenticated: bool,
+) -> Result<Auth, String> {
+    match (token_file, allow_unauthenticated) {
+        (Some(f), false) => Ok(Auth::TokenFile(f)),
+        (None, true) => Ok(Auth::Unauthenticated),
+        (Some(_), true) => {
+            Err("--auth-token-file and --allow-unauthenticated exclude each other: pick one".into())
+        }
+        (None, false) => Err(
+            "refusing to serve the data dirs unauthenticated: pass --auth-token-file FILE (a \
+             bearer token every read must send), or --allow-unauthenticated to let anyone who \
+             reaches the port read"
+                .into(),
+        ),
+    }
 }
 
 /// `serve` until SIGINT/SIGTERM. Prints `listening on ADDR worker_mode=MODE reason=...` on stdout.
 pub fn run(a: ServeArgs) -> i32 {
     crate::init_tracing();
+    let auth = match auth_from_flags(a.auth_token_file.clone(), a.allow_unauthenticated) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
     if a.runtime_threads == Some(0) {
         eprintln!("error: --runtime-threads must be at least 1 (or leave it out: one per CPU)");
         return 1;
@@ -113,6 +150,7 @@ pub fn run(a: ServeArgs) -> i32 {
             open_file_cache_entries: a.open_file_cache_entries,
             open_file_cache_valid: std::time::Duration::from_millis(a.open_file_cache_valid_ms),
             direct: a.direct,
+            auth,
             break_ring_after: match break_ring_after_from_env() {
                 Ok(n) => n,
                 Err(e) => {

@@ -84,7 +84,14 @@ fn ordinary_read(addr: SocketAddr, data: &[Vec<u8>], rng: &mut Rng, what: &str) 
 /// Start `ringmaster-agent serve` over `dir` (name `d`) on a free loopback port.
 fn start_serve(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> (Server, SocketAddr) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_ringmaster-agent"))
-        .args(["serve", "--listen", "127.0.0.1", "--port", "0"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--allow-unauthenticated",
+        ])
         .arg("--data-dir")
         .arg(format!("d={}", dir.display()))
         .args(["--io-uring", "preferred", "--max-concurrent", "1024"])

@@ -35,6 +35,7 @@ fn serve_cmd(errno: &str, policy: &str, dir: &std::path::Path) -> Command {
         "127.0.0.1",
         "--port",
         "0",
+        "--allow-unauthenticated",
     ])
     .arg("--data-dir")
     .arg(format!("d={}", dir.display()))
@@ -137,6 +138,7 @@ fn without_the_filter_serve_runs_on_io_uring() {
             "127.0.0.1",
             "--port",
             "0",
+            "--allow-unauthenticated",
             "--io-uring",
             "required",
         ])

@@ -80,6 +80,9 @@ pub struct Settings {
     pub cleanup_timeout: Duration,
     /// Safety-net resync of a steady cluster (it writes nothing when nothing changed).
     pub resync: Duration,
+    /// How often the read-token Secret and read NetworkPolicy are made sure of again
+    /// without a change (`--read-access-recheck`; they are not watched).
+    pub read_access_recheck: Duration,
     /// Identity in Events (`reportingInstance`).
     pub instance: String,
     /// What the admin decides about the agent pods (`--agent-image`).
@@ -110,6 +113,8 @@ pub struct Context {
     requeue: mpsc::UnboundedSender<ObjectRef<StorageCluster>>,
     /// When each cluster was last reconciled and its status written (`pacing`).
     pacing: Mutex<Pacing<ObjectRef<StorageCluster>>>,
+    /// The read-token Secret and read NetworkPolicy of each cluster (`read_access`).
+    read_access: crate::read_access::ReadAccess,
 }
 
 fn cluster_ref(sc: &StorageCluster) -> ObjectRef<StorageCluster> {
@@ -277,6 +282,10 @@ async fn apply(sc: &StorageCluster, id: &ClusterId, ctx: &Context) -> Result<Act
     let live_ds = ctx.daemon_sets.get(&ds_ref);
     if refused.is_empty() {
         let excluded = scheduling::excluded_nodes(sc, cluster_refs.iter().copied(), &node_refs);
+        // Before the DaemonSet: its pods mount the token Secret.
+        ctx.read_access
+            .ensure(&ctx.client, sc, id, ctx.settings.read_access_recheck)
+            .await?;
         apply_fleet(sc, id, ctx, &excluded, live_ds.clone()).await?;
     } else {
         warn!(cluster = %id.key(), refused = %refused.iter().map(|v| v.to_string()).collect::<Vec<_>>().join("; "), "spec refused: rendering nothing");
@@ -902,6 +911,7 @@ pub async fn run(
         failures: Mutex::default(),
         requeue,
         pacing: Mutex::default(),
+        read_access: Default::default(),
     });
 
     // Node → clusters that select it now, or selected it at their last reconcile.

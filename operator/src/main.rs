@@ -9,6 +9,7 @@ mod fixtures;
 mod leader;
 mod metrics;
 mod pacing;
+mod read_access;
 mod render;
 mod scheduling;
 mod staleness;
@@ -71,6 +72,11 @@ struct Args {
     /// nothing changed).
     #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
     resync: u64,
+    /// Seconds between re-checks of each cluster's read-token Secret (created again if
+    /// deleted) and read NetworkPolicy (put back if edited), which the operator does not watch
+    /// (it may not read Secrets). Each re-check is a write, so it is rarer than --resync.
+    #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    read_access_recheck: u64,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -210,6 +216,7 @@ async fn main() -> anyhow::Result<()> {
         namespace: args.namespace.clone(),
         cleanup_timeout: Duration::from_secs(args.cleanup_timeout),
         resync: Duration::from_secs(args.resync),
+        read_access_recheck: Duration::from_secs(args.read_access_recheck),
         instance: identity.clone(),
         render: render::RenderSettings {
             agent_image: args.agent_image.clone(),

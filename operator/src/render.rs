@@ -1,5 +1,6 @@
 //! Pure rendering: a StorageCluster in, the objects that run its agent fleet out
-//! (ServiceAccount, ClusterRoleBinding, DaemonSet). No I/O, so every detail of the
+//! (ServiceAccount, ClusterRoleBinding, DaemonSet, the read-token Secret, the read
+//! NetworkPolicy). No I/O, so every detail of the
 //! agent contract (what the agent binary expects of its pod) is unit-tested here.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -10,12 +11,18 @@ use k8s_openapi::api::core::v1::{
     DownwardAPIVolumeFile, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction,
     HostPathVolumeSource, KeyToPath, NodeAffinity, NodeSelector, NodeSelectorRequirement,
     NodeSelectorTerm, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    ProjectedVolumeSource, SeccompProfile, SecurityContext, ServiceAccount,
-    ServiceAccountTokenProjection, Toleration, Volume, VolumeMount, VolumeProjection,
+    ProjectedVolumeSource, SeccompProfile, Secret, SecretVolumeSource, SecurityContext,
+    ServiceAccount, ServiceAccountTokenProjection, Toleration, Volume, VolumeMount,
+    VolumeProjection,
+};
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+    NetworkPolicySpec,
 };
 use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::ByteString;
 use kube::{Resource, ResourceExt};
 use ringmaster_api::keys;
 use ringmaster_api::{SeccompType, StorageCluster};
@@ -47,6 +54,13 @@ pub const DATA_PARENTS_ROOT: &str = "/data-parents";
 /// Where the `agent` container (only it) finds its ServiceAccount token, as in-cluster
 /// clients expect it.
 pub const AGENT_TOKEN_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/// Key of the token in the read-token Secret (and the file name in the reader).
+pub const READ_TOKEN_KEY: &str = "token";
+/// Where the `reader` container (only it) finds the read-token Secret.
+pub const READ_TOKEN_DIR: &str = "/etc/ringmaster/read-token";
+/// Volume of the read-token Secret.
+pub const READ_TOKEN_VOLUME: &str = "read-token";
 
 /// What the admin decides about the rendered pods (operator flags).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -82,6 +96,11 @@ impl ClusterId {
     /// Name of the DaemonSet and of the ServiceAccount.
     pub fn agent_name(&self) -> String {
         format!("{}-agent", self.name)
+    }
+    /// Name of the Secret holding the read service's bearer token (clients in the
+    /// namespace mount it).
+    pub fn read_token_name(&self) -> String {
+        format!("{}-read-token", self.name)
     }
     /// Name of the ClusterRoleBinding (cluster-scoped, so the namespace is part of it).
     pub fn binding_name(&self) -> String {
@@ -181,6 +200,76 @@ pub fn cluster_role_binding(sc: &StorageCluster, id: &ClusterId) -> ClusterRoleB
             namespace: Some(id.namespace.clone()),
             ..Default::default()
         }]),
+    })
+}
+
+/// The read-token Secret `<cluster>-read-token` holding `token` (hex; the controller draws
+/// the bytes). Owned by the StorageCluster, so the garbage collector removes it with it. The
+/// operator only ever creates it (it may not read Secrets): an existing one is left alone,
+/// which is how an admin's rotation (`kubectl patch`) survives.
+pub fn read_token_secret(sc: &StorageCluster, id: &ClusterId, token: &str) -> Secret {
+    Secret {
+        metadata: meta(sc, id, id.read_token_name(), true),
+        type_: Some("Opaque".into()),
+        data: Some(BTreeMap::from([(
+            READ_TOKEN_KEY.to_string(),
+            ByteString(token.as_bytes().to_vec()),
+        )])),
+        ..Default::default()
+    }
+}
+
+/// Hex of `bytes` (the token the controller draws is 32 random bytes, sent as 64 hex chars).
+pub fn hex_token(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// NetworkPolicy `<cluster>-agent` on the cluster's agent pods: the read port only from
+/// `spec.readService.allowedClients` (none listed: pods of the StorageCluster's namespace),
+/// the agent's metrics port (`agent-http`, what the PodMonitor scrapes) from anywhere.
+/// The kubelet's probes come from the node, which NetworkPolicy never blocks.
+pub fn network_policy(sc: &StorageCluster, id: &ClusterId) -> NetworkPolicy {
+    let rs = &sc.spec.read_service;
+    let from: Vec<NetworkPolicyPeer> = if rs.allowed_clients.is_empty() {
+        vec![NetworkPolicyPeer {
+            pod_selector: Some(LabelSelector::default()),
+            ..Default::default()
+        }]
+    } else {
+        rs.allowed_clients
+            .iter()
+            .map(|c| NetworkPolicyPeer {
+                namespace_selector: c.namespace_selector.clone(),
+                pod_selector: c.pod_selector.clone(),
+                ip_block: None,
+            })
+            .collect()
+    };
+    let port = |p: i32| NetworkPolicyPort {
+        port: Some(IntOrString::Int(p)),
+        protocol: Some("TCP".into()),
+        end_port: None,
+    };
+    stamp(NetworkPolicy {
+        metadata: meta(sc, id, id.agent_name(), true),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(selector_labels(id)),
+                ..Default::default()
+            }),
+            policy_types: Some(vec!["Ingress".into()]),
+            ingress: Some(vec![
+                NetworkPolicyIngressRule {
+                    from: Some(from),
+                    ports: Some(vec![port(i32::from(rs.port))]),
+                },
+                NetworkPolicyIngressRule {
+                    from: None,
+                    ports: Some(vec![port(i32::from(keys::AGENT_HTTP_PORT))]),
+                },
+            ]),
+            egress: None,
+        }),
     })
 }
 
@@ -472,6 +561,8 @@ pub fn daemon_set(
     let mut reader_mounts = vec![
         mount(HANDOFF_AGENT_VOLUME, &handoff_agent, true),
         mount(HANDOFF_READER_VOLUME, &handoff_reader, false),
+        // The read token: the reader's alone (the agent has no mount of it).
+        mount(READ_TOKEN_VOLUME, READ_TOKEN_DIR, true),
     ];
     let empty_dir = |name: &str| Volume {
         name: name.into(),
@@ -487,6 +578,21 @@ pub fn daemon_set(
         host_path_volume("host-proc-sys", "/proc/sys", "Directory"),
         host_path_volume("host-proc-sys-fs", "/proc/sys/fs", "Directory"),
         agent_token_volume(),
+        Volume {
+            name: READ_TOKEN_VOLUME.into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(id.read_token_name()),
+                // Root-owned, group fsGroup (the reader's gid): readable by the reader only.
+                default_mode: Some(0o440),
+                items: Some(vec![KeyToPath {
+                    key: READ_TOKEN_KEY.into(),
+                    path: READ_TOKEN_KEY.into(),
+                    mode: None,
+                }]),
+                optional: None,
+            }),
+            ..Default::default()
+        },
     ];
     for d in &spec.read_service.data_dirs {
         let vol = data_volume_name(&d.name);
@@ -518,6 +624,8 @@ pub fn daemon_set(
                 state_dir,
                 "--data-root",
                 DATA_PARENTS_ROOT,
+                "--auth-token-file",
+                &format!("{READ_TOKEN_DIR}/{READ_TOKEN_KEY}"),
             ]
             .map(String::from)
             .to_vec(),
@@ -861,7 +969,7 @@ mod tests {
         );
         assert_eq!(
             r.args.as_ref().unwrap().join(" "),
-            "reader --state-dir /run/ringmaster --data-root /data-parents"
+            "reader --state-dir /run/ringmaster --data-root /data-parents --auth-token-file /etc/ringmaster/read-token/token"
         );
         let probe = r
             .liveness_probe
@@ -924,6 +1032,151 @@ mod tests {
             .unwrap()
             .iter()
             .all(|m| !m.name.starts_with("data-")));
+    }
+
+    #[test]
+    fn read_token_secret_is_owned_by_the_cluster_and_holds_the_token() {
+        let sc = cluster(StorageClusterSpec::default());
+        let s = read_token_secret(&sc, &id(), "00ff");
+        assert_eq!(s.metadata.name.as_deref(), Some("fast-read-token"));
+        assert_eq!(s.metadata.namespace.as_deref(), Some("storage"));
+        let o = &s.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (o.kind.as_str(), o.uid.as_str()),
+            ("StorageCluster", "uid-1")
+        );
+        assert_eq!(o.controller, Some(true));
+        let data = s.data.as_ref().unwrap();
+        assert_eq!(data.len(), 1);
+        assert_eq!(data["token"].0, b"00ff");
+        assert_eq!(hex_token(&[0, 0xab, 0xff, 7]), "00abff07");
+        assert_eq!(hex_token(&[0x5a; 32]).len(), 64);
+    }
+
+    #[test]
+    fn only_the_reader_mounts_the_read_token_and_serves_with_it() {
+        let ds = render_ds(&cluster(StorageClusterSpec::default()));
+        let vol = pod(&ds)
+            .volumes
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|v| v.name == READ_TOKEN_VOLUME)
+            .expect("read-token volume");
+        let secret = vol.secret.as_ref().unwrap();
+        assert_eq!(secret.secret_name.as_deref(), Some("fast-read-token"));
+        assert_eq!(secret.default_mode, Some(0o440));
+        let mounts = |c: &str| {
+            container(&ds, c)
+                .volume_mounts
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|m| m.name == READ_TOKEN_VOLUME)
+                .collect::<Vec<_>>()
+        };
+        assert!(
+            mounts(AGENT_CONTAINER).is_empty(),
+            "the agent must not see the read token"
+        );
+        let m = mounts(READER_CONTAINER);
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0].mount_path, READ_TOKEN_DIR);
+        assert_eq!(m[0].read_only, Some(true));
+        let args = container(&ds, READER_CONTAINER).args.clone().unwrap();
+        let i = args
+            .iter()
+            .position(|a| a == "--auth-token-file")
+            .expect("flag");
+        assert_eq!(args[i + 1], format!("{READ_TOKEN_DIR}/token"));
+        assert!(!args.iter().any(|a| a == "--allow-unauthenticated"));
+        // The probes the kubelet runs against the reader hit the open paths.
+        let r = container(&ds, READER_CONTAINER);
+        for p in [&r.liveness_probe, &r.readiness_probe] {
+            let path = p.as_ref().unwrap().http_get.as_ref().unwrap().path.clone();
+            assert!(
+                matches!(path.as_deref(), Some("/healthz") | Some("/readyz")),
+                "{path:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn network_policy_opens_the_read_port_to_allowed_clients_only() {
+        use k8s_openapi::api::networking::v1::NetworkPolicyIngressRule as Rule;
+        use ringmaster_api::ReadClient;
+        let port_of = |r: &Rule| r.ports.as_ref().unwrap()[0].port.clone();
+        // Default: the read port from pods of the cluster's namespace (a podSelector `{}`
+        // peer without namespaceSelector), the metrics port from anywhere.
+        let sc = cluster(StorageClusterSpec::default());
+        let np = network_policy(&sc, &id());
+        assert_eq!(np.metadata.name.as_deref(), Some("fast-agent"));
+        assert_eq!(np.metadata.namespace.as_deref(), Some("storage"));
+        assert_eq!(
+            np.metadata.owner_references.as_ref().unwrap()[0].uid,
+            "uid-1"
+        );
+        let spec = np.spec.as_ref().unwrap();
+        assert_eq!(
+            spec.pod_selector.as_ref().unwrap().match_labels,
+            Some(selector_labels(&id()))
+        );
+        assert_eq!(spec.policy_types, Some(vec!["Ingress".to_string()]));
+        let rules = spec.ingress.as_ref().unwrap();
+        assert_eq!(rules.len(), 2);
+        assert_eq!(port_of(&rules[0]), Some(IntOrString::Int(7480)));
+        let from = rules[0].from.as_ref().unwrap();
+        assert_eq!(from.len(), 1);
+        assert_eq!(from[0].pod_selector, Some(LabelSelector::default()));
+        assert_eq!(from[0].namespace_selector, None);
+        assert_eq!(port_of(&rules[1]), Some(IntOrString::Int(9464)));
+        assert_eq!(
+            rules[1].from, None,
+            "the metrics port is open to Prometheus"
+        );
+
+        // allowedClients replace the default, peer for peer; the port follows the spec.
+        let mut spec = StorageClusterSpec::default();
+        spec.read_service.port = 9000;
+        let app = LabelSelector {
+            match_labels: Some(BTreeMap::from([("app".into(), "storage".into())])),
+            ..Default::default()
+        };
+        let team = LabelSelector {
+            match_labels: Some(BTreeMap::from([("team".into(), "db".into())])),
+            ..Default::default()
+        };
+        spec.read_service.allowed_clients = vec![
+            ReadClient {
+                namespace_selector: None,
+                pod_selector: Some(app.clone()),
+            },
+            ReadClient {
+                namespace_selector: Some(team.clone()),
+                pod_selector: Some(app.clone()),
+            },
+        ];
+        let np2 = network_policy(&cluster(spec), &id());
+        let rules = np2.spec.as_ref().unwrap().ingress.clone().unwrap();
+        assert_eq!(port_of(&rules[0]), Some(IntOrString::Int(9000)));
+        let from = rules[0].from.clone().unwrap();
+        assert_eq!(from.len(), 2);
+        assert_eq!(
+            (
+                from[0].namespace_selector.clone(),
+                from[0].pod_selector.clone()
+            ),
+            (None, Some(app.clone()))
+        );
+        assert_eq!(
+            (
+                from[1].namespace_selector.clone(),
+                from[1].pod_selector.clone()
+            ),
+            (Some(team), Some(app))
+        );
+        // A change of allowedClients is a new hash: the controller applies it.
+        assert_ne!(live_hash(&np), live_hash(&np2));
     }
 
     #[test]

@@ -4,8 +4,11 @@
 //! `GET /v1/files/{name}/{path}` with `Range: bytes=a-b` → 206 (416 unsatisfiable, 404 missing or
 //! outside the data dir, 400 bad path or range, 503 over the concurrency cap), confined to the
 //! named data dir. `/metrics` (Prometheus), `/healthz`, `/readyz`. Every response carries
-//! `X-Ringmaster-Worker-Mode: io_uring|pread`.
+//! `X-Ringmaster-Worker-Mode: io_uring|pread`. Every route but those three needs
+//! `Authorization: Bearer <token>` (401 otherwise) unless the service runs
+//! [`Auth::Unauthenticated`]; see `auth`.
 
+pub mod auth;
 pub mod budget;
 pub mod bufpool;
 mod conn;
@@ -39,6 +42,8 @@ use ringmaster_ring::io::{
     AlignedBuf, Policy, Pool, PoolConfig, ReadJob, ReadOutcome, SubmitError, WorkerMode,
 };
 
+pub use auth::Auth;
+use auth::{TokenFile, Verdict};
 use budget::{Reservation, ResponseBudget};
 use bufpool::BufPool;
 use filecache::{FileCache, OpenFile};
@@ -88,6 +93,8 @@ pub struct ServeConfig {
     pub open_file_cache_valid: std::time::Duration,
     /// Open files O_DIRECT and read through the workers (no page cache).
     pub direct: bool,
+    /// Who may read: a bearer token from a file, or (explicitly) anyone.
+    pub auth: Auth,
 }
 
 /// Environment variable that arms the ring fault hook of `serve` (tests only): after N reads
@@ -109,8 +116,9 @@ pub fn break_ring_after_from_env() -> anyhow::Result<Option<u64>> {
 }
 
 impl ServeConfig {
-    pub fn new(data_dirs: Vec<(String, PathBuf)>, bind: SocketAddr) -> Self {
+    pub fn new(data_dirs: Vec<(String, PathBuf)>, bind: SocketAddr, auth: Auth) -> Self {
         ServeConfig {
+            auth,
             data_dirs,
             bind,
             workers: 2,
@@ -149,6 +157,8 @@ struct AppState {
     max_range: u64,
     mode: HeaderValue,
     ready: AtomicBool,
+    /// None: unauthenticated (`Auth::Unauthenticated`).
+    token: Option<Arc<TokenFile>>,
 }
 
 /// A running read service.
@@ -159,6 +169,7 @@ pub struct ServeHandle {
     state: Arc<AppState>,
     stop: oneshot::Sender<()>,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
+    reloader: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl ServeHandle {
@@ -179,6 +190,9 @@ impl ServeHandle {
     pub async fn shutdown(self) {
         self.state.ready.store(false, Ordering::SeqCst);
         let _ = self.stop.send(());
+        if let Some(r) = &self.reloader {
+            r.abort();
+        }
         match self.server.await {
             Ok(Err(e)) => tracing::warn!(error = %e, "read service ended with an error"),
             Err(e) => tracing::warn!(error = %e, "read service task failed"),
@@ -235,22 +249,21 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<ServeHandle> {
                 path.display()
             );
         }
-        let fd = rustix::fs::open(
-            path,
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .with_context(|| {
-            format!(
-                "--data-dir {name}={}: cannot open the directory",
-                path.display()
-            )
-        })?;
+        let fd = open_root(name, path)?;
         if dirs.iter().any(|(n, _)| n == name) {
             anyhow::bail!("--data-dir {name}: the name is given twice");
         }
         dirs.push((name.clone(), fd));
     }
+    let token = match &cfg.auth {
+        Auth::TokenFile(p) => Some(Arc::new(TokenFile::load(p)?)),
+        Auth::Unauthenticated => {
+            tracing::warn!(
+                "--allow-unauthenticated: anyone who reaches the port reads the data dirs"
+            );
+            None
+        }
+    };
     let mut pc = PoolConfig::new(cfg.workers, cfg.max_events, cfg.policy);
     pc.queue_depth = pc.queue_depth.max(cfg.max_concurrent as usize);
     pc.cache_fast_path = cfg.cache_fast_path;
@@ -280,6 +293,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<ServeHandle> {
         max_range: cfg.max_range_bytes,
         mode: HeaderValue::from_static(mode.as_str()),
         ready: AtomicBool::new(true),
+        token: token.clone(),
     });
     let app = Router::new()
         .route("/v1/files/{name}/{*path}", get(read_file_routed))
@@ -303,6 +317,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<ServeHandle> {
         app: hyper_util::service::TowerToHyperService::new(app),
     };
     let server = tokio::spawn(conn::serve(listener, svc, limits, open, stopped));
+    let reloader = token.map(TokenFile::spawn_reloader);
     tracing::info!(%addr, mode = %mode, reason = %reason, "read service listening");
     Ok(ServeHandle {
         addr,
@@ -311,7 +326,54 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<ServeHandle> {
         state,
         stop,
         server,
+        reloader,
     })
+}
+
+/// Opens data dir root `path` (O_PATH) without following a symlink at its last component:
+/// a link there could point the service anywhere the reader can see, after the dir was
+/// checked and allowed by its path.
+fn open_root(name: &str, path: &std::path::Path) -> anyhow::Result<OwnedFd> {
+    // No O_DIRECTORY: with it a symlink fails as ENOTDIR; without it O_PATH|O_NOFOLLOW opens
+    // the link itself, and fstat tells a link from a directory for a clear error.
+    let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd = rustix::fs::open(path, flags, Mode::empty()).with_context(|| {
+        format!(
+            "--data-dir {name}={}: cannot open the directory",
+            path.display()
+        )
+    })?;
+    let st = rustix::fs::fstat(&fd)
+        .with_context(|| format!("--data-dir {name}={}: fstat", path.display()))?;
+    match rustix::fs::FileType::from_raw_mode(st.st_mode) {
+        rustix::fs::FileType::Directory => Ok(fd),
+        rustix::fs::FileType::Symlink => anyhow::bail!(
+            "--data-dir {name}={}: is a symbolic link; a data dir's last component is never \
+             followed: name the directory itself (its real path)",
+            path.display()
+        ),
+        _ => anyhow::bail!("--data-dir {name}={}: not a directory", path.display()),
+    }
+}
+
+/// The 401 for a request the token check refused, counted in the metrics.
+fn unauthorized(st: &AppState, verdict: Verdict, file_route: bool) -> Response {
+    st.metrics.count_unauthorized(verdict.label(), file_route);
+    let msg = match verdict {
+        Verdict::Invalid => "wrong bearer token\n",
+        _ => {
+            "missing bearer token: send Authorization: Bearer <token> (the StorageCluster's \
+              <name>-read-token Secret, key token)\n"
+        }
+    };
+    let mut resp = (StatusCode::UNAUTHORIZED, msg).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static(verdict.challenge()),
+    );
+    h.insert(MODE_HEADER, st.mode.clone());
+    resp
 }
 
 async fn add_mode_header(State(st): State<Arc<AppState>>, mut resp: Response) -> Response {
@@ -410,6 +472,16 @@ impl hyper::service::Service<axum::extract::Request<hyper::body::Incoming>> for 
 
     fn call(&self, req: axum::extract::Request<hyper::body::Incoming>) -> Self::Future {
         let st = self.st.clone();
+        if let Some(token) = &st.token {
+            let path = req.uri().path();
+            if !auth::is_open_path(path) {
+                let verdict = token.check(req.headers().get(header::AUTHORIZATION));
+                if verdict != Verdict::Allowed {
+                    let resp = unauthorized(&st, verdict, path.starts_with("/v1/files/"));
+                    return Box::pin(async move { Ok(resp) });
+                }
+            }
+        }
         if req.method() == axum::http::Method::GET {
             if let Some(route) = file_route(req.uri().path()) {
                 let (name, path) = match route {

@@ -24,11 +24,13 @@ pub struct Metrics {
     pub connections: Gauge,
     /// io_uring rings replaced after a fatal `io_uring_enter` error (synced at scrape).
     pub ring_replacements: Counter,
+    /// Requests refused 401 by the token check, by reason (`missing`, `invalid`).
+    pub unauthorized: Family<Labels, Counter>,
     /// Counters of the usual statuses, resolved once (no label allocation per request).
     common: Vec<(u16, Counter)>,
 }
 
-const COMMON_STATUSES: [u16; 8] = [200, 206, 400, 404, 416, 500, 503, 405];
+const COMMON_STATUSES: [u16; 9] = [200, 206, 400, 401, 404, 416, 500, 503, 405];
 
 impl Metrics {
     pub fn new(mode: WorkerMode, reason: &str, ring_entries: u64, workers: u32) -> Self {
@@ -43,6 +45,15 @@ impl Metrics {
             "Range read latency (request to body ready)",
             latency.clone(),
         );
+        let unauthorized = Family::<Labels, Counter>::default();
+        registry.register(
+            "requests_unauthorized",
+            "Requests refused 401 (reason=missing: no bearer token; invalid: a wrong one)",
+            unauthorized.clone(),
+        );
+        for r in ["missing", "invalid"] {
+            let _ = unauthorized.get_or_create(&vec![("reason".to_string(), r.to_string())]);
+        }
         let in_flight = Gauge::default();
         registry.register(
             "reads_in_flight",
@@ -98,6 +109,7 @@ impl Metrics {
             common,
             registry,
             reads,
+            unauthorized,
             bytes,
             latency,
             in_flight,
@@ -121,6 +133,18 @@ impl Metrics {
             None => {
                 self.reads.get_or_create(&status_labels(status)).inc();
             }
+        }
+    }
+}
+
+impl Metrics {
+    /// A request refused 401; a file read also counts in `reads_total{status="401"}`.
+    pub fn count_unauthorized(&self, reason: &str, file_route: bool) {
+        self.unauthorized
+            .get_or_create(&vec![("reason".to_string(), reason.to_string())])
+            .inc();
+        if file_route {
+            self.count(401);
         }
     }
 }

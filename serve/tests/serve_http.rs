@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use io_support::{http_get, pattern, Rng, TempDir};
 use ringmaster_ring::io::Policy;
-use ringmaster_serve::{self as serve, ServeConfig, ServeHandle};
+use ringmaster_serve::{self as serve, Auth, ServeConfig, ServeHandle};
 
 const SIZE: usize = 200_000 + 13;
 
@@ -51,6 +51,7 @@ async fn start(data_dir: PathBuf, policy: Policy, max_range: u64) -> ServeHandle
     let mut cfg = ServeConfig::new(
         vec![("d".into(), data_dir)],
         "127.0.0.1:0".parse::<SocketAddr>().unwrap(),
+        Auth::Unauthenticated,
     );
     cfg.policy = policy;
     cfg.max_range_bytes = max_range;
@@ -394,16 +395,21 @@ async fn bad_config_is_refused_with_the_field_named() {
     let cfg = ServeConfig::new(
         vec![("d".into(), "/nonexistent/dir".into())],
         "127.0.0.1:0".parse().unwrap(),
+        Auth::Unauthenticated,
     );
     let e = serve::start(cfg).await.err().unwrap();
     assert!(
         format!("{e:#}").contains("--data-dir d=/nonexistent/dir"),
         "{e:#}"
     );
-    let e = serve::start(ServeConfig::new(vec![], "127.0.0.1:0".parse().unwrap()))
-        .await
-        .err()
-        .unwrap();
+    let e = serve::start(ServeConfig::new(
+        vec![],
+        "127.0.0.1:0".parse().unwrap(),
+        Auth::Unauthenticated,
+    ))
+    .await
+    .err()
+    .unwrap();
     assert!(e.to_string().contains("--data-dir"), "{e}");
 }
 
@@ -435,6 +441,7 @@ async fn cached_files_replaced_truncated_or_swapped_are_never_served_wrong() {
     let mut cfg = ServeConfig::new(
         vec![("d".into(), data_dir.clone())],
         "127.0.0.1:0".parse::<SocketAddr>().unwrap(),
+        Auth::Unauthenticated,
     );
     cfg.open_file_cache_valid = VALID;
     let h = serve::start(cfg).await.expect("serve starts");
