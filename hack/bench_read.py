@@ -180,7 +180,7 @@ end
 
 def http_ours(range_bytes, conns, flags):
     port = free_port()
-    proc = subprocess.Popen([BIN, "serve", "--data-dir", f"d={DIR}", "--listen", "127.0.0.1",
+    proc = subprocess.Popen([BIN, "serve", "--allow-unauthenticated", "--data-dir", f"d={DIR}", "--listen", "127.0.0.1",
                              "--port", str(port), "--workers", "2",
                              "--runtime-threads", str(HTTP_THREADS),
                              "--max-connections", "4096", *flags],
