@@ -25,7 +25,7 @@ use super::http::{self, Health};
 use super::labels;
 use super::node;
 use super::report::{self, Observation};
-use super::tuning::ClusterTuning;
+use super::tuning::{ClusterTuning, TuneOutcome};
 use super::watched::{self, View, Watched};
 use super::RunArgs;
 use crate::handoff::{self, ReaderConfig, ReaderReport};
@@ -55,6 +55,9 @@ struct Agent {
     cleaned_uid: Option<String>,
     node_missing_announced: bool,
     reader_error_announced: Option<String>,
+    /// A raise of fs.aio-max-nr not yet announced: the pass that raised it may have ended
+    /// before the Node's watch listed it (no event can be sent about an unknown Node).
+    raise_unannounced: Option<TuneOutcome>,
     /// The handoff dirs shared with the reader (`--state-dir`).
     handoff: handoff::Handoff,
     /// This boot (`crate::boot`): reports and state from another boot are stale.
@@ -141,6 +144,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         cleaned_uid: None,
         node_missing_announced: false,
         reader_error_announced: None,
+        raise_unannounced: None,
         handoff,
         boot_id: crate::boot::boot_id(),
         ignored_boot: None,
@@ -338,6 +342,9 @@ impl Agent {
         if let Some(e) = &tune.error {
             tracing::warn!(error = %e, "fs.aio-max-nr not tuned");
         }
+        if tune.changed {
+            self.raise_unannounced = Some(tune.clone());
+        }
         // A handoff that fails is announced like an unreadable report, under its own
         // reason; the pass goes on.
         let config_error = self.write_config(d).err().map(|e| format!("{e:#}"));
@@ -518,11 +525,20 @@ impl Agent {
         let announced = self.announced.get_or_insert_with(Default::default);
         let message = report.as_ref().and_then(|r| r.io_uring.message.clone());
         let dirs = obs.data_dirs_verdict();
+        // This pass announces a raise an earlier pass made but could not report.
+        let tune_announced = match self.raise_unannounced.take() {
+            Some(raised) if !tune.changed => TuneOutcome {
+                changed: true,
+                original: tune.original.or(raised.original),
+                ..tune.clone()
+            },
+            _ => tune.clone(),
+        };
         for t in events::transitions(
             announced,
             &verdict,
             message.as_deref(),
-            &tune,
+            &tune_announced,
             dirs.as_ref(),
         ) {
             self.events.publish(&t).await;
