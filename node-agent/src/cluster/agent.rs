@@ -289,18 +289,22 @@ impl Agent {
         Ok(())
     }
 
+    /// What a watch of this node's `kind` holds; `None` (and not ready, saying why) until it
+    /// has listed.
+    fn listed<K>(&self, watched: Watched<K>, kind: &str) -> Option<Option<K>> {
+        let listed = watched.listed();
+        if listed.is_none() {
+            self.health
+                .set_ready(false, format!("listing {kind} {}", self.args.node_name));
+        }
+        listed
+    }
+
     /// The Node from its watch; `None` (and not ready, saying why) while it is not listed
     /// yet or does not exist.
     async fn known_node(&mut self, about_cluster: &Desired) -> Option<Node> {
-        let node = match self.node.current() {
-            Watched::Unknown => {
-                self.health
-                    .set_ready(false, format!("listing Node {}", self.args.node_name));
-                return None;
-            }
-            Watched::Present(n) => Some(*n),
-            Watched::Absent => None,
-        };
+        let watched = self.node.current();
+        let node = self.listed(watched, "Node")?;
         if node.is_none() {
             let msg = format!(
                 "Node {} not found: check --node-name/NODE_NAME (downward API spec.nodeName)",
@@ -376,15 +380,9 @@ impl Agent {
         let Some(node) = self.known_node(d).await else {
             return Ok(());
         };
-        let existing = match self.storage_node.current() {
-            Watched::Unknown => {
-                self.health.set_ready(
-                    false,
-                    format!("listing StorageNode {}", self.args.node_name),
-                );
-                return Ok(());
-            }
-            w => w.present().cloned(),
+        let watched = self.storage_node.current();
+        let Some(existing) = self.listed(watched, "StorageNode") else {
+            return Ok(());
         };
         self.events.set_uid(node.uid());
         let obs = Observation {
@@ -580,23 +578,13 @@ impl Agent {
     /// drop the settings files, and say so on the StorageNode (`Restored`).
     async fn cleanup(&mut self, d: &Desired) -> anyhow::Result<()> {
         let first = self.cleaned_uid.as_deref() != Some(d.uid.as_str());
-        let node = match self.node.current() {
-            Watched::Unknown => {
-                self.health
-                    .set_ready(false, format!("listing Node {}", self.args.node_name));
-                return Ok(());
-            }
-            w => w.present().cloned(),
+        let watched = self.node.current();
+        let Some(node) = self.listed(watched, "Node") else {
+            return Ok(());
         };
-        let sn = match self.storage_node.current() {
-            Watched::Unknown => {
-                self.health.set_ready(
-                    false,
-                    format!("listing StorageNode {}", self.args.node_name),
-                );
-                return Ok(());
-            }
-            w => w.present().cloned(),
+        let watched = self.storage_node.current();
+        let Some(sn) = self.listed(watched, "StorageNode") else {
+            return Ok(());
         };
         if let Some(mut node) = node.clone() {
             if let Some(written) =

@@ -35,6 +35,15 @@ impl<K> Watched<K> {
             _ => None,
         }
     }
+
+    /// `None` until the watch has listed; then the object, if it exists.
+    pub fn listed(self) -> Option<Option<K>> {
+        match self {
+            Watched::Unknown => None,
+            Watched::Present(k) => Some(Some(*k)),
+            Watched::Absent => Some(None),
+        }
+    }
 }
 
 /// This agent's watch timeout: `base` seconds plus up to half again, drawn once per
