@@ -12,6 +12,10 @@
 # (to compare two commits back to back on one machine); the operator's log is kept as
 # $BENCH_LOG (default $TMPDIR/bench-operator-N.log); BENCH_STEADY=0 skips the wait for the
 # DaemonSet rollout and the steady window (minutes at N=1000 on a busy machine).
+# Above 2000 nodes the simulated fleet's heartbeat is slowed so that two cores can hold it
+# (kwok renews 4 Leases at a time; at a kubelet's 40 s Lease, every 10 s, 5000 nodes need 500
+# renewals a second and fall behind): Lease 400 s (renewed every 100 s) and the node lifecycle
+# controller's grace 5 min. BENCH_KWOK_LEASE_SECONDS and BENCH_NODE_MONITOR_GRACE override.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-1000}
@@ -32,10 +36,16 @@ BENCH_LOG=${BENCH_LOG:-${TMPDIR:-/tmp}/bench-operator-$N.log}
 log "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 unset RINGMASTER_CLUSTER_DIR
+if ((N > 2000)); then LEASE_DEFAULT=400 GRACE_DEFAULT=5m; else LEASE_DEFAULT=40 GRACE_DEFAULT=; fi
+export RINGMASTER_KWOK_LEASE_SECONDS=${BENCH_KWOK_LEASE_SECONDS:-$LEASE_DEFAULT}
+export RINGMASTER_NODE_MONITOR_GRACE=${BENCH_NODE_MONITOR_GRACE:-$GRACE_DEFAULT}
+log "kwok Lease ${RINGMASTER_KWOK_LEASE_SECONDS}s, node monitor grace ${RINGMASTER_NODE_MONITOR_GRACE:-default}"
 eval "$(hack/cluster.sh up)"
 OP_PID=
+STATES_PID=
 cleanup() {
   if [[ -n $OP_PID ]]; then kill "$OP_PID" 2>/dev/null || true; fi
+  if [[ -n $STATES_PID ]]; then kill "$STATES_PID" 2>/dev/null || true; fi
   cp "$RINGMASTER_CLUSTER_DIR/logs/operator.log" "$BENCH_LOG" 2>/dev/null || true
   hack/cluster.sh down >/dev/null 2>&1 || true
 }
@@ -45,7 +55,16 @@ kubectl apply --server-side -f crds/ >/dev/null
 kubectl create namespace $NS >/dev/null
 log "creating $N kwok nodes"
 "$LOAD" nodes --count "$N" --pool $POOL
+# Where a fleet too big for the machine breaks shows here: the Ready states every 30 s.
+ready_states() {
+  kubectl get nodes -l ringmaster-bench/pool=$POOL --no-headers \
+    -o custom-columns='R:.status.conditions[?(@.type=="Ready")].status' | sort | uniq -c | tr -s ' \n' ' '
+}
+( while sleep 30; do log "nodes by Ready status:$(ready_states) load $(cut -d' ' -f1 /proc/loadavg)"; done ) &
+STATES_PID=$!
 kubectl wait --for=condition=Ready nodes -l ringmaster-bench/pool=$POOL --timeout=$((N < 3000 ? 600 : N / 5))s >/dev/null
+kill $STATES_PID 2>/dev/null || true
+log "all $N nodes Ready"
 
 PORT=$((20000 + RANDOM % 20000))
 RINGMASTER_OPERATOR_BIN=$OP_BIN RINGMASTER_OPERATOR_METRICS_ADDR=127.0.0.1:$PORT \

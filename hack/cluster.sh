@@ -27,6 +27,11 @@ START_TIMEOUT=${RINGMASTER_START_TIMEOUT:-180}
 # RINGMASTER_APF=false turns API Priority and Fairness off (on by default, as in Kubernetes:
 # its per-FlowSchema request counters are how tests and benchmarks attribute API requests
 # to one ServiceAccount).
+# RINGMASTER_KWOK_LEASE_SECONDS (default 40, as a kubelet's): the simulated nodes' Lease
+# duration; kwok renews each Lease every quarter of it. RINGMASTER_NODE_MONITOR_GRACE (default:
+# the controller-manager's own): how long a node may go without a renewal before it turns
+# Unknown. Benchmarks with thousands of kwok nodes raise both (hack/bench-operator.sh).
+KWOK_LEASE_SECONDS=${RINGMASTER_KWOK_LEASE_SECONDS:-40}
 
 log() { echo "cluster: $*" >&2; }
 die() { echo "cluster: error: $*" >&2; exit 1; }
@@ -275,11 +280,12 @@ up() {
   start kube-controller-manager "$BIN/kube-controller-manager" "${common[@]}" --secure-port="$kcm_port" \
     --service-account-private-key-file="$P/sa.key" --root-ca-file="$P/ca.crt" \
     --use-service-account-credentials=true --service-cluster-ip-range=$SERVICE_CIDR \
-    --cluster-signing-cert-file="$P/ca.crt" --cluster-signing-key-file="$P/ca.key"
+    --cluster-signing-cert-file="$P/ca.crt" --cluster-signing-key-file="$P/ca.key" \
+    ${RINGMASTER_NODE_MONITOR_GRACE:+--node-monitor-grace-period="$RINGMASTER_NODE_MONITOR_GRACE"}
   start kube-scheduler "$BIN/kube-scheduler" "${common[@]}" --secure-port="$sched_port"
   start kwok "$BIN/kwok" --kubeconfig="$KC" --config="$BIN/kwok-stages.yaml" \
     --manage-all-nodes=false --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
-    --node-lease-duration-seconds=40 --cidr=10.244.0.0/16 --node-ip=127.0.0.1 \
+    --node-lease-duration-seconds="$KWOK_LEASE_SECONDS" --cidr=10.244.0.0/16 --node-ip=127.0.0.1 \
     --server-address="127.0.0.1:$kwok_port"
 
   wait_until kube-controller-manager "kube-controller-manager /healthz" curl -skf "https://127.0.0.1:$kcm_port/healthz"

@@ -317,6 +317,15 @@ async fn apply(sc: &StorageCluster, id: &ClusterId, ctx: &Context) -> Result<Act
             Instant::now(),
         )
     };
+    {
+        let st = &out.status;
+        let decision = match write {
+            None => "unchanged",
+            Some(Ok(())) => "write",
+            Some(Err(_)) => "deferred",
+        };
+        debug!(cluster = %id.key(), generation = sc.metadata.generation.unwrap_or(0), storage_nodes = sns.len(), desired = st.desired, reporting = st.reporting, ready = st.ready, up_to_date = st.up_to_date, decision, "status computed");
+    }
     let mut deferred = None;
     if let Some(Err(wait)) = write {
         deferred = Some(wait);
