@@ -220,8 +220,9 @@ pub struct ReadServiceSpec {
     #[schemars(length(max = 32))]
     pub allowed_clients: Vec<ReadClient>,
     /// Limits of the read service on each node: range and response sizes, requests and
-    /// connections at once, timeouts, the open-file cache. A change restarts the read
-    /// service in place (a few hundred milliseconds without it); no pod rolls.
+    /// connections at once, timeouts, the open-file cache. A change rolls no pod: the reader
+    /// restarts its read service in place (in-flight reads finish first; new connections
+    /// are refused until it listens again).
     #[serde(default)]
     pub limits: ReadServiceLimits,
 }
@@ -689,8 +690,15 @@ mod tests {
         c.read_service.limits.open_file_cache.entries = 0;
         assert_ne!(a.config_hash(), c.config_hash());
         assert_eq!(a.pod_hash(), c.pod_hash());
-        // The pod hash of a spec from before `limits` (pinned from that version): an
-        // upgrade of the operator must not roll every agent DaemonSet.
-        assert_eq!(a.pod_hash(), POD_HASH_OF_DEFAULT_SPEC_BEFORE_LIMITS);
+        // Pod hashes of specs from before `limits` (pinned from that version): an upgrade
+        // of the operator must not roll every agent DaemonSet.
+        assert_eq!(a.pod_hash(), "62683feb2d9b58c1");
+        let mut d = a.clone();
+        d.read_service.data_dirs.push(DataDir {
+            name: "d0".into(),
+            host_path: "/srv/d0".into(),
+        });
+        d.read_service.port = 9000;
+        assert_eq!(d.pod_hash(), "d6407908acc8c19a");
     }
 }
