@@ -350,16 +350,28 @@ impl ReadServiceLimits {
             if (min..=max).contains(&v) {
                 Ok(())
             } else {
-                Err(format!("{f}.{name} is {v}: it must be between {min} and {max}"))
+                Err(format!(
+                    "{f}.{name} is {v}: it must be between {min} and {max}"
+                ))
             }
         };
         in_range("maxRangeBytes", self.max_range_bytes, 1, 1 << 30)?;
         in_range("maxConcurrent", self.max_concurrent.into(), 1, 65536)?;
         in_range("maxConnections", self.max_connections.into(), 1, 65536)?;
         in_range("maxResponseBytes", self.max_response_bytes, 8193, 1 << 40)?;
-        in_range("headerReadTimeoutSeconds", self.header_read_timeout_seconds, 1, 3600)?;
+        in_range(
+            "headerReadTimeoutSeconds",
+            self.header_read_timeout_seconds,
+            1,
+            3600,
+        )?;
         in_range("writeTimeoutSeconds", self.write_timeout_seconds, 1, 3600)?;
-        in_range("openFileCache.entries", self.open_file_cache.entries.into(), 0, 65536)?;
+        in_range(
+            "openFileCache.entries",
+            self.open_file_cache.entries.into(),
+            0,
+            65536,
+        )?;
         in_range(
             "openFileCache.validMilliseconds",
             self.open_file_cache.valid_milliseconds,

@@ -332,7 +332,9 @@ async fn storage_cluster_limits_reach_config_json_and_the_running_reader() {
     let node = f.agents[0].node.clone();
     let agent_dir = f.agents[0].agent_dir();
     // ASCII, so the harness's text reader takes the body as it is.
-    let text: String = (0..64 * 1024).map(|i| (b'a' + (i % 26) as u8) as char).collect();
+    let text: String = (0..64 * 1024)
+        .map(|i| (b'a' + (i % 26) as u8) as char)
+        .collect();
     std::fs::write(f.data_dir.path().join("blob.txt"), &text).unwrap();
     // Verify mode: this test never changes the host's sysctl.
     let gen = f
@@ -350,7 +352,10 @@ async fn storage_cluster_limits_reach_config_json_and_the_running_reader() {
     ] {
         assert_eq!(limits[field], want, "config.json limits.{field}: {config}");
     }
-    assert_eq!(limits["openFileCache"], json!({"entries": 1024, "validMilliseconds": 1000}));
+    assert_eq!(
+        limits["openFileCache"],
+        json!({"entries": 1024, "validMilliseconds": 1000})
+    );
     let state_dir = f.agents[0].state_dir.path().to_path_buf();
     let addr = reader_listen_addr(&state_dir).expect("the reader serves");
     let (code, body) = http_range(&addr, "/v1/files/d0/blob.txt", "0-65535");
@@ -363,7 +368,11 @@ async fn storage_cluster_limits_reach_config_json_and_the_running_reader() {
         .await;
     let gen2 = patched.metadata.generation.unwrap();
     assert!(gen2 > gen);
-    assert_ne!(patched.spec.config_hash(), config["config_hash"], "{config}");
+    assert_ne!(
+        patched.spec.config_hash(),
+        config["config_hash"],
+        "{config}"
+    );
     let config = wait_for_config(&agent_dir, gen2).await;
     let limits = &config["limits"];
     assert_eq!(limits["maxRangeBytes"], 4096, "{config}");

@@ -181,7 +181,10 @@ async fn empty_spec_gets_every_default_from_the_server() {
         ("/readService/limits/headerReadTimeoutSeconds", json!(30)),
         ("/readService/limits/writeTimeoutSeconds", json!(30)),
         ("/readService/limits/openFileCache/entries", json!(1024)),
-        ("/readService/limits/openFileCache/validMilliseconds", json!(1000)),
+        (
+            "/readService/limits/openFileCache/validMilliseconds",
+            json!(1000),
+        ),
         ("/seccomp/type", json!("RuntimeDefault")),
     ];
     for (ptr, want) in expect {

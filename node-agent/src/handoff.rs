@@ -270,8 +270,14 @@ mod tests {
         assert_eq!(c.data_dirs, vec![("d0".into(), "/data/0".into())]);
         // What this agent writes carries them, and reads back the same.
         let text = serde_json::to_string(&config()).unwrap();
-        assert!(text.contains(r#""limits":{"maxRangeBytes":4096,"#), "{text}");
-        assert_eq!(serde_json::from_str::<ReaderConfig>(&text).unwrap(), config());
+        assert!(
+            text.contains(r#""limits":{"maxRangeBytes":4096,"#),
+            "{text}"
+        );
+        assert_eq!(
+            serde_json::from_str::<ReaderConfig>(&text).unwrap(),
+            config()
+        );
     }
 
     #[test]

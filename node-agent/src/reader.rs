@@ -580,10 +580,7 @@ mod tests {
             ringmaster_api::RANGE_ROUNDING_BYTES,
             2 * ringmaster_ring::io::AlignedBuf::ALIGN as u64
         );
-        assert_eq!(
-            ringmaster_api::LARGE_RESPONSE_BYTES,
-            serve::budget::LARGE
-        );
+        assert_eq!(ringmaster_api::LARGE_RESPONSE_BYTES, serve::budget::LARGE);
     }
 
     #[test]

@@ -88,7 +88,8 @@ fn a_lowered_max_range_reaches_the_running_reader() {
     std::fs::write(data.join("blob"), &bytes).unwrap();
     let handoff_dirs = Handoff::open(&state).unwrap();
     let agent_dir = handoff_dirs.agent_dir(true).unwrap().unwrap();
-    let write = |c: &ReaderConfig| handoff::write_json(&agent_dir, handoff::CONFIG_FILE, c).unwrap();
+    let write =
+        |c: &ReaderConfig| handoff::write_json(&agent_dir, handoff::CONFIG_FILE, c).unwrap();
 
     write(&config(1, &data, ReadServiceLimits::default()));
     let mut reader = Reader(
