@@ -668,10 +668,12 @@ mod tests {
             e,
             "spec.readService.limits.maxConnections is 0: it must be between 1 and 65536"
         );
-        let mut off = ReadServiceLimits::default();
-        off.open_file_cache = OpenFileCacheSpec {
-            entries: 0,
-            valid_milliseconds: 0,
+        let off = ReadServiceLimits {
+            open_file_cache: OpenFileCacheSpec {
+                entries: 0,
+                valid_milliseconds: 0,
+            },
+            ..Default::default()
         };
         assert_eq!(off.check(), Ok(()), "a cache turned off is fine");
     }
