@@ -232,6 +232,16 @@ pub struct ReadServiceSpec {
 pub const RANGE_ROUNDING_BYTES: u64 = 8192;
 /// Responses over this many bytes may hold at most half of `maxResponseBytes` together.
 pub const LARGE_RESPONSE_BYTES: u64 = 1 << 20;
+/// Largest `maxRangeBytes` (the service's own bound).
+pub const MAX_RANGE_BYTES: u64 = 1 << 30;
+/// Largest `maxResponseBytes` (the service's own bound).
+pub const MAX_RESPONSE_BYTES: u64 = 1 << 40;
+/// Largest `maxConcurrent`, `maxConnections` and `openFileCache.entries`.
+pub const MAX_LIMIT_COUNT: u32 = 65536;
+/// Largest `headerReadTimeoutSeconds` and `writeTimeoutSeconds`.
+pub const MAX_TIMEOUT_SECONDS: u64 = 3600;
+/// Largest `openFileCache.validMilliseconds`.
+pub const MAX_OPEN_FILE_VALID_MILLISECONDS: u64 = 3_600_000;
 
 /// Limits of the read service (the `ringmaster-agent serve` flags of the same names). The
 /// defaults are the service's own.
@@ -243,33 +253,33 @@ pub struct ReadServiceLimits {
     /// Largest range served in one request, in bytes (larger ones get 400; so does a
     /// request without `Range` for a larger file). At most 1 GiB.
     #[serde(default = "default_max_range_bytes")]
-    #[schemars(range(min = 1, max = 1073741824))]
+    #[schemars(range(min = 1, max = MAX_RANGE_BYTES))]
     pub max_range_bytes: u64,
     /// Requests served at once per node; more get 503 with `Retry-After: 1`.
     #[serde(default = "default_max_concurrent")]
-    #[schemars(range(min = 1, max = 65536))]
+    #[schemars(range(min = 1, max = MAX_LIMIT_COUNT))]
     pub max_concurrent: u32,
     /// Client connections open at once per node; more wait in the kernel's listen backlog.
     /// Each is a file descriptor of the reader container.
     #[serde(default = "default_max_connections")]
-    #[schemars(range(min = 1, max = 65536))]
+    #[schemars(range(min = 1, max = MAX_LIMIT_COUNT))]
     pub max_connections: u32,
     /// Bytes of response bodies held in memory at once per node; a request that does not
     /// fit gets 503. Responses over 1 MiB may hold half of it together. At least
     /// `maxRangeBytes + 8192` (twice that when `maxRangeBytes` is over 1 MiB), at most
     /// 1 TiB; keep it well below the container's memory limit.
     #[serde(default = "default_max_response_bytes")]
-    #[schemars(range(min = 8193, max = 1099511627776_u64))]
+    #[schemars(range(min = RANGE_ROUNDING_BYTES + 1, max = MAX_RESPONSE_BYTES))]
     pub max_response_bytes: u64,
     /// Seconds a client has to send a complete request head before its connection is
     /// closed; also the longest a keep-alive connection may sit idle.
     #[serde(default = "default_header_read_timeout_seconds")]
-    #[schemars(range(min = 1, max = 3600))]
+    #[schemars(range(min = 1, max = MAX_TIMEOUT_SECONDS))]
     pub header_read_timeout_seconds: u64,
     /// Seconds a response write may make no progress (the client reads nothing) before
     /// the connection is reset and what the request held is freed.
     #[serde(default = "default_write_timeout_seconds")]
-    #[schemars(range(min = 1, max = 3600))]
+    #[schemars(range(min = 1, max = MAX_TIMEOUT_SECONDS))]
     pub write_timeout_seconds: u64,
     /// Open files kept for reuse across requests.
     #[serde(default)]
@@ -283,12 +293,12 @@ pub struct OpenFileCacheSpec {
     /// Open files kept per node (0: off, every request opens its file). Each is a file
     /// descriptor of the reader container.
     #[serde(default = "default_open_file_cache_entries")]
-    #[schemars(range(min = 0, max = 65536))]
+    #[schemars(range(min = 0, max = MAX_LIMIT_COUNT))]
     pub entries: u32,
     /// Milliseconds a cached open file is reused before its path is opened again: the
     /// longest a replaced or deleted file is still served (0: off).
     #[serde(default = "default_open_file_cache_valid_milliseconds")]
-    #[schemars(range(min = 0, max = 3600000))]
+    #[schemars(range(min = 0, max = MAX_OPEN_FILE_VALID_MILLISECONDS))]
     pub valid_milliseconds: u64,
 }
 
@@ -355,28 +365,39 @@ impl ReadServiceLimits {
                 ))
             }
         };
-        in_range("maxRangeBytes", self.max_range_bytes, 1, 1 << 30)?;
-        in_range("maxConcurrent", self.max_concurrent.into(), 1, 65536)?;
-        in_range("maxConnections", self.max_connections.into(), 1, 65536)?;
-        in_range("maxResponseBytes", self.max_response_bytes, 8193, 1 << 40)?;
+        let count = u64::from(MAX_LIMIT_COUNT);
+        in_range("maxRangeBytes", self.max_range_bytes, 1, MAX_RANGE_BYTES)?;
+        in_range("maxConcurrent", self.max_concurrent.into(), 1, count)?;
+        in_range("maxConnections", self.max_connections.into(), 1, count)?;
+        in_range(
+            "maxResponseBytes",
+            self.max_response_bytes,
+            RANGE_ROUNDING_BYTES + 1,
+            MAX_RESPONSE_BYTES,
+        )?;
         in_range(
             "headerReadTimeoutSeconds",
             self.header_read_timeout_seconds,
             1,
-            3600,
+            MAX_TIMEOUT_SECONDS,
         )?;
-        in_range("writeTimeoutSeconds", self.write_timeout_seconds, 1, 3600)?;
+        in_range(
+            "writeTimeoutSeconds",
+            self.write_timeout_seconds,
+            1,
+            MAX_TIMEOUT_SECONDS,
+        )?;
         in_range(
             "openFileCache.entries",
             self.open_file_cache.entries.into(),
             0,
-            65536,
+            count,
         )?;
         in_range(
             "openFileCache.validMilliseconds",
             self.open_file_cache.valid_milliseconds,
             0,
-            3_600_000,
+            MAX_OPEN_FILE_VALID_MILLISECONDS,
         )?;
         let (range, response) = (self.max_range_bytes, self.max_response_bytes);
         let largest = range + RANGE_ROUNDING_BYTES;
