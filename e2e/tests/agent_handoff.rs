@@ -4,7 +4,9 @@
 //! refusal is a condition and a log line, never a hang, a crash or a write elsewhere.
 //!
 //! Real control plane, a kwok node, the real `ringmaster-agent run` and `reader` processes
-//! (as in `agent_nodes.rs`); the test plays the hostile reader on the real filesystem.
+//! (as in `agent_nodes.rs`); the test plays the hostile reader on the real filesystem. And
+//! what the handoff carries: `spec.readService.limits` reach `config.json` and the running
+//! reader.
 //!
 //! ```text
 //! eval "$(hack/cluster.sh up)"
@@ -393,7 +395,11 @@ async fn storage_cluster_limits_reach_config_json_and_the_running_reader() {
     );
     let reader = f.agents[0].reader.as_mut().unwrap();
     reader.assert_running();
-    assert_eq!(reader.pid(), reader_pid, "the reader was not restarted");
+    assert_eq!(
+        reader.pid(),
+        reader_pid,
+        "the same reader process applies it"
+    );
     let addr = reader_listen_addr(&state_dir).expect("the reader serves again");
     let (code, body) = http_range(&addr, "/v1/files/d0/blob.txt", "0-65535");
     assert_eq!(
