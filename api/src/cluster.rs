@@ -219,6 +219,206 @@ pub struct ReadServiceSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     pub allowed_clients: Vec<ReadClient>,
+    /// Limits of the read service on each node: range and response sizes, requests and
+    /// connections at once, timeouts, the open-file cache. A change rolls no pod: the reader
+    /// restarts its read service in place (in-flight reads finish first; new connections
+    /// are refused until it listens again).
+    #[serde(default)]
+    pub limits: ReadServiceLimits,
+}
+
+/// A range is read as the whole 4 KiB blocks around it (O_DIRECT): the response memory it
+/// needs is at most its length plus this much.
+pub const RANGE_ROUNDING_BYTES: u64 = 8192;
+/// Responses over this many bytes may hold at most half of `maxResponseBytes` together.
+pub const LARGE_RESPONSE_BYTES: u64 = 1 << 20;
+/// Largest `maxRangeBytes` (the service's own bound).
+pub const MAX_RANGE_BYTES: u64 = 1 << 30;
+/// Largest `maxResponseBytes` (the service's own bound).
+pub const MAX_RESPONSE_BYTES: u64 = 1 << 40;
+/// Largest `maxConcurrent`, `maxConnections` and `openFileCache.entries`.
+pub const MAX_LIMIT_COUNT: u32 = 65536;
+/// Largest `headerReadTimeoutSeconds` and `writeTimeoutSeconds`.
+pub const MAX_TIMEOUT_SECONDS: u64 = 3600;
+/// Largest `openFileCache.validMilliseconds`.
+pub const MAX_OPEN_FILE_VALID_MILLISECONDS: u64 = 3_600_000;
+
+/// Limits of the read service (the `ringmaster-agent serve` flags of the same names). The
+/// defaults are the service's own.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.maxResponseBytes >= self.maxRangeBytes + 8192").message("spec.readService.limits.maxResponseBytes must be at least spec.readService.limits.maxRangeBytes + 8192 (a range is read as whole 4 KiB blocks): raise maxResponseBytes or lower maxRangeBytes").field_path(".maxResponseBytes").reason(Reason::FieldValueInvalid))]
+#[x_kube(validation = Rule::new("self.maxRangeBytes <= 1048576 || self.maxResponseBytes >= 2 * (self.maxRangeBytes + 8192)").message("spec.readService.limits.maxResponseBytes must be at least 2 × (spec.readService.limits.maxRangeBytes + 8192) when maxRangeBytes is over 1048576 (responses over 1 MiB may hold only half of maxResponseBytes together): raise maxResponseBytes or lower maxRangeBytes").field_path(".maxResponseBytes").reason(Reason::FieldValueInvalid))]
+pub struct ReadServiceLimits {
+    /// Largest range served in one request, in bytes (larger ones get 400; so does a
+    /// request without `Range` for a larger file). At most 1 GiB.
+    #[serde(default = "default_max_range_bytes")]
+    #[schemars(range(min = 1, max = MAX_RANGE_BYTES))]
+    pub max_range_bytes: u64,
+    /// Requests served at once per node; more get 503 with `Retry-After: 1`.
+    #[serde(default = "default_max_concurrent")]
+    #[schemars(range(min = 1, max = MAX_LIMIT_COUNT))]
+    pub max_concurrent: u32,
+    /// Client connections open at once per node; more wait in the kernel's listen backlog.
+    /// Each is a file descriptor of the reader container.
+    #[serde(default = "default_max_connections")]
+    #[schemars(range(min = 1, max = MAX_LIMIT_COUNT))]
+    pub max_connections: u32,
+    /// Bytes of response bodies held in memory at once per node; a request that does not
+    /// fit gets 503. Responses over 1 MiB may hold half of it together. At least
+    /// `maxRangeBytes + 8192` (twice that when `maxRangeBytes` is over 1 MiB), at most
+    /// 1 TiB; keep it well below the container's memory limit.
+    #[serde(default = "default_max_response_bytes")]
+    #[schemars(range(min = RANGE_ROUNDING_BYTES + 1, max = MAX_RESPONSE_BYTES))]
+    pub max_response_bytes: u64,
+    /// Seconds a client has to send a complete request head before its connection is
+    /// closed; also the longest a keep-alive connection may sit idle.
+    #[serde(default = "default_header_read_timeout_seconds")]
+    #[schemars(range(min = 1, max = MAX_TIMEOUT_SECONDS))]
+    pub header_read_timeout_seconds: u64,
+    /// Seconds a response write may make no progress (the client reads nothing) before
+    /// the connection is reset and what the request held is freed.
+    #[serde(default = "default_write_timeout_seconds")]
+    #[schemars(range(min = 1, max = MAX_TIMEOUT_SECONDS))]
+    pub write_timeout_seconds: u64,
+    /// Open files kept for reuse across requests.
+    #[serde(default)]
+    pub open_file_cache: OpenFileCacheSpec,
+}
+
+/// The read service's cache of open files: a hit costs no open, stat or close.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OpenFileCacheSpec {
+    /// Open files kept per node (0: off, every request opens its file). Each is a file
+    /// descriptor of the reader container.
+    #[serde(default = "default_open_file_cache_entries")]
+    #[schemars(range(min = 0, max = MAX_LIMIT_COUNT))]
+    pub entries: u32,
+    /// Milliseconds a cached open file is reused before its path is opened again: the
+    /// longest a replaced or deleted file is still served (0: off).
+    #[serde(default = "default_open_file_cache_valid_milliseconds")]
+    #[schemars(range(min = 0, max = MAX_OPEN_FILE_VALID_MILLISECONDS))]
+    pub valid_milliseconds: u64,
+}
+
+fn default_max_range_bytes() -> u64 {
+    16 << 20
+}
+fn default_max_concurrent() -> u32 {
+    256
+}
+fn default_max_connections() -> u32 {
+    1024
+}
+fn default_max_response_bytes() -> u64 {
+    128 << 20
+}
+fn default_header_read_timeout_seconds() -> u64 {
+    30
+}
+fn default_write_timeout_seconds() -> u64 {
+    30
+}
+fn default_open_file_cache_entries() -> u32 {
+    1024
+}
+fn default_open_file_cache_valid_milliseconds() -> u64 {
+    1000
+}
+
+impl Default for ReadServiceLimits {
+    fn default() -> Self {
+        Self {
+            max_range_bytes: default_max_range_bytes(),
+            max_concurrent: default_max_concurrent(),
+            max_connections: default_max_connections(),
+            max_response_bytes: default_max_response_bytes(),
+            header_read_timeout_seconds: default_header_read_timeout_seconds(),
+            write_timeout_seconds: default_write_timeout_seconds(),
+            open_file_cache: OpenFileCacheSpec::default(),
+        }
+    }
+}
+
+impl Default for OpenFileCacheSpec {
+    fn default() -> Self {
+        Self {
+            entries: default_open_file_cache_entries(),
+            valid_milliseconds: default_open_file_cache_valid_milliseconds(),
+        }
+    }
+}
+
+impl ReadServiceLimits {
+    /// The CRD's rules again (the schema ranges and the two CEL rules), for a spec the API
+    /// server did not check (a CRD installed before these fields): the first problem, naming
+    /// the field and the fix.
+    pub fn check(&self) -> Result<(), String> {
+        let f = "spec.readService.limits";
+        let in_range = |name: &str, v: u64, min: u64, max: u64| {
+            if (min..=max).contains(&v) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{f}.{name} is {v}: it must be between {min} and {max}"
+                ))
+            }
+        };
+        let count = u64::from(MAX_LIMIT_COUNT);
+        in_range("maxRangeBytes", self.max_range_bytes, 1, MAX_RANGE_BYTES)?;
+        in_range("maxConcurrent", self.max_concurrent.into(), 1, count)?;
+        in_range("maxConnections", self.max_connections.into(), 1, count)?;
+        in_range(
+            "maxResponseBytes",
+            self.max_response_bytes,
+            RANGE_ROUNDING_BYTES + 1,
+            MAX_RESPONSE_BYTES,
+        )?;
+        in_range(
+            "headerReadTimeoutSeconds",
+            self.header_read_timeout_seconds,
+            1,
+            MAX_TIMEOUT_SECONDS,
+        )?;
+        in_range(
+            "writeTimeoutSeconds",
+            self.write_timeout_seconds,
+            1,
+            MAX_TIMEOUT_SECONDS,
+        )?;
+        in_range(
+            "openFileCache.entries",
+            self.open_file_cache.entries.into(),
+            0,
+            count,
+        )?;
+        in_range(
+            "openFileCache.validMilliseconds",
+            self.open_file_cache.valid_milliseconds,
+            0,
+            MAX_OPEN_FILE_VALID_MILLISECONDS,
+        )?;
+        let (range, response) = (self.max_range_bytes, self.max_response_bytes);
+        let largest = range + RANGE_ROUNDING_BYTES;
+        if response < largest {
+            return Err(format!(
+                "{f}.maxResponseBytes ({response}) must be at least {f}.maxRangeBytes + \
+                 {RANGE_ROUNDING_BYTES} ({largest}; a range is read as whole 4 KiB blocks): raise \
+                 maxResponseBytes or lower maxRangeBytes"
+            ));
+        }
+        if range > LARGE_RESPONSE_BYTES && response < 2 * largest {
+            return Err(format!(
+                "{f}.maxResponseBytes ({response}) must be at least 2 × ({f}.maxRangeBytes + \
+                 {RANGE_ROUNDING_BYTES}) ({}) when maxRangeBytes is over {LARGE_RESPONSE_BYTES}: \
+                 responses over 1 MiB may hold only half of maxResponseBytes together; raise \
+                 maxResponseBytes or lower maxRangeBytes",
+                2 * largest
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Pods allowed to reach the read service (a NetworkPolicy peer without `ipBlock`).
@@ -246,6 +446,7 @@ impl Default for ReadServiceSpec {
             port: default_port(),
             data_dirs: Vec::new(),
             allowed_clients: Vec::new(),
+            limits: ReadServiceLimits::default(),
         }
     }
 }
@@ -379,9 +580,15 @@ impl StorageClusterSpec {
     /// Hash of the fields that change the agent pods themselves (resources,
     /// seccomp, port, data dirs, selection); only these roll the DaemonSet.
     pub fn pod_hash(&self) -> String {
-        // Who may read is the NetworkPolicy's business, not the pods'.
+        // Who may read is the NetworkPolicy's business, not the pods'. The limits reach the
+        // reader through its config, which restarts the service in place; left out of the
+        // JSON altogether, so the hash of a spec from before them is what it was.
         let mut read_service = self.read_service.clone();
         read_service.allowed_clients.clear();
+        let mut read_service = serde_json::to_value(&read_service).expect("spec serializes");
+        if let Some(o) = read_service.as_object_mut() {
+            o.remove("limits");
+        }
         let v = serde_json::json!({
             "resources": self.agent.resources,
             "seccomp": self.seccomp,
@@ -411,6 +618,85 @@ mod tests {
         assert_eq!(s.sysctl.aio_max_nr, 1_048_576);
         assert_eq!(s.read_service.port, 7480);
         assert_eq!(s.seccomp.type_, SeccompType::RuntimeDefault);
+        let l = &s.read_service.limits;
+        assert_eq!(l.max_range_bytes, 16 << 20);
+        assert_eq!(l.max_concurrent, 256);
+        assert_eq!(l.max_connections, 1024);
+        assert_eq!(l.max_response_bytes, 128 << 20);
+        assert_eq!(l.header_read_timeout_seconds, 30);
+        assert_eq!(l.write_timeout_seconds, 30);
+        assert_eq!(l.open_file_cache.entries, 1024);
+        assert_eq!(l.open_file_cache.valid_milliseconds, 1000);
+        assert_eq!(l.check(), Ok(()), "the defaults pass their own rules");
+    }
+
+    #[test]
+    fn limits_default_field_by_field_and_round_trip() {
+        // A spec written before `limits` existed, and one that sets a single limit.
+        let old: StorageClusterSpec = serde_json::from_value(serde_json::json!({
+            "readService": {"port": 9000, "dataDirs": [{"name": "d0", "hostPath": "/srv/d0"}]}
+        }))
+        .unwrap();
+        assert_eq!(old.read_service.limits, ReadServiceLimits::default());
+        let some: ReadServiceSpec = serde_json::from_value(serde_json::json!({
+            "limits": {"maxRangeBytes": 4096, "openFileCache": {"entries": 0}}
+        }))
+        .unwrap();
+        let l = &some.limits;
+        assert_eq!(l.max_range_bytes, 4096);
+        assert_eq!(l.open_file_cache.entries, 0);
+        assert_eq!(l.open_file_cache.valid_milliseconds, 1000);
+        assert_eq!(l.max_response_bytes, 128 << 20);
+        let json = serde_json::to_value(&some).unwrap();
+        assert_eq!(json["limits"]["openFileCache"]["validMilliseconds"], 1000);
+        assert_eq!(json["limits"]["headerReadTimeoutSeconds"], 30);
+        let back: ReadServiceSpec = serde_json::from_value(json).unwrap();
+        assert_eq!(back, some);
+    }
+
+    #[test]
+    fn limits_check_follows_the_crd_rules() {
+        let with = |range: u64, response: u64| ReadServiceLimits {
+            max_range_bytes: range,
+            max_response_bytes: response,
+            ..Default::default()
+        };
+        // At most 1 MiB: the response budget needs one range plus its 4 KiB rounding.
+        assert_eq!(with(1 << 20, (1 << 20) + 8192).check(), Ok(()));
+        let e = with(1 << 20, (1 << 20) + 8191).check().unwrap_err();
+        assert!(
+            e.contains("spec.readService.limits.maxResponseBytes (1056767)")
+                && e.contains("spec.readService.limits.maxRangeBytes + 8192 (1056768")
+                && e.contains("raise maxResponseBytes or lower maxRangeBytes"),
+            "{e}"
+        );
+        // Over 1 MiB: twice that, since large responses share half the budget.
+        let range = (1 << 20) + 1;
+        assert_eq!(with(range, 2 * (range + 8192)).check(), Ok(()));
+        let e = with(range, 2 * (range + 8192) - 1).check().unwrap_err();
+        assert!(
+            e.contains("2 × (spec.readService.limits.maxRangeBytes + 8192) (2113538)")
+                && e.contains("over 1048576"),
+            "{e}"
+        );
+        let e = ReadServiceLimits {
+            max_connections: 0,
+            ..Default::default()
+        }
+        .check()
+        .unwrap_err();
+        assert_eq!(
+            e,
+            "spec.readService.limits.maxConnections is 0: it must be between 1 and 65536"
+        );
+        let off = ReadServiceLimits {
+            open_file_cache: OpenFileCacheSpec {
+                entries: 0,
+                valid_milliseconds: 0,
+            },
+            ..Default::default()
+        };
+        assert_eq!(off.check(), Ok(()), "a cache turned off is fine");
     }
 
     #[test]
@@ -426,5 +712,28 @@ mod tests {
         assert_eq!(a.pod_hash(), b.pod_hash(), "allowedClients rolls no pod");
         b.seccomp.type_ = SeccompType::Localhost;
         assert_ne!(a.pod_hash(), b.pod_hash());
+    }
+
+    #[test]
+    fn limits_change_the_config_hash_but_roll_no_pod() {
+        let a = StorageClusterSpec::default();
+        let mut b = a.clone();
+        b.read_service.limits.max_range_bytes = 4096;
+        assert_ne!(a.config_hash(), b.config_hash(), "the reader must see it");
+        assert_eq!(a.pod_hash(), b.pod_hash(), "limits roll no pod");
+        let mut c = a.clone();
+        c.read_service.limits.open_file_cache.entries = 0;
+        assert_ne!(a.config_hash(), c.config_hash());
+        assert_eq!(a.pod_hash(), c.pod_hash());
+        // Pod hashes of specs from before `limits` (pinned from that version): an upgrade
+        // of the operator must not roll every agent DaemonSet.
+        assert_eq!(a.pod_hash(), "62683feb2d9b58c1");
+        let mut d = a.clone();
+        d.read_service.data_dirs.push(DataDir {
+            name: "d0".into(),
+            host_path: "/srv/d0".into(),
+        });
+        d.read_service.port = 9000;
+        assert_eq!(d.pod_hash(), "d6407908acc8c19a");
     }
 }

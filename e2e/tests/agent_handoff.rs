@@ -4,7 +4,9 @@
 //! refusal is a condition and a log line, never a hang, a crash or a write elsewhere.
 //!
 //! Real control plane, a kwok node, the real `ringmaster-agent run` and `reader` processes
-//! (as in `agent_nodes.rs`); the test plays the hostile reader on the real filesystem.
+//! (as in `agent_nodes.rs`); the test plays the hostile reader on the real filesystem. And
+//! what the handoff carries: `spec.readService.limits` reach `config.json` and the running
+//! reader.
 //!
 //! ```text
 //! eval "$(hack/cluster.sh up)"
@@ -320,4 +322,93 @@ async fn wait_for_config(agent_dir: &Path, gen: i64) -> serde_json::Value {
         Ok(v)
     })
     .await
+}
+
+/// `spec.readService.limits` travel StorageCluster → agent → config.json → the running
+/// reader: the server's defaults first, then a patched `maxRangeBytes` (and the open-file
+/// cache turned off) in the next config, answered by the same reader process, whose
+/// restarted service refuses a range over the new limit (400) and serves one within it.
+#[tokio::test]
+async fn storage_cluster_limits_reach_config_json_and_the_running_reader() {
+    let mut f = Fleet::create("agent-limits", &[Uring::Works]).await;
+    let node = f.agents[0].node.clone();
+    let agent_dir = f.agents[0].agent_dir();
+    // ASCII, so the harness's text reader takes the body as it is.
+    let text: String = (0..64 * 1024)
+        .map(|i| (b'a' + (i % 26) as u8) as char)
+        .collect();
+    std::fs::write(f.data_dir.path().join("blob.txt"), &text).unwrap();
+    // Verify mode: this test never changes the host's sysctl.
+    let gen = f
+        .start_and_wait_applied("sysctl: {mode: Verify, aioMaxNr: 0}")
+        .await;
+    let config = wait_for_config(&agent_dir, gen).await;
+    let limits = &config["limits"];
+    for (field, want) in [
+        ("maxRangeBytes", json!(16 << 20)),
+        ("maxConcurrent", json!(256)),
+        ("maxConnections", json!(1024)),
+        ("maxResponseBytes", json!(128 << 20)),
+        ("headerReadTimeoutSeconds", json!(30)),
+        ("writeTimeoutSeconds", json!(30)),
+    ] {
+        assert_eq!(limits[field], want, "config.json limits.{field}: {config}");
+    }
+    assert_eq!(
+        limits["openFileCache"],
+        json!({"entries": 1024, "validMilliseconds": 1000})
+    );
+    let state_dir = f.agents[0].state_dir.path().to_path_buf();
+    let addr = reader_listen_addr(&state_dir).expect("the reader serves");
+    let (code, body) = http_range(&addr, "/v1/files/d0/blob.txt", "0-65535");
+    assert_eq!(code, 206, "before: {body}");
+    assert!(body == text, "before: the wrong bytes for 0-65535");
+    let reader_pid = f.agents[0].reader.as_ref().unwrap().pid();
+
+    let patched = f
+        .patch_cluster(json!({"readService": {"limits": {
+            "maxRangeBytes": 4096, "openFileCache": {"entries": 0}}}}))
+        .await;
+    let gen2 = patched.metadata.generation.unwrap();
+    assert!(gen2 > gen);
+    assert_ne!(
+        patched.spec.config_hash(),
+        config["config_hash"],
+        "{config}"
+    );
+    let config = wait_for_config(&agent_dir, gen2).await;
+    let limits = &config["limits"];
+    assert_eq!(limits["maxRangeBytes"], 4096, "{config}");
+    assert_eq!(limits["openFileCache"]["entries"], 0, "{config}");
+    assert_eq!(
+        limits["openFileCache"]["validMilliseconds"], 1000,
+        "the server defaults what the patch left out: {config}"
+    );
+    assert_eq!(limits["maxResponseBytes"], 128 << 20, "{config}");
+    // The node applied it: the reader answered the new generation.
+    let sn = f.wait_applied(&node, gen2).await;
+    let st = sn.status.unwrap();
+    assert_eq!(
+        st.applied_config_hash.as_deref(),
+        config["config_hash"].as_str(),
+        "{st:?}"
+    );
+    let reader = f.agents[0].reader.as_mut().unwrap();
+    reader.assert_running();
+    assert_eq!(
+        reader.pid(),
+        reader_pid,
+        "the same reader process applies it"
+    );
+    let addr = reader_listen_addr(&state_dir).expect("the reader serves again");
+    let (code, body) = http_range(&addr, "/v1/files/d0/blob.txt", "0-65535");
+    assert_eq!(
+        code,
+        400,
+        "a 64 KiB range over maxRangeBytes 4096 ({} bytes back)",
+        body.len()
+    );
+    let (code, body) = http_range(&addr, "/v1/files/d0/blob.txt", "4096-8191");
+    assert_eq!(code, 206, "{body}");
+    assert!(body == text[4096..8192], "the wrong bytes for 4096-8191");
 }

@@ -40,7 +40,7 @@ fn helm_lint_strict_is_clean() {
 /// values.schema.json refuses wrong types, bad enums and unknown keys, naming the key.
 #[test]
 fn values_schema_refuses_wrong_types_and_unknown_keys() {
-    let cases: [(&[&str], &str); 10] = [
+    let cases: [(&[&str], &str); 11] = [
         (&["--set", "operator.replicas=two"], "/operator/replicas"),
         (&["--set", "operatr.replicas=2"], "'operatr' not allowed"),
         (&["--set", "operator.image.tga=1"], "'tga' not allowed"),
@@ -65,6 +65,10 @@ fn values_schema_refuses_wrong_types_and_unknown_keys() {
         (
             &["--set", "operator.cleanupTimeoutSeconds=soon"],
             "/operator/cleanupTimeoutSeconds",
+        ),
+        (
+            &["--set", "operator.readAccessRecheckSeconds=0"],
+            "/operator/readAccessRecheckSeconds",
         ),
     ];
     for (sets, field) in cases {
@@ -115,6 +119,7 @@ fn operator_deployment_is_hardened() {
         "--metrics-addr=0.0.0.0:8080",
         "--log-format=json",
         "--cleanup-timeout=60",
+        "--read-access-recheck=3600",
         "--lease-name=ringmaster-operator",
         "--agent-image=ghcr.io/ringmaster-io/ringmaster-agent:0.1.0",
         "--allow-unconfined-seccomp=false",
@@ -270,6 +275,7 @@ fn admin_settings_reach_the_operator_and_the_policy() {
             "agent.allowedDataDirRoots={/srv/storage,/mnt/disks}",
             "agent.allowUnconfinedSeccomp=true",
             "agent.allowControlPlaneTolerations=true",
+            "operator.readAccessRecheckSeconds=86400",
         ],
     );
     let dep = find(&docs, "Deployment", "ringmaster-operator");
@@ -285,6 +291,7 @@ fn admin_settings_reach_the_operator_and_the_policy() {
         "--allowed-data-dir-root=/mnt/disks",
         "--allow-unconfined-seccomp=true",
         "--allow-control-plane-tolerations=true",
+        "--read-access-recheck=86400",
     ] {
         assert!(args.iter().any(|a| a == want), "operator args {args:?} lack {want}");
     }

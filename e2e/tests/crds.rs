@@ -174,6 +174,17 @@ async fn empty_spec_gets_every_default_from_the_server() {
         ("/sysctl/restoreOnDelete", json!(false)),
         ("/unsupportedNodes", json!("Label")),
         ("/readService/port", json!(7480)),
+        ("/readService/limits/maxRangeBytes", json!(16 << 20)),
+        ("/readService/limits/maxConcurrent", json!(256)),
+        ("/readService/limits/maxConnections", json!(1024)),
+        ("/readService/limits/maxResponseBytes", json!(128 << 20)),
+        ("/readService/limits/headerReadTimeoutSeconds", json!(30)),
+        ("/readService/limits/writeTimeoutSeconds", json!(30)),
+        ("/readService/limits/openFileCache/entries", json!(1024)),
+        (
+            "/readService/limits/openFileCache/validMilliseconds",
+            json!(1000),
+        ),
         ("/seccomp/type", json!("RuntimeDefault")),
     ];
     for (ptr, want) in expect {
@@ -401,6 +412,36 @@ fn invalid_cases() -> Vec<Invalid> {
             json!({"readService": {"dataDirs": [{"name": "d0", "hostPath": "/proc/1/root"}]}}),
             "spec.readService.dataDirs[0].hostPath",
             "the reader is given this directory's parent",
+        ),
+        case(
+            "maxResponseBytes below maxRangeBytes + 8192",
+            json!({"readService": {"limits": {"maxRangeBytes": 1048576, "maxResponseBytes": 1048576}}}),
+            "spec.readService.limits.maxResponseBytes",
+            "must be at least spec.readService.limits.maxRangeBytes + 8192",
+        ),
+        case(
+            "maxRangeBytes over 1 MiB with maxResponseBytes under twice it",
+            json!({"readService": {"limits": {"maxRangeBytes": 67108864}}}),
+            "spec.readService.limits.maxResponseBytes",
+            "2 × (spec.readService.limits.maxRangeBytes + 8192) when maxRangeBytes is over 1048576",
+        ),
+        case(
+            "maxRangeBytes above 1 GiB",
+            json!({"readService": {"limits": {"maxRangeBytes": 2147483648_u64, "maxResponseBytes": 4294983680_u64}}}),
+            "spec.readService.limits.maxRangeBytes",
+            "less than or equal to 1073741824",
+        ),
+        case(
+            "maxConnections 0",
+            json!({"readService": {"limits": {"maxConnections": 0}}}),
+            "spec.readService.limits.maxConnections",
+            "greater than or equal to 1",
+        ),
+        case(
+            "writeTimeoutSeconds 0",
+            json!({"readService": {"limits": {"writeTimeoutSeconds": 0}}}),
+            "spec.readService.limits.writeTimeoutSeconds",
+            "greater than or equal to 1",
         ),
         case(
             "hostPath with a trailing slash",

@@ -68,6 +68,10 @@ pub struct ReaderConfig {
     pub data_dirs: Vec<(String, PathBuf)>,
     /// TCP port of the read service (`readService.port`); `reader --bind` overrides it.
     pub port: u16,
+    /// `readService.limits` as the spec spells them (camelCase). Missing from a config
+    /// written before them: the read service's defaults.
+    #[serde(default)]
+    pub limits: ringmaster_api::ReadServiceLimits,
 }
 
 /// One configured data dir as the reader checked it, under its own uid, capabilities
@@ -249,7 +253,31 @@ mod tests {
             policy: Policy::Preferred,
             data_dirs: vec![("d0".into(), "/data/0".into())],
             port: 7480,
+            limits: ringmaster_api::ReadServiceLimits {
+                max_range_bytes: 4096,
+                ..Default::default()
+            },
         }
+    }
+
+    #[test]
+    fn config_without_limits_still_parses() {
+        // A config.json written by an agent from before `limits`.
+        let old = r#"{"generation":2,"config_hash":"h","max_events":512,"min_max_events":64,
+            "workers":8,"policy":"preferred","data_dirs":[["d0","/data/0"]],"port":7480}"#;
+        let c: ReaderConfig = serde_json::from_str(old).unwrap();
+        assert_eq!(c.limits, ringmaster_api::ReadServiceLimits::default());
+        assert_eq!(c.data_dirs, vec![("d0".into(), "/data/0".into())]);
+        // What this agent writes carries them, and reads back the same.
+        let text = serde_json::to_string(&config()).unwrap();
+        assert!(
+            text.contains(r#""limits":{"maxRangeBytes":4096,"#),
+            "{text}"
+        );
+        assert_eq!(
+            serde_json::from_str::<ReaderConfig>(&text).unwrap(),
+            config()
+        );
     }
 
     #[test]

@@ -114,6 +114,31 @@ impl Running {
     }
 }
 
+/// The read service `cfg` asks for, serving `dirs` (the usable ones). Limits that break
+/// the CRD's rules (a spec the API server did not check) are an error naming the field.
+pub fn serve_config(
+    cfg: &ReaderConfig,
+    dirs: Vec<(String, PathBuf)>,
+    bind: SocketAddr,
+    auth: serve::Auth,
+) -> anyhow::Result<serve::ServeConfig> {
+    let limits = &cfg.limits;
+    limits.check().map_err(|e| anyhow::anyhow!(e))?;
+    let mut sc = serve::ServeConfig::new(dirs, bind, auth);
+    sc.workers = cfg.workers;
+    sc.max_events = cfg.max_events;
+    sc.policy = cfg.policy;
+    sc.max_range_bytes = limits.max_range_bytes;
+    sc.max_concurrent = limits.max_concurrent;
+    sc.max_connections = limits.max_connections;
+    sc.max_response_bytes = limits.max_response_bytes;
+    sc.header_read_timeout = Duration::from_secs(limits.header_read_timeout_seconds);
+    sc.write_timeout = Duration::from_secs(limits.write_timeout_seconds);
+    sc.open_file_cache_entries = limits.open_file_cache.entries;
+    sc.open_file_cache_valid = Duration::from_millis(limits.open_file_cache.valid_milliseconds);
+    Ok(sc)
+}
+
 /// Start the read workers and HTTP service for `cfg`, serving `dirs` (the usable ones).
 async fn start_service(
     cfg: &ReaderConfig,
@@ -121,11 +146,7 @@ async fn start_service(
     bind: SocketAddr,
     auth: serve::Auth,
 ) -> anyhow::Result<serve::ServeHandle> {
-    let mut sc = serve::ServeConfig::new(dirs, bind, auth);
-    sc.workers = cfg.workers;
-    sc.max_events = cfg.max_events;
-    sc.policy = cfg.policy;
-    serve::start(sc).await
+    serve::start(serve_config(cfg, dirs, bind, auth)?).await
 }
 
 /// Check the configured data dirs as this process sees them (blocking syscalls: a hung
@@ -263,6 +284,7 @@ pub fn same_service(a: &ReaderConfig, b: &ReaderConfig) -> bool {
         && a.policy == b.policy
         && a.data_dirs == b.data_dirs
         && a.port == b.port
+        && a.limits == b.limits
 }
 
 /// After a failed start, try again this much later (not every poll: each attempt is a
@@ -448,6 +470,7 @@ mod tests {
             policy: Policy::Preferred,
             data_dirs: vec![],
             port: 7480,
+            limits: Default::default(),
         };
         let mut b = a.clone();
         b.generation = 2;
@@ -458,6 +481,128 @@ mod tests {
         let mut c = a.clone();
         c.policy = Policy::Required;
         assert!(!same_service(&a, &c));
+        let mut d = a.clone();
+        d.limits.max_range_bytes = 4096;
+        assert!(!same_service(&a, &d), "a new limit restarts the service");
+        let mut e = a.clone();
+        e.limits.open_file_cache.valid_milliseconds = 0;
+        assert!(!same_service(&a, &e));
+    }
+
+    fn reader_config(limits: ringmaster_api::ReadServiceLimits) -> ReaderConfig {
+        ReaderConfig {
+            generation: 1,
+            config_hash: "a".into(),
+            max_events: 256,
+            min_max_events: 64,
+            workers: 4,
+            policy: Policy::Disabled,
+            data_dirs: vec![],
+            port: 7480,
+            limits,
+        }
+    }
+
+    fn bind() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 0))
+    }
+
+    #[test]
+    fn limits_reach_the_serve_config() {
+        use ringmaster_api::{OpenFileCacheSpec, ReadServiceLimits};
+        let limits = ReadServiceLimits {
+            max_range_bytes: 3 << 20,
+            max_concurrent: 17,
+            max_connections: 33,
+            max_response_bytes: 64 << 20,
+            header_read_timeout_seconds: 7,
+            write_timeout_seconds: 9,
+            open_file_cache: OpenFileCacheSpec {
+                entries: 5,
+                valid_milliseconds: 250,
+            },
+        };
+        let dirs = vec![("d0".to_string(), PathBuf::from("/srv/d0"))];
+        let sc = serve_config(
+            &reader_config(limits),
+            dirs.clone(),
+            bind(),
+            serve::Auth::Unauthenticated,
+        )
+        .unwrap();
+        assert_eq!(sc.data_dirs, dirs);
+        assert_eq!((sc.workers, sc.max_events), (4, 256));
+        assert_eq!(sc.policy, Policy::Disabled);
+        assert_eq!(sc.max_range_bytes, 3 << 20);
+        assert_eq!(sc.max_concurrent, 17);
+        assert_eq!(sc.max_connections, 33);
+        assert_eq!(sc.max_response_bytes, 64 << 20);
+        assert_eq!(sc.header_read_timeout, Duration::from_secs(7));
+        assert_eq!(sc.write_timeout, Duration::from_secs(9));
+        assert_eq!(sc.open_file_cache_entries, 5);
+        assert_eq!(sc.open_file_cache_valid, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn default_limits_are_the_read_services_defaults() {
+        // The CRD's defaults are written in the API crate (no dependency on the service):
+        // they must be exactly what `serve` defaults to, and its rule's constants the same.
+        let sc = serve_config(
+            &reader_config(Default::default()),
+            vec![],
+            bind(),
+            serve::Auth::Unauthenticated,
+        )
+        .unwrap();
+        let want = serve::ServeConfig::new(vec![], bind(), serve::Auth::Unauthenticated);
+        assert_eq!(sc.max_range_bytes, want.max_range_bytes);
+        assert_eq!(sc.max_range_bytes, serve::DEFAULT_MAX_RANGE_BYTES);
+        assert_eq!(sc.max_concurrent, serve::DEFAULT_MAX_CONCURRENT);
+        assert_eq!(sc.max_connections, serve::DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(sc.max_response_bytes, serve::DEFAULT_MAX_RESPONSE_BYTES);
+        assert_eq!(
+            sc.header_read_timeout,
+            Duration::from_secs(serve::DEFAULT_HEADER_READ_TIMEOUT_SECS)
+        );
+        assert_eq!(
+            sc.write_timeout,
+            Duration::from_secs(serve::DEFAULT_WRITE_TIMEOUT_SECS)
+        );
+        assert_eq!(
+            sc.open_file_cache_entries,
+            serve::DEFAULT_OPEN_FILE_CACHE_ENTRIES
+        );
+        assert_eq!(
+            sc.open_file_cache_valid,
+            Duration::from_millis(serve::DEFAULT_OPEN_FILE_CACHE_VALID_MS)
+        );
+        assert_eq!(
+            ringmaster_api::RANGE_ROUNDING_BYTES,
+            2 * ringmaster_ring::io::AlignedBuf::ALIGN as u64
+        );
+        assert_eq!(ringmaster_api::LARGE_RESPONSE_BYTES, serve::budget::LARGE);
+    }
+
+    #[test]
+    fn limits_that_break_the_crd_rules_are_refused_naming_the_field() {
+        let limits = ringmaster_api::ReadServiceLimits {
+            max_range_bytes: 1 << 20,
+            max_response_bytes: 1 << 20,
+            ..Default::default()
+        };
+        let e = serve_config(
+            &reader_config(limits),
+            vec![],
+            bind(),
+            serve::Auth::Unauthenticated,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("spec.readService.limits.maxResponseBytes (1048576)")
+                && e.contains("spec.readService.limits.maxRangeBytes"),
+            "{e}"
+        );
     }
 
     #[test]

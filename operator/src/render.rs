@@ -1232,7 +1232,13 @@ mod tests {
         sizing.spec.aio.max_events = 2048;
         sizing.spec.aio.workers = 32;
         sizing.spec.sysctl.aio_max_nr = 4_000_000;
-        assert_eq!(template(&base), template(&sizing), "sizing is hot-reloaded");
+        sizing.spec.read_service.limits.max_range_bytes = 4096;
+        sizing.spec.read_service.limits.open_file_cache.entries = 0;
+        assert_eq!(
+            template(&base),
+            template(&sizing),
+            "sizing and read limits are hot-reloaded"
+        );
         assert_eq!(
             rendered_hash(&render_ds(&base)),
             rendered_hash(&render_ds(&sizing)),

@@ -59,6 +59,7 @@ impl Desired {
                     .map(|d| (d.name.clone(), PathBuf::from(&d.host_path)))
                     .collect(),
                 port: spec.read_service.port,
+                limits: spec.read_service.limits.clone(),
             },
             sysctl: SysctlTuning {
                 sizing: Sizing::from_spec(&spec.aio, &spec.sysctl),
@@ -91,7 +92,8 @@ mod tests {
             "aio: {maxEvents: 1024, workers: 32, processesPerNode: 2, ioUring: Required}\n\
              sysctl: {aioMaxNr: 4096, mode: Verify, restoreOnDelete: true}\n\
              unsupportedNodes: Taint\n\
-             readService: {port: 9000, dataDirs: [{name: d0, hostPath: /data/0}]}",
+             readService: {port: 9000, dataDirs: [{name: d0, hostPath: /data/0}], \
+             limits: {maxRangeBytes: 4096, openFileCache: {entries: 0}}}",
         ));
         assert_eq!(d.cluster, "storage/main");
         assert_eq!(d.generation, 7);
@@ -101,6 +103,9 @@ mod tests {
         assert_eq!(d.reader.policy, Policy::Required);
         assert_eq!(d.reader.port, 9000);
         assert_eq!(d.reader.data_dirs, vec![("d0".into(), "/data/0".into())]);
+        assert_eq!(d.reader.limits.max_range_bytes, 4096);
+        assert_eq!(d.reader.limits.open_file_cache.entries, 0);
+        assert_eq!(d.reader.limits.max_concurrent, 256, "unset: the default");
         assert_eq!(d.sysctl.mode, SysctlMode::Verify);
         assert_eq!(d.unsupported_nodes, UnsupportedNodesPolicy::Taint);
         assert!(d.restore_on_delete && !d.deleting);
@@ -114,5 +119,9 @@ mod tests {
         let b = Desired::from_cluster(&cluster("aio: {maxEvents: 256}"));
         assert_ne!(a.config_hash, b.config_hash);
         assert_eq!(a.reader.config_hash, a.config_hash);
+        // A limit changes the hash the reader answers, so the agent waits for its answer.
+        let c = Desired::from_cluster(&cluster("readService: {limits: {writeTimeoutSeconds: 5}}"));
+        assert_ne!(a.config_hash, c.config_hash);
+        assert_eq!(c.reader.limits.write_timeout_seconds, 5);
     }
 }
