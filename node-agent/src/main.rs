@@ -44,10 +44,36 @@ fn main() {
     let code = match cli.command {
         Command::Check(a) => check::run(a),
         Command::Tune(a) => tune::run(a),
-        Command::Serve(a) => serve::run(a),
+        Command::Serve(a) => {
+            raise_nofile_soft_limit();
+            serve::run(a)
+        }
         Command::Bench(a) => bench::run(a),
-        Command::Reader(a) => reader::run(a),
+        Command::Reader(a) => {
+            raise_nofile_soft_limit();
+            reader::run(a)
+        }
         Command::Run(a) => cluster::run(a),
     };
     std::process::exit(code);
+}
+
+/// The read service holds an fd per connection and per cached open file, and the container
+/// runtime's soft RLIMIT_NOFILE (often 1024) would cut its defaults (1024 connections plus
+/// 1024 cached files) short. Raise the soft limit to the hard one, as Go's runtime does at
+/// start; the hard limit, the runtime's ceiling, stays.
+fn raise_nofile_soft_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let lim = getrlimit(Resource::Nofile);
+    if let (Some(soft), Some(hard)) = (lim.current, lim.maximum) {
+        if soft < hard {
+            let raised = Rlimit {
+                current: Some(hard),
+                maximum: Some(hard),
+            };
+            if let Err(e) = setrlimit(Resource::Nofile, raised) {
+                eprintln!("warning: cannot raise RLIMIT_NOFILE from {soft} to {hard}: {e}");
+            }
+        }
+    }
 }
