@@ -171,7 +171,7 @@ async fn pipelined_requests_head_405_and_keep_alive_rules() {
         assert_eq!(r.status, 206, "HEAD");
         assert_eq!(r.header("content-length"), Some("100"));
         assert_eq!(r.header("content-range"), Some("bytes 5-104/300000"));
-        assert_eq!(r.header("x-ringmaster-worker-mode").is_some(), true);
+        assert!(r.header("x-ringmaster-worker-mode").is_some());
         // A HEAD sends no body: the next answer starts right after its head.
         c.send(&get("/v1/files/d/blob", "bytes=0-3", false));
         let r = c.response(false);
