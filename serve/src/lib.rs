@@ -384,6 +384,9 @@ pub(crate) struct FileBody {
     pub len: u64,
     pub dir: usize,
     pub rel: Box<str>,
+    /// Counted in the response budget like a buffered body: what a stalled client holds
+    /// (its permit, the kernel's socket buffer) stays bounded the same way.
+    _reserved: Reservation,
     _admitted: Admitted,
 }
 
@@ -749,26 +752,6 @@ async fn serve_range(
                 0,
             );
         }
-        if st.sendfile_min > 0 && len >= st.sendfile_min && st.zero_copy.usable() {
-            use std::os::fd::AsRawFd;
-            if st.zero_copy.all_cached(open.file.as_raw_fd(), first, len) {
-                // A cached size may be stale: a file that shrank since would come up short in
-                // the middle of the answer, so compare with its size now (one fstat).
-                if from_cache && current_size(&open.file).ok() != Some(size) {
-                    st.files.forget(dir, rel);
-                    continue;
-                }
-                let body = ReplyBody::File(FileBody {
-                    file: open.file,
-                    offset: first,
-                    len,
-                    dir,
-                    rel: rel.into(),
-                    _admitted: admitted,
-                });
-                return (Reply { head, body }, len);
-            }
-        }
         // O_DIRECT reads whole 4 KiB blocks: read the blocks around the range, send the range.
         let align = AlignedBuf::ALIGN as u64;
         let (at, skip) = if st.direct {
@@ -787,6 +770,27 @@ async fn serve_range(
                 0,
             );
         };
+        if st.sendfile_min > 0 && len >= st.sendfile_min && st.zero_copy.usable() {
+            use std::os::fd::AsRawFd;
+            if st.zero_copy.all_cached(open.file.as_raw_fd(), first, len) {
+                // A cached size may be stale: a file that shrank since would come up short in
+                // the middle of the answer, so compare with its size now (one fstat).
+                if from_cache && current_size(&open.file).ok() != Some(size) {
+                    st.files.forget(dir, rel);
+                    continue;
+                }
+                let body = ReplyBody::File(FileBody {
+                    file: open.file,
+                    offset: first,
+                    len,
+                    dir,
+                    rel: rel.into(),
+                    _reserved: reserved,
+                    _admitted: admitted,
+                });
+                return (Reply { head, body }, len);
+            }
+        }
         let buf = st.bufs.take(read_len as usize);
         let hit = if st.inline_hits {
             read_hit(&open.file, at, read_len as usize, buf)
