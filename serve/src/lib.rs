@@ -3,10 +3,12 @@
 //!
 //! `GET /v1/files/{name}/{path}` with `Range: bytes=a-b` → 206 (416 unsatisfiable, 404 missing or
 //! outside the data dir, 400 bad path or range, 503 over the concurrency cap), confined to the
-//! named data dir. `/metrics` (Prometheus), `/healthz`, `/readyz`. Every response carries
+//! named data dir. `/metrics` (Prometheus), `/healthz`, `/readyz`. `HEAD` answers the same
+//! fields without a body; other methods get 405. Every response carries
 //! `X-Ringmaster-Worker-Mode: io_uring|pread`. Every route but those three needs
 //! `Authorization: Bearer <token>` (401 otherwise) unless the service runs
-//! [`Auth::Unauthenticated`]; see `auth`.
+//! [`Auth::Unauthenticated`]; see `auth`. The HTTP/1.1 layer is our own (`http`, `conn`);
+//! large ranges wholly in the page cache go out with sendfile (`zerocopy`).
 
 pub mod auth;
 pub mod budget;
@@ -46,7 +48,7 @@ use http::{ContentRange, Head, Method, ReplyHead};
 use metrics::Metrics;
 use zerocopy::ZeroCopy;
 
-/// Header naming the worker mode on every response.
+/// Header naming the worker mode on every response (written by `http::encode_head`).
 pub const MODE_HEADER: &str = "x-ringmaster-worker-mode";
 
 pub const DEFAULT_MAX_RANGE_BYTES: u64 = 16 << 20;
