@@ -60,8 +60,9 @@ pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 128 << 20;
 pub const DEFAULT_OPEN_FILE_CACHE_ENTRIES: u32 = 1024;
 pub const DEFAULT_OPEN_FILE_CACHE_VALID_MS: u64 = 1000;
 /// Smallest range sent with sendfile(2) when the page cache holds all of it (see
-/// `ServeConfig::sendfile_min_bytes`).
-pub const DEFAULT_SENDFILE_MIN_BYTES: u64 = 64 << 10;
+/// `ServeConfig::sendfile_min_bytes`). Measured: at 16 KiB sendfile already costs less CPU per
+/// request than the copy (about 15 %), at 4 KiB it costs more (docs/benchmarks.md).
+pub const DEFAULT_SENDFILE_MIN_BYTES: u64 = 16 << 10;
 
 /// What the read service serves and how.
 #[derive(Clone, Debug)]
