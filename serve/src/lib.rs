@@ -816,13 +816,17 @@ async fn serve_range(
         if (buf.len() as u64) < skip + len {
             // The file is shorter than its size said: it shrank. Never answer with bytes past
             // its end; a cached size gets one fresh look.
+            let got = (buf.len() as u64).saturating_sub(skip);
             st.bufs.give(buf);
             st.files.forget(dir, rel);
             if from_cache {
                 continue;
             }
             return (
-                error(500, format!("{name}/{rel}: file shrank while reading")),
+                error(
+                    500,
+                    format!("{name}/{rel}: file shrank while reading ({got} of {len} bytes)"),
+                ),
                 0,
             );
         }

@@ -489,3 +489,57 @@ async fn a_file_truncated_during_sendfile_resets_the_connection() {
     .await;
     h.shutdown().await;
 }
+
+/// A client that asks for a large range and never reads it: after the write timeout its
+/// connection is reset and its permit given back, on the copy path and the sendfile path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_reset_after_the_write_timeout() {
+    const SIZE: usize = 16 << 20;
+    let (_t, dir) = data_dir("http1-stall");
+    let data = pattern(SIZE, 9);
+    std::fs::write(dir.join("big"), &data).unwrap();
+    for (what, sendfile_min) in [("copy", 0u64), ("sendfile", 16 << 10)] {
+        let h = start_with(&dir, |c| {
+            c.write_timeout = Duration::from_secs(1);
+            c.sendfile_min_bytes = sendfile_min;
+        })
+        .await;
+        let addr = h.local_addr();
+        blocking(move || {
+            let mut c = Client::connect(addr);
+            c.send(&get(
+                "/v1/files/d/big",
+                &format!("bytes=0-{}", SIZE - 1),
+                false,
+            ));
+            std::thread::sleep(Duration::from_millis(300));
+            assert_eq!(
+                metric(addr, "ringmaster_reads_in_flight"),
+                1,
+                "{what}: the stalled answer holds its permit"
+            );
+            let t0 = std::time::Instant::now();
+            while metric(addr, "ringmaster_reads_in_flight") > 0 {
+                assert!(
+                    t0.elapsed() < Duration::from_secs(10),
+                    "{what}: still held 10 s after a 1 s write timeout"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            // What the kernel had queued is dropped: the client sees a reset, not the rest.
+            let mut got = 0usize;
+            let reset = loop {
+                let mut buf = vec![0u8; 1 << 20];
+                match c.s.read(&mut buf) {
+                    Ok(0) => break false,
+                    Ok(n) => got += n,
+                    Err(e) => break e.kind() == std::io::ErrorKind::ConnectionReset,
+                }
+            };
+            assert!(reset, "{what}: closed without a reset after {got} bytes");
+            assert!(got < SIZE, "{what}: the whole answer arrived");
+        })
+        .await;
+        h.shutdown().await;
+    }
+}
