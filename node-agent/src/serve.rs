@@ -164,6 +164,24 @@ pub fn run(a: ServeArgs) -> i32 {
                 }
             },
         };
+        // Watch SIGTERM and SIGINT before saying "listening": a signal sent right after that
+        // line must shut down gracefully, not kill the process with the default action.
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("error: cannot watch SIGTERM: {e}");
+                    return 2;
+                }
+            };
+        let mut int =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("error: cannot watch SIGINT: {e}");
+                    return 2;
+                }
+            };
         let h = match start(cfg).await {
             Ok(h) => h,
             Err(e) => {
@@ -179,16 +197,8 @@ pub fn run(a: ServeArgs) -> i32 {
         );
         use std::io::Write;
         let _ = std::io::stdout().flush();
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    eprintln!("error: cannot watch SIGTERM: {e}");
-                    return 2;
-                }
-            };
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
+            _ = int.recv() => {}
             _ = term.recv() => {}
         }
         tracing::info!("shutting down: finishing in-flight reads");
