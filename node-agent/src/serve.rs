@@ -60,7 +60,7 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = DEFAULT_HEADER_READ_TIMEOUT_SECS)]
     pub header_read_timeout_secs: u64,
     /// Always queue reads to the workers, skipping the page-cache attempt
-    /// (preadv2 RWF_NOWAIT) first: measures or exercises the rings alone.
+    /// (preadv2 RWF_NOWAIT) first and sendfile: measures or exercises the rings alone.
     #[arg(long)]
     pub no_cache_fast_path: bool,
     /// Async runtime threads that accept connections and serve page-cache hits (default: one

@@ -98,7 +98,8 @@ pub struct ServeConfig {
     pub direct: bool,
     /// Ranges of at least this many bytes that `cachestat(2)` finds wholly in the page cache
     /// go from the page cache to the socket with `sendfile(2)` (no copy through a buffer);
-    /// 0 never does. Buffered files only (not `direct`).
+    /// 0 never does. Buffered files with the fast path on only (not `direct`, not
+    /// `cache_fast_path: false`).
     pub sendfile_min_bytes: u64,
     /// Who may read: a bearer token from a file, or (explicitly) anyone.
     pub auth: Auth,
@@ -306,12 +307,13 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<ServeHandle> {
         mode: mode.as_str(),
         ready: AtomicBool::new(true),
         token: token.clone(),
-        sendfile_min: if cfg.direct {
+        // sendfile serves from the page cache too: off when reads must go to the workers.
+        sendfile_min: if cfg.direct || !cfg.cache_fast_path {
             0
         } else {
             cfg.sendfile_min_bytes
         },
-        zero_copy: ZeroCopy::new(!cfg.direct && cfg.sendfile_min_bytes > 0),
+        zero_copy: ZeroCopy::new(!cfg.direct && cfg.cache_fast_path && cfg.sendfile_min_bytes > 0),
         limits: conn::ConnLimits {
             max_connections: cfg.max_connections as usize,
             header_read_timeout: cfg.header_read_timeout,
