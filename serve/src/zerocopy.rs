@@ -96,7 +96,12 @@ impl ZeroCopy {
 
     /// `cached`, turning the path off on `Unsupported`.
     pub fn all_cached(&self, fd: RawFd, first: u64, len: u64) -> bool {
-        match cached(fd, first, len) {
+        self.judge(cached(fd, first, len))
+    }
+
+    /// Whether to send with sendfile after `cachestat` said `c`.
+    fn judge(&self, c: Cached) -> bool {
+        match c {
             Cached::All => true,
             Cached::NotAll => false,
             Cached::Unsupported(errno) => {
@@ -176,6 +181,20 @@ mod tests {
     use super::*;
     use std::io::Write;
     use std::os::fd::AsRawFd;
+
+    #[test]
+    fn a_missing_or_forbidden_cachestat_turns_sendfile_off_for_good() {
+        for errno in [libc::ENOSYS, libc::EPERM] {
+            let z = ZeroCopy::new(true);
+            assert!(z.judge(Cached::All));
+            assert!(!z.judge(Cached::NotAll));
+            assert!(z.usable(), "a range not cached keeps the path");
+            assert!(!z.judge(Cached::Unsupported(errno)));
+            assert!(!z.usable(), "errno {errno} turns it off");
+            assert!(!z.judge(Cached::Unsupported(errno)), "and it stays off");
+        }
+        assert!(!ZeroCopy::new(false).usable());
+    }
 
     #[test]
     fn cachestat_sees_a_file_just_written() {
