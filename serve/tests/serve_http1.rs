@@ -543,3 +543,34 @@ async fn a_client_that_stops_reading_is_reset_after_the_write_timeout() {
         h.shutdown().await;
     }
 }
+
+/// Shutdown closes kept-alive connections that sit idle (or hold half a head) at once, rather
+/// than waiting out the header read timeout, and then returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_idle_keep_alive_connections_and_returns() {
+    let (_t, dir) = data_dir("http1-idle");
+    std::fs::write(dir.join("blob"), pattern(1000, 3)).unwrap();
+    let h = start_with(&dir, |c| c.header_read_timeout = Duration::from_secs(60)).await;
+    let addr = h.local_addr();
+    let (idle, half) = blocking(move || {
+        let mut idle = Client::connect(addr);
+        idle.send(&get("/v1/files/d/blob", "bytes=0-9", false));
+        assert_eq!(idle.response(false).status, 206);
+        let mut half = Client::connect(addr);
+        half.send(b"GET /v1/files/d/blob HTTP/1.1\r\nRange: by");
+        (idle, half)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let t0 = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(10), h.shutdown())
+        .await
+        .expect("shutdown waited for idle connections (60 s header timeout)");
+    eprintln!("shutdown took {:?}", t0.elapsed());
+    blocking(move || {
+        for (what, mut c) in [("idle", idle), ("half a head", half)] {
+            assert!(c.closed(), "{what}: the connection was not closed");
+        }
+    })
+    .await;
+}
