@@ -10,7 +10,7 @@ use ringmaster_serve::{
     break_ring_after_from_env, start, ServeConfig, DEFAULT_HEADER_READ_TIMEOUT_SECS,
     DEFAULT_MAX_CONCURRENT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_RANGE_BYTES,
     DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_OPEN_FILE_CACHE_ENTRIES, DEFAULT_OPEN_FILE_CACHE_VALID_MS,
-    DEFAULT_WRITE_TIMEOUT_SECS,
+    DEFAULT_SENDFILE_MIN_BYTES, DEFAULT_WRITE_TIMEOUT_SECS,
 };
 
 /// Parse `NAME=PATH`.
@@ -60,7 +60,7 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = DEFAULT_HEADER_READ_TIMEOUT_SECS)]
     pub header_read_timeout_secs: u64,
     /// Always queue reads to the workers, skipping the page-cache attempt
-    /// (preadv2 RWF_NOWAIT) first: measures or exercises the rings alone.
+    /// (preadv2 RWF_NOWAIT) first and sendfile: measures or exercises the rings alone.
     #[arg(long)]
     pub no_cache_fast_path: bool,
     /// Async runtime threads that accept connections and serve page-cache hits (default: one
@@ -85,6 +85,10 @@ pub struct ServeArgs {
     /// Read files with O_DIRECT through the workers (no page cache).
     #[arg(long)]
     pub direct: bool,
+    /// Ranges of at least this many bytes that are wholly in the page cache (cachestat) go
+    /// from the page cache to the socket with sendfile, not through a buffer (0: never).
+    #[arg(long, default_value_t = DEFAULT_SENDFILE_MIN_BYTES)]
+    pub sendfile_min_bytes: u64,
     /// File holding the bearer token every read must send (`Authorization: Bearer <token>`;
     /// 401 otherwise). Read again every second, so a rotated token takes effect without a
     /// restart. /healthz, /readyz and /metrics stay open.
@@ -150,6 +154,7 @@ pub fn run(a: ServeArgs) -> i32 {
             open_file_cache_entries: a.open_file_cache_entries,
             open_file_cache_valid: std::time::Duration::from_millis(a.open_file_cache_valid_ms),
             direct: a.direct,
+            sendfile_min_bytes: a.sendfile_min_bytes,
             auth,
             break_ring_after: match break_ring_after_from_env() {
                 Ok(n) => n,
@@ -159,6 +164,24 @@ pub fn run(a: ServeArgs) -> i32 {
                 }
             },
         };
+        // Watch SIGTERM and SIGINT before saying "listening": a signal sent right after that
+        // line must shut down gracefully, not kill the process with the default action.
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("error: cannot watch SIGTERM: {e}");
+                    return 2;
+                }
+            };
+        let mut int =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("error: cannot watch SIGINT: {e}");
+                    return 2;
+                }
+            };
         let h = match start(cfg).await {
             Ok(h) => h,
             Err(e) => {
@@ -174,16 +197,8 @@ pub fn run(a: ServeArgs) -> i32 {
         );
         use std::io::Write;
         let _ = std::io::stdout().flush();
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    eprintln!("error: cannot watch SIGTERM: {e}");
-                    return 2;
-                }
-            };
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
+            _ = int.recv() => {}
             _ = term.recv() => {}
         }
         tracing::info!("shutting down: finishing in-flight reads");

@@ -3,20 +3,23 @@
 //!
 //! `GET /v1/files/{name}/{path}` with `Range: bytes=a-b` → 206 (416 unsatisfiable, 404 missing or
 //! outside the data dir, 400 bad path or range, 503 over the concurrency cap), confined to the
-//! named data dir. `/metrics` (Prometheus), `/healthz`, `/readyz`. Every response carries
+//! named data dir. `/metrics` (Prometheus), `/healthz`, `/readyz`. `HEAD` answers the same
+//! fields without a body; other methods get 405. Every response carries
 //! `X-Ringmaster-Worker-Mode: io_uring|pread`. Every route but those three needs
 //! `Authorization: Bearer <token>` (401 otherwise) unless the service runs
-//! [`Auth::Unauthenticated`]; see `auth`.
+//! [`Auth::Unauthenticated`]; see `auth`. The HTTP/1.1 layer is our own (`http`, `conn`);
+//! large ranges wholly in the page cache go out with sendfile (`zerocopy`).
 
 pub mod auth;
 pub mod budget;
 pub mod bufpool;
 mod conn;
 pub mod filecache;
+pub mod http;
 pub mod metrics;
 pub mod paths;
 pub mod range;
-pub mod write_timeout;
+mod zerocopy;
 
 use std::borrow::Cow;
 use std::fs::File;
@@ -28,12 +31,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
-use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
 use prometheus_client::metrics::gauge::Gauge;
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
@@ -47,9 +44,11 @@ use auth::{TokenFile, Verdict};
 use budget::{Reservation, ResponseBudget};
 use bufpool::BufPool;
 use filecache::{FileCache, OpenFile};
+use http::{ContentRange, Head, Method, ReplyHead};
 use metrics::Metrics;
+use zerocopy::ZeroCopy;
 
-/// Header naming the worker mode on every response.
+/// Header naming the worker mode on every response (written by `http::encode_head`).
 pub const MODE_HEADER: &str = "x-ringmaster-worker-mode";
 
 pub const DEFAULT_MAX_RANGE_BYTES: u64 = 16 << 20;
@@ -60,6 +59,10 @@ pub const DEFAULT_WRITE_TIMEOUT_SECS: u64 = 30;
 pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 128 << 20;
 pub const DEFAULT_OPEN_FILE_CACHE_ENTRIES: u32 = 1024;
 pub const DEFAULT_OPEN_FILE_CACHE_VALID_MS: u64 = 1000;
+/// Smallest range sent with sendfile(2) when the page cache holds all of it (see
+/// `ServeConfig::sendfile_min_bytes`). Measured: at 16 KiB sendfile already costs less CPU per
+/// request than the copy (about 15 %), at 4 KiB it costs more (docs/benchmarks.md).
+pub const DEFAULT_SENDFILE_MIN_BYTES: u64 = 16 << 10;
 
 /// What the read service serves and how.
 #[derive(Clone, Debug)]
@@ -93,6 +96,11 @@ pub struct ServeConfig {
     pub open_file_cache_valid: std::time::Duration,
     /// Open files O_DIRECT and read through the workers (no page cache).
     pub direct: bool,
+    /// Ranges of at least this many bytes that `cachestat(2)` finds wholly in the page cache
+    /// go from the page cache to the socket with `sendfile(2)` (no copy through a buffer);
+    /// 0 never does. Buffered files with the fast path on only (not `direct`, not
+    /// `cache_fast_path: false`).
+    pub sendfile_min_bytes: u64,
     /// Who may read: a bearer token from a file, or (explicitly) anyone.
     pub auth: Auth,
 }
@@ -137,6 +145,7 @@ impl ServeConfig {
                 DEFAULT_OPEN_FILE_CACHE_VALID_MS,
             ),
             direct: false,
+            sendfile_min_bytes: DEFAULT_SENDFILE_MIN_BYTES,
         }
     }
 }
@@ -155,10 +164,14 @@ struct AppState {
     metrics: Metrics,
     limit: Arc<Semaphore>,
     max_range: u64,
-    mode: HeaderValue,
+    mode: &'static str,
     ready: AtomicBool,
     /// None: unauthenticated (`Auth::Unauthenticated`).
     token: Option<Arc<TokenFile>>,
+    /// See `ServeConfig::sendfile_min_bytes` (0: never).
+    sendfile_min: u64,
+    zero_copy: ZeroCopy,
+    limits: conn::ConnLimits,
 }
 
 /// A running read service.
@@ -167,7 +180,7 @@ pub struct ServeHandle {
     mode: WorkerMode,
     reason: String,
     state: Arc<AppState>,
-    stop: oneshot::Sender<()>,
+    stop: tokio::sync::watch::Sender<bool>,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     reloader: Option<tokio::task::JoinHandle<()>>,
 }
@@ -189,7 +202,7 @@ impl ServeHandle {
     /// Stop accepting, let in-flight requests finish, then drain and join the worker pool.
     pub async fn shutdown(self) {
         self.state.ready.store(false, Ordering::SeqCst);
-        let _ = self.stop.send(());
+        let _ = self.stop.send(true);
         if let Some(r) = &self.reloader {
             r.abort();
         }
@@ -291,32 +304,24 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<ServeHandle> {
         metrics,
         limit: Arc::new(Semaphore::new(cfg.max_concurrent as usize)),
         max_range: cfg.max_range_bytes,
-        mode: HeaderValue::from_static(mode.as_str()),
+        mode: mode.as_str(),
         ready: AtomicBool::new(true),
         token: token.clone(),
+        // sendfile serves from the page cache too: off when reads must go to the workers.
+        sendfile_min: if cfg.direct || !cfg.cache_fast_path {
+            0
+        } else {
+            cfg.sendfile_min_bytes
+        },
+        zero_copy: ZeroCopy::new(!cfg.direct && cfg.cache_fast_path && cfg.sendfile_min_bytes > 0),
+        limits: conn::ConnLimits {
+            max_connections: cfg.max_connections as usize,
+            header_read_timeout: cfg.header_read_timeout,
+            write_timeout: cfg.write_timeout,
+        },
     });
-    let app = Router::new()
-        .route("/v1/files/{name}/{*path}", get(read_file_routed))
-        .route("/metrics", get(metrics_page))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .layer(axum::middleware::map_response_with_state(
-            state.clone(),
-            add_mode_header,
-        ))
-        .with_state(state.clone());
-    let (stop, stopped) = oneshot::channel::<()>();
-    let limits = conn::ConnLimits {
-        max_connections: cfg.max_connections as usize,
-        header_read_timeout: cfg.header_read_timeout,
-        write_timeout: cfg.write_timeout,
-    };
-    let open = state.metrics.connections.clone();
-    let svc = ReadService {
-        st: state.clone(),
-        app: hyper_util::service::TowerToHyperService::new(app),
-    };
-    let server = tokio::spawn(conn::serve(listener, svc, limits, open, stopped));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(conn::serve(listener, state.clone(), stopped));
     let reloader = token.map(TokenFile::spawn_reloader);
     tracing::info!(%addr, mode = %mode, reason = %reason, "read service listening");
     Ok(ServeHandle {
@@ -356,8 +361,84 @@ fn open_root(name: &str, path: &std::path::Path) -> anyhow::Result<OwnedFd> {
     }
 }
 
+/// `Content-Type` of the text answers (errors, probes).
+const TEXT: &str = "text/plain; charset=utf-8";
+
+/// A response: its head fields and its body. `conn` writes it; what the body holds (buffer,
+/// budget, admission) is released once the last byte is written or the connection is gone.
+pub(crate) struct Reply {
+    pub head: ReplyHead,
+    pub body: ReplyBody,
+}
+
+pub(crate) enum ReplyBody {
+    None,
+    Static(&'static str),
+    Text(String),
+    /// Bytes `[start, start + len)` of a read buffer.
+    Buf(HeldBody, usize, usize),
+    /// A page-cache range sent with sendfile.
+    File(FileBody),
+}
+
+/// A range of an open file whose pages were all in the page cache, sent with sendfile, and
+/// the cache entry to forget if the file turns out shorter than its size said.
+pub(crate) struct FileBody {
+    pub file: Arc<File>,
+    pub offset: u64,
+    pub len: u64,
+    pub dir: usize,
+    pub rel: Box<str>,
+    /// Counted in the response budget like a buffered body: what a stalled client holds
+    /// (its permit, the kernel's socket buffer) stays bounded the same way.
+    _reserved: Reservation,
+    _admitted: Admitted,
+}
+
+impl Reply {
+    fn empty(status: u16) -> Reply {
+        Reply {
+            head: ReplyHead::new(status, 0),
+            body: ReplyBody::None,
+        }
+    }
+
+    fn fixed(status: u16, msg: &'static str) -> Reply {
+        let mut head = ReplyHead::new(status, msg.len() as u64);
+        head.content_type = Some(TEXT);
+        Reply {
+            head,
+            body: ReplyBody::Static(msg),
+        }
+    }
+
+    fn text(status: u16, msg: String) -> Reply {
+        let mut head = ReplyHead::new(status, msg.len() as u64);
+        head.content_type = Some(TEXT);
+        Reply {
+            head,
+            body: ReplyBody::Text(msg),
+        }
+    }
+
+    fn busy(msg: &'static str) -> Reply {
+        let mut r = Reply::fixed(503, msg);
+        r.head.retry_after = true;
+        r
+    }
+
+    /// The answer to a head that cannot be served (the connection is then closed).
+    pub(crate) fn refused(e: http::HeadError) -> Reply {
+        Reply::fixed(e.status(), e.message())
+    }
+}
+
+fn error(status: u16, msg: impl std::fmt::Display) -> Reply {
+    Reply::text(status, format!("{msg}\n"))
+}
+
 /// The 401 for a request the token check refused, counted in the metrics.
-fn unauthorized(st: &AppState, verdict: Verdict, file_route: bool) -> Response {
+fn unauthorized(st: &AppState, verdict: Verdict, file_route: bool) -> Reply {
     st.metrics.count_unauthorized(verdict.label(), file_route);
     let msg = match verdict {
         Verdict::Invalid => "wrong bearer token\n",
@@ -366,57 +447,68 @@ fn unauthorized(st: &AppState, verdict: Verdict, file_route: bool) -> Response {
               <name>-read-token Secret, key token)\n"
         }
     };
-    let mut resp = (StatusCode::UNAUTHORIZED, msg).into_response();
-    let h = resp.headers_mut();
-    h.insert(
-        header::WWW_AUTHENTICATE,
-        HeaderValue::from_static(verdict.challenge()),
-    );
-    h.insert(MODE_HEADER, st.mode.clone());
-    resp
+    let mut r = Reply::fixed(401, msg);
+    r.head.www_authenticate = Some(verdict.challenge());
+    r
 }
 
-async fn add_mode_header(State(st): State<Arc<AppState>>, mut resp: Response) -> Response {
-    resp.headers_mut().insert(MODE_HEADER, st.mode.clone());
-    resp
-}
-
-async fn metrics_page(State(st): State<Arc<AppState>>) -> Response {
+fn metrics_page(st: &AppState) -> Reply {
     st.metrics.pool_in_flight.set(st.pool.in_flight() as i64);
     let replaced = st.pool.ring_replacements();
     let shown = st.metrics.ring_replacements.get();
     if replaced > shown {
         st.metrics.ring_replacements.inc_by(replaced - shown);
     }
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        st.metrics.encode(),
-    )
-        .into_response()
+    let mut r = Reply::text(200, st.metrics.encode());
+    r.head.content_type = Some("application/openmetrics-text; version=1.0.0; charset=utf-8");
+    r
 }
 
-async fn readyz(State(st): State<Arc<AppState>>) -> Response {
-    if st.ready.load(Ordering::SeqCst) {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
+/// The answer to one request head (a GET's or a HEAD's: `conn` leaves out a HEAD's body).
+pub(crate) async fn respond(st: &AppState, req: &Head<'_>) -> Reply {
+    let path = req.path;
+    if let Some(token) = &st.token {
+        if !auth::is_open_path(path) {
+            let verdict = token.check(req.authorization);
+            if verdict != Verdict::Allowed {
+                return unauthorized(st, verdict, path.starts_with("/v1/files/"));
+            }
+        }
+    }
+    if req.method == Method::Other {
+        let mut r = Reply::fixed(405, "method not allowed: GET or HEAD\n");
+        r.head.allow = true;
+        return r;
+    }
+    if let Some(route) = file_route(path) {
+        let Ok((name, rel)) = route else {
+            return error(400, "Invalid URL: the path is not UTF-8");
+        };
+        return read_file(st, &name, &rel, req).await;
+    }
+    match path {
+        "/metrics" => metrics_page(st),
+        "/healthz" => Reply::fixed(200, "ok\n"),
+        "/readyz" if st.ready.load(Ordering::SeqCst) => Reply::fixed(200, "ready\n"),
+        "/readyz" => Reply::fixed(503, "shutting down\n"),
+        _ => Reply::empty(404),
     }
 }
 
-fn error(status: StatusCode, msg: impl std::fmt::Display) -> Response {
-    (status, format!("{msg}\n")).into_response()
-}
-
-/// `GET /v1/files/{name}/{*path}` through the router (HEAD, and what `file_route` leaves).
-async fn read_file_routed(
-    State(st): State<Arc<AppState>>,
-    Path((name, path)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> Response {
-    read_file(&st, &name, &path, &headers).await
+async fn read_file(st: &AppState, name: &str, path: &str, req: &Head<'_>) -> Reply {
+    let Ok(permit) = st.limit.clone().try_acquire_owned() else {
+        st.metrics.count(503);
+        return Reply::busy("too many concurrent reads (--max-concurrent)\n");
+    };
+    let admitted = Admitted::new(permit, &st.metrics.in_flight);
+    let t0 = Instant::now();
+    let (reply, bytes) = serve_range(st, name, path, req, admitted).await;
+    st.metrics.count(reply.head.status);
+    if bytes > 0 {
+        st.metrics.bytes.inc_by(bytes);
+        st.metrics.latency.observe(t0.elapsed().as_secs_f64());
+    }
+    reply
 }
 
 /// Data dir name and relative path of a file request, percent-decoded.
@@ -456,77 +548,6 @@ fn percent_decode(s: &str) -> Result<Cow<'_, str>, ()> {
     String::from_utf8(out).map(Cow::Owned).map_err(|_| ())
 }
 
-/// The service hyper calls for each request: file reads go straight to `read_file` (no router,
-/// no extractor allocations on the hot path); everything else goes through the router.
-#[derive(Clone)]
-struct ReadService {
-    st: Arc<AppState>,
-    app: hyper_util::service::TowerToHyperService<Router>,
-}
-
-impl hyper::service::Service<axum::extract::Request<hyper::body::Incoming>> for ReadService {
-    type Response = Response;
-    type Error = std::convert::Infallible;
-    type Future =
-        std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response, Self::Error>> + Send>>;
-
-    fn call(&self, req: axum::extract::Request<hyper::body::Incoming>) -> Self::Future {
-        let st = self.st.clone();
-        if let Some(token) = &st.token {
-            let path = req.uri().path();
-            if !auth::is_open_path(path) {
-                let verdict = token.check(req.headers().get(header::AUTHORIZATION));
-                if verdict != Verdict::Allowed {
-                    let resp = unauthorized(&st, verdict, path.starts_with("/v1/files/"));
-                    return Box::pin(async move { Ok(resp) });
-                }
-            }
-        }
-        if req.method() == axum::http::Method::GET {
-            if let Some(route) = file_route(req.uri().path()) {
-                let (name, path) = match route {
-                    Ok((n, p)) => (n.into_owned(), p.into_owned()),
-                    Err(()) => {
-                        let mut resp = error(
-                            StatusCode::BAD_REQUEST,
-                            "Invalid URL: the path is not UTF-8",
-                        );
-                        resp.headers_mut().insert(MODE_HEADER, st.mode.clone());
-                        return Box::pin(async move { Ok(resp) });
-                    }
-                };
-                return Box::pin(async move {
-                    let mut resp = read_file(&st, &name, &path, req.headers()).await;
-                    resp.headers_mut().insert(MODE_HEADER, st.mode.clone());
-                    Ok(resp)
-                });
-            }
-        }
-        Box::pin(hyper::service::Service::call(&self.app, req))
-    }
-}
-
-async fn read_file(st: &Arc<AppState>, name: &str, path: &str, headers: &HeaderMap) -> Response {
-    let Ok(permit) = st.limit.clone().try_acquire_owned() else {
-        st.metrics.count(503);
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            [(header::RETRY_AFTER, "1")],
-            "too many concurrent reads (--max-concurrent)\n",
-        )
-            .into_response();
-    };
-    let admitted = Admitted::new(permit, &st.metrics.in_flight);
-    let t0 = Instant::now();
-    let (resp, bytes) = serve_range(st, name, path, headers, admitted).await;
-    st.metrics.count(resp.status().as_u16());
-    if bytes > 0 {
-        st.metrics.bytes.inc_by(bytes);
-        st.metrics.latency.observe(t0.elapsed().as_secs_f64());
-    }
-    resp
-}
-
 /// A request let in under `--max-concurrent`: the permit and the in-flight gauge are held
 /// until the response body has been written (they travel inside the body), not only until the
 /// handler returns, so clients that do not read their answers count against the cap.
@@ -552,9 +573,9 @@ impl Drop for Admitted {
 }
 
 /// A response body's bytes with what they hold: the buffer, its share of the response budget
-/// and the request's admission. Dropped when hyper has written the last byte (or the
+/// and the request's admission. Dropped when the last byte has been written (or the
 /// connection is gone).
-struct HeldBody {
+pub(crate) struct HeldBody {
     /// Always Some until dropped (then it goes back to `bufs`).
     buf: Option<AlignedBuf>,
     bufs: Arc<BufPool>,
@@ -562,8 +583,8 @@ struct HeldBody {
     _admitted: Admitted,
 }
 
-impl AsRef<[u8]> for HeldBody {
-    fn as_ref(&self) -> &[u8] {
+impl HeldBody {
+    pub(crate) fn bytes(&self) -> &[u8] {
         self.buf.as_ref().map_or(&[], |b| b.as_slice())
     }
 }
@@ -611,7 +632,7 @@ fn lookup(
     name: &str,
     rel: &str,
     cached: bool,
-) -> Result<(OpenFile, bool), Box<Response>> {
+) -> Result<(OpenFile, bool), Box<Reply>> {
     let now = Instant::now();
     if cached {
         if let Some(f) = st.files.get(dir, rel, now) {
@@ -624,7 +645,7 @@ fn lookup(
             Ok((f, false))
         }
         Ok(None) => Err(Box::new(error(
-            StatusCode::NOT_FOUND,
+            404,
             format!("{name}/{rel}: not a regular file"),
         ))),
         // EXDEV: the path leaves the data dir (symlink or magic link); same answer as missing.
@@ -636,14 +657,189 @@ fn lookup(
         {
             st.files.forget(dir, rel);
             Err(Box::new(error(
-                StatusCode::NOT_FOUND,
+                404,
                 format!("{name}/{rel}: not found in the data dir"),
             )))
         }
-        Err(e) => Err(Box::new(error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("{name}/{rel}: {e}"),
-        ))),
+        Err(e) => Err(Box::new(error(500, format!("{name}/{rel}: {e}")))),
+    }
+}
+
+/// Size of the open file now (one fstat).
+fn current_size(file: &File) -> std::io::Result<u64> {
+    Ok(rustix::fs::fstat(file)?.st_size as u64)
+}
+
+async fn serve_range(
+    st: &AppState,
+    name: &str,
+    path: &str,
+    req: &Head<'_>,
+    admitted: Admitted,
+) -> (Reply, u64) {
+    let Some(dir) = st.dirs.iter().position(|(n, _)| n == name) else {
+        return (error(404, format!("no data dir named '{name}'")), 0);
+    };
+    let rel = match paths::check_relative(path) {
+        Ok(p) => p,
+        Err(e) => return (error(400, e), 0),
+    };
+    let range = match req.range {
+        None => None,
+        Some(v) => {
+            let Ok(v) = std::str::from_utf8(v) else {
+                return (error(400, "Range header is not ASCII"), 0);
+            };
+            match range::parse_range(v) {
+                Ok(s) => Some((v, s)),
+                Err(e) => return (error(400, e), 0),
+            }
+        }
+    };
+    let head_only = req.method == Method::Head;
+    // A cached entry may be stale (the file shrank, grew or was replaced in place): an answer
+    // that depends on its size (416, a short read) is checked again from a fresh open.
+    let mut use_cache = true;
+    loop {
+        let (open, from_cache) = match lookup(st, dir, name, rel, use_cache) {
+            Ok(f) => f,
+            Err(reply) => return (*reply, 0),
+        };
+        use_cache = false;
+        let size = open.size;
+        let (first, last, partial) = match range {
+            None => {
+                if size > st.max_range {
+                    return (error(400, format!(
+                        "file is {size} bytes, over the {} byte cap (--max-range-bytes): send a Range header", st.max_range)), 0);
+                }
+                if size == 0 {
+                    let mut r = Reply::empty(200);
+                    r.head.accept_ranges = true;
+                    return (r, 0);
+                }
+                (0, size - 1, false)
+            }
+            Some((v, spec)) => match range::resolve(spec, size) {
+                Some((a, b)) => (a, b, true),
+                None if from_cache => {
+                    st.files.forget(dir, rel);
+                    continue;
+                }
+                None => {
+                    let mut r = Reply::text(
+                        416,
+                        format!("range {v} is outside the file ({size} bytes)\n"),
+                    );
+                    r.head.content_range = Some(ContentRange::Unsatisfied { size });
+                    return (r, 0);
+                }
+            },
+        };
+        let len = last - first + 1;
+        if len > st.max_range {
+            return (error(400, format!(
+                "range of {len} bytes is over the {} byte cap (--max-range-bytes): request smaller ranges", st.max_range)), 0);
+        }
+        let mut head = ReplyHead::new(if partial { 206 } else { 200 }, len);
+        head.accept_ranges = true;
+        head.content_type = Some("application/octet-stream");
+        if partial {
+            head.content_range = Some(ContentRange::Bytes { first, last, size });
+        }
+        if head_only {
+            // The size the head states was checked by the open (or is at most VALID old).
+            return (
+                Reply {
+                    head,
+                    body: ReplyBody::None,
+                },
+                0,
+            );
+        }
+        // O_DIRECT reads whole 4 KiB blocks: read the blocks around the range, send the range.
+        let align = AlignedBuf::ALIGN as u64;
+        let (at, skip) = if st.direct {
+            (first / align * align, first % align)
+        } else {
+            (first, 0)
+        };
+        let read_len = if st.direct {
+            (skip + len).div_ceil(align) * align
+        } else {
+            len
+        };
+        let Some(reserved) = st.budget.try_reserve(read_len) else {
+            return (
+                Reply::busy("response memory budget spent (--max-response-bytes)\n"),
+                0,
+            );
+        };
+        if st.sendfile_min > 0 && len >= st.sendfile_min && st.zero_copy.usable() {
+            use std::os::fd::AsRawFd;
+            if st.zero_copy.all_cached(open.file.as_raw_fd(), first, len) {
+                // A cached size may be stale: a file that shrank since would come up short in
+                // the middle of the answer, so compare with its size now (one fstat).
+                if from_cache && current_size(&open.file).ok() != Some(size) {
+                    st.files.forget(dir, rel);
+                    continue;
+                }
+                let body = ReplyBody::File(FileBody {
+                    file: open.file,
+                    offset: first,
+                    len,
+                    dir,
+                    rel: rel.into(),
+                    _reserved: reserved,
+                    _admitted: admitted,
+                });
+                return (Reply { head, body }, len);
+            }
+        }
+        let buf = st.bufs.take(read_len as usize);
+        let hit = if st.inline_hits {
+            read_hit(&open.file, at, read_len as usize, buf)
+        } else {
+            Err(buf)
+        };
+        let read = match hit {
+            Ok(b) => Ok(b),
+            Err(buf) => {
+                read_async(&st.pool, open.file, at, read_len as usize, buf, st.direct).await
+            }
+        };
+        let buf = match read {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                return (Reply::busy("read queue full\n"), 0)
+            }
+            Err(e) => return (error(500, format!("{name}/{rel}: read failed: {e}")), 0),
+        };
+        if (buf.len() as u64) < skip + len {
+            // The file is shorter than its size said: it shrank. Never answer with bytes past
+            // its end; a cached size gets one fresh look.
+            let got = (buf.len() as u64).saturating_sub(skip);
+            st.bufs.give(buf);
+            st.files.forget(dir, rel);
+            if from_cache {
+                continue;
+            }
+            return (
+                error(
+                    500,
+                    format!("{name}/{rel}: file shrank while reading ({got} of {len} bytes)"),
+                ),
+                0,
+            );
+        }
+        let held = HeldBody {
+            buf: Some(buf),
+            bufs: st.bufs.clone(),
+            _reserved: reserved,
+            _admitted: admitted,
+        };
+        let body = ReplyBody::Buf(held, skip as usize, len as usize);
+        return (Reply { head, body }, len);
     }
 }
 
@@ -666,198 +862,6 @@ fn read_hit(
         Ok(buf)
     } else {
         Err(buf)
-    }
-}
-
-async fn serve_range(
-    st: &AppState,
-    name: &str,
-    path: &str,
-    headers: &HeaderMap,
-    admitted: Admitted,
-) -> (Response, u64) {
-    let Some(dir) = st.dirs.iter().position(|(n, _)| n == name) else {
-        return (
-            error(StatusCode::NOT_FOUND, format!("no data dir named '{name}'")),
-            0,
-        );
-    };
-    let rel = match paths::check_relative(path) {
-        Ok(p) => p,
-        Err(e) => return (error(StatusCode::BAD_REQUEST, e), 0),
-    };
-    let range = match headers.get(header::RANGE) {
-        None => None,
-        Some(v) => {
-            let Ok(v) = v.to_str() else {
-                return (
-                    error(StatusCode::BAD_REQUEST, "Range header is not ASCII"),
-                    0,
-                );
-            };
-            match range::parse_range(v) {
-                Ok(s) => Some((v, s)),
-                Err(e) => return (error(StatusCode::BAD_REQUEST, e), 0),
-            }
-        }
-    };
-    // A cached entry may be stale (the file shrank, grew or was replaced in place): an answer
-    // that depends on its size (416, a short read) is checked again from a fresh open.
-    let mut use_cache = true;
-    loop {
-        let (open, from_cache) = match lookup(st, dir, name, rel, use_cache) {
-            Ok(f) => f,
-            Err(resp) => return (*resp, 0),
-        };
-        use_cache = false;
-        let size = open.size;
-        let (first, last, partial) = match range {
-            None => {
-                if size > st.max_range {
-                    return (error(StatusCode::BAD_REQUEST, format!(
-                        "file is {size} bytes, over the {} byte cap (--max-range-bytes): send a Range header", st.max_range)), 0);
-                }
-                if size == 0 {
-                    return (
-                        (
-                            StatusCode::OK,
-                            [(header::ACCEPT_RANGES, "bytes")],
-                            Body::empty(),
-                        )
-                            .into_response(),
-                        0,
-                    );
-                }
-                (0, size - 1, false)
-            }
-            Some((v, spec)) => match range::resolve(spec, size) {
-                Some((a, b)) => (a, b, true),
-                None if from_cache => {
-                    st.files.forget(dir, rel);
-                    continue;
-                }
-                None => {
-                    return (
-                        (
-                            StatusCode::RANGE_NOT_SATISFIABLE,
-                            [(header::CONTENT_RANGE, format!("bytes */{size}"))],
-                            format!("range {v} is outside the file ({size} bytes)\n"),
-                        )
-                            .into_response(),
-                        0,
-                    )
-                }
-            },
-        };
-        let len = last - first + 1;
-        if len > st.max_range {
-            return (error(StatusCode::BAD_REQUEST, format!(
-                "range of {len} bytes is over the {} byte cap (--max-range-bytes): request smaller ranges", st.max_range)), 0);
-        }
-        // O_DIRECT reads whole 4 KiB blocks: read the blocks around the range, send the range.
-        let align = AlignedBuf::ALIGN as u64;
-        let (at, skip) = if st.direct {
-            (first / align * align, first % align)
-        } else {
-            (first, 0)
-        };
-        let read_len = if st.direct {
-            (skip + len).div_ceil(align) * align
-        } else {
-            len
-        };
-        let Some(reserved) = st.budget.try_reserve(read_len) else {
-            return (
-                (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    [(header::RETRY_AFTER, "1")],
-                    "response memory budget spent (--max-response-bytes)\n",
-                )
-                    .into_response(),
-                0,
-            );
-        };
-        let buf = st.bufs.take(read_len as usize);
-        let hit = if st.inline_hits {
-            read_hit(&open.file, at, read_len as usize, buf)
-        } else {
-            Err(buf)
-        };
-        let read = match hit {
-            Ok(b) => Ok(b),
-            Err(buf) => {
-                read_async(&st.pool, open.file, at, read_len as usize, buf, st.direct).await
-            }
-        };
-        let buf = match read {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                return (
-                    (
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        [(header::RETRY_AFTER, "1")],
-                        "read queue full\n",
-                    )
-                        .into_response(),
-                    0,
-                )
-            }
-            Err(e) => {
-                return (
-                    error(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        format!("{name}/{rel}: read failed: {e}"),
-                    ),
-                    0,
-                )
-            }
-        };
-        if (buf.len() as u64) < skip + len {
-            // The file is shorter than its size said: it shrank. Never answer with bytes past
-            // its end; a cached size gets one fresh look.
-            st.files.forget(dir, rel);
-            if from_cache {
-                continue;
-            }
-            return (
-                error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!(
-                        "{name}/{rel}: file shrank while reading ({} of {len} bytes)",
-                        (buf.len() as u64).saturating_sub(skip)
-                    ),
-                ),
-                0,
-            );
-        }
-        let status = if partial {
-            StatusCode::PARTIAL_CONTENT
-        } else {
-            StatusCode::OK
-        };
-        let held = HeldBody {
-            buf: Some(buf),
-            bufs: st.bufs.clone(),
-            _reserved: reserved,
-            _admitted: admitted,
-        };
-        let body = Bytes::from_owner(held).slice(skip as usize..(skip + len) as usize);
-        let mut resp = Response::new(Body::from(body));
-        *resp.status_mut() = status;
-        let h = resp.headers_mut();
-        h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/octet-stream"),
-        );
-        h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-        if partial {
-            h.insert(
-                header::CONTENT_RANGE,
-                HeaderValue::from_str(&format!("bytes {first}-{last}/{size}")).expect("ASCII"),
-            );
-        }
-        return (resp, len);
     }
 }
 

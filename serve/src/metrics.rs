@@ -24,6 +24,8 @@ pub struct Metrics {
     pub connections: Gauge,
     /// io_uring rings replaced after a fatal `io_uring_enter` error (synced at scrape).
     pub ring_replacements: Counter,
+    /// Responses whose body went from the page cache to the socket with sendfile(2).
+    pub sendfile: Counter,
     /// Requests refused 401 by the token check, by reason (`missing`, `invalid`).
     pub unauthorized: Family<Labels, Counter>,
     /// Counters of the usual statuses, resolved once (no label allocation per request).
@@ -54,6 +56,12 @@ impl Metrics {
         for r in ["missing", "invalid"] {
             let _ = unauthorized.get_or_create(&vec![("reason".to_string(), r.to_string())]);
         }
+        let sendfile = Counter::default();
+        registry.register(
+            "sendfile_responses",
+            "Range responses sent from the page cache with sendfile(2) (no copy)",
+            sendfile.clone(),
+        );
         let in_flight = Gauge::default();
         registry.register(
             "reads_in_flight",
@@ -111,6 +119,7 @@ impl Metrics {
             reads,
             unauthorized,
             bytes,
+            sendfile,
             latency,
             in_flight,
             pool_in_flight,
