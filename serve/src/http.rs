@@ -267,7 +267,8 @@ pub fn encode_head(out: &mut Vec<u8>, h: &ReplyHead, mode: &str, date: &[u8], pe
     if h.allow {
         out.extend_from_slice(b"allow: GET, HEAD\r\n");
     }
-    out.extend_from_slice(b"x-ringmaster-worker-mode: ");
+    out.extend_from_slice(crate::MODE_HEADER.as_bytes());
+    out.extend_from_slice(b": ");
     out.extend_from_slice(mode.as_bytes());
     out.extend_from_slice(b"\r\ndate: ");
     out.extend_from_slice(date);
@@ -280,40 +281,13 @@ pub fn encode_head(out: &mut Vec<u8>, h: &ReplyHead, mode: &str, date: &[u8], pe
     out.extend_from_slice(b"\r\n");
 }
 
-/// `Date` field value of the Unix second `secs` (IMF-fixdate, `Sun, 06 Nov 1994 08:49:37 GMT`).
+/// `Date` field value of the Unix second `secs` (IMF-fixdate, `Sun, 06 Nov 1994 08:49:37 GMT`,
+/// always 29 bytes for years 1970–9999).
 pub fn http_date(secs: u64) -> [u8; 29] {
-    const DAYS: [&[u8; 3]; 7] = [b"Thu", b"Fri", b"Sat", b"Sun", b"Mon", b"Tue", b"Wed"];
-    const MONTHS: [&[u8; 3]; 12] = [
-        b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov",
-        b"Dec",
-    ];
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    let (hh, mm, ss) = (rem / 3600, rem / 60 % 60, rem % 60);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = (yoe + era * 400 + (m <= 2) as i64).clamp(0, 9999) as u64;
-    let mut o = *b"Thu, 01 Jan 1970 00:00:00 GMT";
-    o[..3].copy_from_slice(DAYS[(days % 7) as usize]);
-    let two = |o: &mut [u8], v: u64| {
-        o[0] = b'0' + (v / 10) as u8;
-        o[1] = b'0' + (v % 10) as u8;
-    };
-    two(&mut o[5..7], d as u64);
-    o[8..11].copy_from_slice(MONTHS[(m - 1) as usize]);
-    two(&mut o[12..14], y / 100);
-    two(&mut o[14..16], y % 100);
-    two(&mut o[17..19], hh);
-    two(&mut o[20..22], mm);
-    two(&mut o[23..25], ss);
-    o
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+    let mut out = *b"Thu, 01 Jan 1970 00:00:00 GMT";
+    out.copy_from_slice(httpdate::fmt_http_date(at).as_bytes());
+    out
 }
 
 #[cfg(test)]

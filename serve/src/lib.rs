@@ -289,6 +289,12 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<ServeHandle> {
         .await
         .with_context(|| format!("cannot listen on {}", cfg.bind))?;
     let addr = listener.local_addr()?;
+    // sendfile serves from the page cache too: off when reads must go to the workers.
+    let sendfile_min = if cfg.direct || !cfg.cache_fast_path {
+        0
+    } else {
+        cfg.sendfile_min_bytes
+    };
     let state = Arc::new(AppState {
         files: FileCache::new(
             dirs.len(),
@@ -307,13 +313,8 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<ServeHandle> {
         mode: mode.as_str(),
         ready: AtomicBool::new(true),
         token: token.clone(),
-        // sendfile serves from the page cache too: off when reads must go to the workers.
-        sendfile_min: if cfg.direct || !cfg.cache_fast_path {
-            0
-        } else {
-            cfg.sendfile_min_bytes
-        },
-        zero_copy: ZeroCopy::new(!cfg.direct && cfg.cache_fast_path && cfg.sendfile_min_bytes > 0),
+        sendfile_min,
+        zero_copy: ZeroCopy::new(sendfile_min > 0),
         limits: conn::ConnLimits {
             max_connections: cfg.max_connections as usize,
             header_read_timeout: cfg.header_read_timeout,
@@ -775,7 +776,7 @@ async fn serve_range(
                 0,
             );
         };
-        if st.sendfile_min > 0 && len >= st.sendfile_min && st.zero_copy.usable() {
+        if st.zero_copy.usable() && len >= st.sendfile_min {
             use std::os::fd::AsRawFd;
             if st.zero_copy.all_cached(open.file.as_raw_fd(), first, len) {
                 // A cached size may be stale: a file that shrank since would come up short in
