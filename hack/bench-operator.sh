@@ -42,10 +42,8 @@ export RINGMASTER_NODE_MONITOR_GRACE=${BENCH_NODE_MONITOR_GRACE:-$GRACE_DEFAULT}
 log "kwok Lease ${RINGMASTER_KWOK_LEASE_SECONDS}s, node monitor grace ${RINGMASTER_NODE_MONITOR_GRACE:-default}"
 eval "$(hack/cluster.sh up)"
 OP_PID=
-STATES_PID=
 cleanup() {
   if [[ -n $OP_PID ]]; then kill "$OP_PID" 2>/dev/null || true; fi
-  if [[ -n $STATES_PID ]]; then kill "$STATES_PID" 2>/dev/null || true; fi
   cp "$RINGMASTER_CLUSTER_DIR/logs/operator.log" "$BENCH_LOG" 2>/dev/null || true
   hack/cluster.sh down >/dev/null 2>&1 || true
 }
@@ -55,20 +53,22 @@ kubectl apply --server-side -f crds/ >/dev/null
 kubectl create namespace $NS >/dev/null
 log "creating $N kwok nodes"
 "$LOAD" nodes --count "$N" --pool $POOL
-# Where a fleet too big for the machine breaks shows here: the Ready states every 30 s.
+# Wait by polling the nodes' Ready states (not `kubectl wait`: it waits on one node after the
+# other, minutes at 5,000 nodes). Where a fleet too big for the machine breaks shows here: the
+# states are logged every 30 s.
 ready_states() {
   kubectl get nodes -l ringmaster-bench/pool=$POOL --no-headers \
     -o custom-columns='R:.status.conditions[?(@.type=="Ready")].status' | sort | uniq -c | tr -s ' \n' ' '
 }
-( while sleep 30; do log "nodes by Ready status:$(ready_states) load $(cut -d' ' -f1 /proc/loadavg)"; done ) &
-STATES_PID=$!
-# (Not `kubectl wait`: it waits on one node after the other, minutes at 5,000 nodes.)
-deadline=$((SECONDS + (N < 3000 ? 600 : N / 5)))
-until [[ $(ready_states) == " $N True " ]]; do
-  ((SECONDS < deadline)) || { log "not all $N nodes Ready:$(ready_states)"; exit 1; }
+deadline=$((SECONDS + (N < 3000 ? 600 : N / 5))) logged=$SECONDS
+while states=$(ready_states); [[ $states != " $N True " ]]; do
+  ((SECONDS < deadline)) || { log "not all $N nodes Ready:$states"; exit 1; }
+  if ((SECONDS - logged >= 30)); then
+    log "nodes by Ready status:$states load $(cut -d' ' -f1 /proc/loadavg)"
+    logged=$SECONDS
+  fi
   sleep 5
 done
-kill $STATES_PID 2>/dev/null || true
 log "all $N nodes Ready"
 
 PORT=$((20000 + RANDOM % 20000))
