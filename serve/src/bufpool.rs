@@ -1,15 +1,16 @@
 //! Reused response buffers. A fresh buffer of 64 KiB or more comes from `mmap` and goes back
 //! with `munmap`, and each of its pages is faulted in and cleared on first touch: for 1 MiB
-//! ranges that cost more CPU than reading and sending the bytes. Buffers from 64 KiB to 4 MiB
-//! are kept per power-of-two size class after use, up to `RETAINED` bytes in all, and handed
-//! out again as they are (a reused buffer holds the old bytes until the read overwrites
-//! them; only the filled part is ever sent).
+//! ranges that cost more CPU than reading and sending the bytes. A fresh 4 KiB buffer costs a
+//! `malloc`, a clear and a `free` per request, about 4 % of the CPU of a 4 KiB O_DIRECT answer.
+//! Buffers from 4 KiB to 4 MiB are kept per power-of-two size class after use, up to `RETAINED`
+//! bytes in all, and handed out again as they are (a reused buffer holds the old bytes until
+//! the read overwrites them; only the filled part is ever sent).
 
 use std::sync::Mutex;
 
 use ringmaster_ring::io::AlignedBuf;
 
-const MIN_CLASS: usize = 64 << 10;
+const MIN_CLASS: usize = AlignedBuf::ALIGN;
 const MAX_CLASS: usize = 4 << 20;
 const CLASSES: usize = (MAX_CLASS / MIN_CLASS).trailing_zeros() as usize + 1;
 /// Bytes kept for reuse at most (on top of the response budget, which counts buffers in use).
@@ -21,7 +22,7 @@ pub struct BufPool {
 
 /// The class of a request for `len` bytes, and its capacity; None outside the pooled sizes.
 fn class(len: usize) -> Option<(usize, usize)> {
-    if !(MIN_CLASS / 2..=MAX_CLASS).contains(&len) {
+    if len > MAX_CLASS {
         return None;
     }
     let cap = len.next_power_of_two().max(MIN_CLASS);
@@ -93,8 +94,17 @@ mod tests {
         assert_eq!(again.as_slice().as_ptr(), ptr, "same class, same buffer");
         assert!(again.is_empty());
         assert_eq!(p.retained(), 0);
-        // Small and huge buffers are not pooled.
-        p.give(p.take(4096));
+        // 4 KiB answers reuse their buffer too; huge ones are not pooled.
+        let small = p.take(4096);
+        assert_eq!(small.capacity(), 4096);
+        let small_ptr = small.as_slice().as_ptr();
+        p.give(small);
+        assert_eq!(p.retained(), 4096);
+        assert_eq!(
+            p.take(100).as_slice().as_ptr(),
+            small_ptr,
+            "same 4 KiB class"
+        );
         p.give(p.take(16 << 20));
         assert_eq!(p.retained(), 0);
         // At most RETAINED bytes are kept.
