@@ -166,22 +166,14 @@ pub fn run(a: ServeArgs) -> i32 {
         };
         // Watch SIGTERM and SIGINT before saying "listening": a signal sent right after that
         // line must shut down gracefully, not kill the process with the default action.
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    eprintln!("error: cannot watch SIGTERM: {e}");
-                    return 2;
-                }
-            };
-        let mut int =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()) {
-                Ok(s) => s,
-                Err(e) => {
-                    eprintln!("error: cannot watch SIGINT: {e}");
-                    return 2;
-                }
-            };
+        use tokio::signal::unix::SignalKind;
+        let (mut term, mut int) = match (
+            watch_signal(SignalKind::terminate(), "SIGTERM"),
+            watch_signal(SignalKind::interrupt(), "SIGINT"),
+        ) {
+            (Ok(term), Ok(int)) => (term, int),
+            (Err(code), _) | (_, Err(code)) => return code,
+        };
         let h = match start(cfg).await {
             Ok(h) => h,
             Err(e) => {
@@ -204,5 +196,16 @@ pub fn run(a: ServeArgs) -> i32 {
         tracing::info!("shutting down: finishing in-flight reads");
         h.shutdown().await;
         0
+    })
+}
+
+/// A stream of `kind` signals, or exit code 2 after saying which signal could not be watched.
+fn watch_signal(
+    kind: tokio::signal::unix::SignalKind,
+    name: &str,
+) -> Result<tokio::signal::unix::Signal, i32> {
+    tokio::signal::unix::signal(kind).map_err(|e| {
+        eprintln!("error: cannot watch {name}: {e}");
+        2
     })
 }

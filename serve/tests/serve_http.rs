@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use io_support::{http_get, pattern, Rng, TempDir};
+use io_support::{http_get, pattern, small_receive_buffer, Rng, TempDir};
 use ringmaster_ring::io::Policy;
 use ringmaster_serve::{self as serve, Auth, ServeConfig, ServeHandle};
 
@@ -336,22 +336,11 @@ fn get_around_shutdown(
     shutting_down: &AtomicBool,
 ) -> Answer {
     use std::io::{Read, Write};
-    use std::os::fd::AsRawFd;
     let mut s = match std::net::TcpStream::connect(addr) {
         Ok(s) => s,
         Err(e) => return Answer::NotServed(e),
     };
-    let small: libc::c_int = 4096;
-    // SAFETY: setsockopt on a socket we own, with a c_int option value.
-    unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            (&small as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
+    small_receive_buffer(&s, 4096);
     s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
         .unwrap();
     let req = format!(

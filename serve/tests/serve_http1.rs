@@ -10,7 +10,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use io_support::{pattern, TempDir};
+use io_support::{pattern, small_receive_buffer, TempDir};
 use ringmaster_serve::{self as serve, Auth, ServeConfig, ServeHandle};
 
 /// One response as a client reads it.
@@ -437,20 +437,9 @@ async fn a_file_truncated_during_sendfile_resets_the_connection() {
     let h = start_with(&dir, |_| {}).await;
     let addr = h.local_addr();
     blocking(move || {
-        use std::os::fd::AsRawFd;
         let s = std::net::TcpStream::connect(addr).unwrap();
         // A small receive window: the server's sendfile blocks long before 16 MiB are out.
-        let small: libc::c_int = 128 << 10;
-        // SAFETY: setsockopt on a socket we own, with a c_int option value.
-        unsafe {
-            libc::setsockopt(
-                s.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUF,
-                (&small as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
+        small_receive_buffer(&s, 128 << 10);
         s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         let mut c = Client { s, got: Vec::new() };
         c.send(&get(

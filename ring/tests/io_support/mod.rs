@@ -133,3 +133,20 @@ pub fn listening_addr(line: &str) -> std::net::SocketAddr {
         .and_then(|a| a.parse().ok())
         .unwrap_or_else(|| panic!("serve printed {line:?}, not \"listening on ADDR ...\""))
 }
+
+/// Shrink a client socket's receive buffer to `bytes`, so that a server's large answer soon
+/// blocks in its send (write timeouts, sendfile under back-pressure, shutdown mid-answer).
+pub fn small_receive_buffer(s: &std::net::TcpStream, bytes: libc::c_int) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: setsockopt on a socket the caller owns, with a c_int option value.
+    let r = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&bytes as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(r, 0, "SO_RCVBUF: {}", std::io::Error::last_os_error());
+}
