@@ -161,10 +161,8 @@ up() {
   local n=$RINGMASTER_REAL_NODE
 
   say "helm install ringmaster charts/ringmaster -n $SYSTEM_NS --create-namespace"
-  # (grep: the API server warns about the integer formats in the CRD schemas.)
   helm install ringmaster charts/ringmaster -n "$SYSTEM_NS" --create-namespace \
-    --set-json "agent.allowedDataDirRoots=[\"$DATA_ROOT\"]" \
-    2> >(grep -v 'unrecognized format' >&2) | sed -n '1,6p'
+    --set-json "agent.allowedDataDirRoots=[\"$DATA_ROOT\"]" | sed -n '1,6p'
   wait_until "the operator Deployment Available" \
     kubectl wait -n "$SYSTEM_NS" --for=condition=Available deployment -l app.kubernetes.io/component=operator --timeout=5s
 
