@@ -103,8 +103,17 @@ show_reads() {
   echo
   echo "\$ curl -H \"Authorization: Bearer \$(kubectl get secret -n $DEMO_NS $CLUSTER-read-token -o jsonpath='{.data.token}' | base64 -d)\" \\"
   echo "       -H 'Range: bytes=0-40' http://<agent pod IP>:7480/v1/files/data/hello.txt"
-  read_demo_file "$(read_token)" || true
+  local answer mode
+  answer=$(read_demo_file "$(read_token)") || true
+  echo "$answer"
   echo
+  # The answer says how the reader read: through its io_uring rings, or its pread fallback.
+  mode=$(sed -n 's/^x-ringmaster-worker-mode: *\([a-z_]*\).*/\1/Ip' <<<"$answer")
+  case $mode in
+    io_uring) echo "# x-ringmaster-worker-mode: io_uring: the reader's io_uring rings read it" ;;
+    pread) echo "# x-ringmaster-worker-mode: pread: this runtime's RuntimeDefault seccomp profile refuses" \
+      "io_uring, so the reader serves from its pread fallback; the Localhost profile below lets it through" ;;
+  esac
 }
 
 explore() {
@@ -183,7 +192,7 @@ EOF
 
   say "a demo data dir $DATA_ROOT/data (the reader, uid 65532, reads it)"
   mkdir -p "$DATA_ROOT/data"
-  echo "hello from $n, read through the io_uring read service" >"$DATA_ROOT/data/hello.txt"
+  echo "hello from $n, read by the Ringmaster read service" >"$DATA_ROOT/data/hello.txt"
   chmod 755 "$DATA_ROOT" "$DATA_ROOT/data" && chmod 644 "$DATA_ROOT/data/hello.txt"
 
   say "kubectl apply -n $DEMO_NS -f examples/storagecluster.yaml, serving $DATA_ROOT/data"

@@ -131,6 +131,12 @@ fn own_real_node_demo_runs_the_release_on_this_host_and_tears_down_cleanly() {
         n1.contains(&"unsupported") && n1.contains(&"EPERM"),
         "{node}'s labels do not match its StorageNode: {n1:?}"
     );
+    // The read it shows was served, and says how: under RuntimeDefault, by the pread fallback.
+    assert!(
+        out.contains("HTTP/1.1 206 Partial Content")
+            && out.contains("# x-ringmaster-worker-mode: pread: this runtime's RuntimeDefault"),
+        "the demo does not show the read and its worker mode:\n{out}"
+    );
     let n2 = row("demo-node-2", 5);
     assert!(
         !n2.contains(&"unsupported") && !n2.contains(&"supported"),
