@@ -110,9 +110,11 @@ show_reads() {
   # The answer says how the reader read: through its io_uring rings, or its pread fallback.
   mode=$(sed -n 's/^x-ringmaster-worker-mode: *\([a-z_]*\).*/\1/Ip' <<<"$answer")
   case $mode in
-    io_uring) echo "# x-ringmaster-worker-mode: io_uring: the reader's io_uring rings read it" ;;
+    io_uring) echo "# x-ringmaster-worker-mode: io_uring: reads that miss the page cache go through" \
+      "the reader's io_uring rings" ;;
     pread) echo "# x-ringmaster-worker-mode: pread: this runtime's RuntimeDefault seccomp profile refuses" \
-      "io_uring, so the reader serves from its pread fallback; the Localhost profile below lets it through" ;;
+      "io_uring, so reads that miss the page cache go to the reader's pread fallback; the Localhost" \
+      "profile below lets io_uring through" ;;
   esac
 }
 
