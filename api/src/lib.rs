@@ -23,8 +23,9 @@ pub const VERSION: &str = "v1alpha1";
 
 /// The CRDs as they are applied: the derived schemas, except that the formats schemars gives
 /// Rust's unsigned integers (`uint8` … `uint64`), which the API server does not know and warns
-/// about whenever a CRD is created, become `int32`/`int64`, with a minimum of 0 and, where the field has
-/// none, the type's maximum, so the server refuses what the agent and operator could not read.
+/// about whenever a CRD is created, become `int32`/`int64`, with a minimum of 0 and, where the
+/// field has none, the type's maximum, so the server refuses what the agent and operator could
+/// not read.
 pub fn crds() -> Vec<CustomResourceDefinition> {
     use kube::CustomResourceExt;
     [StorageCluster::crd(), StorageNode::crd()]
